@@ -1,0 +1,324 @@
+use std::fmt;
+
+use base64::Engine as _;
+
+/// A secret string: `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+impl AppEnv {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "development" => Ok(Self::Development),
+            "production" => Ok(Self::Production),
+            _ => Err(String::new()),
+        }
+    }
+    pub fn is_production(self) -> bool {
+        self == Self::Production
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(String::new()),
+        }
+    }
+}
+
+/// A URL whose `Display` hides the password, so it can appear in logs and error messages.
+fn redacted(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // Setting a password only fails for URLs that cannot have one, which had none.
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.set_query(None);
+    shown.to_string()
+}
+
+fn parse_url(s: &str, schemes: &[&str]) -> Result<url::Url, String> {
+    let url = url::Url::parse(s).map_err(|_| "not a URL".to_owned())?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(format!("scheme must be {}", schemes.join(" or ")));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host".to_owned());
+    }
+    Ok(url)
+}
+
+/// A Postgres connection URL (`postgres://` or `postgresql://`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgUrl(url::Url);
+
+impl PgUrl {
+    pub const FORM: &'static str = "postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE";
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let url = parse_url(s, &["postgres", "postgresql"])?;
+        if url.path().trim_start_matches('/').is_empty() {
+            return Err("no database name".to_owned());
+        }
+        if url.username().is_empty() {
+            return Err("no user".to_owned());
+        }
+        Ok(Self(url))
+    }
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+    pub fn user(&self) -> &str {
+        self.0.username()
+    }
+    /// `host:port/database`, for messages that must say where without saying who.
+    pub fn location(&self) -> String {
+        format!(
+            "{}:{}{}",
+            self.0.host_str().unwrap_or_default(),
+            self.0.port().unwrap_or(5432),
+            self.0.path()
+        )
+    }
+}
+
+impl fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PgUrl({})", redacted(&self.0))
+    }
+}
+
+impl fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redacted(&self.0))
+    }
+}
+
+/// A Redis URL (`redis://` or `rediss://`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(url::Url);
+
+impl RedisUrl {
+    pub const FORM: &'static str = "redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://…";
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        parse_url(s, &["redis", "rediss"]).map(Self)
+    }
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+    pub fn is_tls(&self) -> bool {
+        self.0.scheme() == "rediss"
+    }
+    pub fn has_password(&self) -> bool {
+        self.0.password().is_some_and(|p| !p.is_empty())
+    }
+    pub fn location(&self) -> String {
+        format!(
+            "{}:{}",
+            self.0.host_str().unwrap_or_default(),
+            self.0.port().unwrap_or(6379)
+        )
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", redacted(&self.0))
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redacted(&self.0))
+    }
+}
+
+/// An absolute `http`/`https` URL with a trailing `/` removed from its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl(url::Url);
+
+impl HttpUrl {
+    pub const FORM: &'static str = "an absolute http(s):// URL";
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let url = parse_url(s, &["http", "https"])?;
+        if url.password().is_some() || !url.username().is_empty() {
+            return Err("must not carry credentials".to_owned());
+        }
+        Ok(Self(url))
+    }
+    pub fn is_https(&self) -> bool {
+        self.0.scheme() == "https"
+    }
+    pub fn as_url(&self) -> &url::Url {
+        &self.0
+    }
+    /// The URL as text without a trailing `/`, ready for `{base}/path`.
+    pub fn base(&self) -> &str {
+        self.0.as_str().trim_end_matches('/')
+    }
+}
+
+/// A Graph API version such as `v26.0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphVersion(String);
+
+impl GraphVersion {
+    pub const FORM: &'static str = "vNN.N, such as v26.0";
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = s
+            .strip_prefix('v')
+            .and_then(|rest| rest.split_once('.'))
+            .is_some_and(|(major, minor)| {
+                (1..=3).contains(&major.len())
+                    && major.bytes().all(|b| b.is_ascii_digit())
+                    && minor.len() == 1
+                    && minor.bytes().all(|b| b.is_ascii_digit())
+            });
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(String::new())
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One encryption key of the ring: a version and 32 key bytes (never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyEntry {
+    pub version: u32,
+    pub key: [u8; 32],
+}
+
+impl fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyEntry(v{}, ***)", self.version)
+    }
+}
+
+/// `ENCRYPTION_KEY`: the first entry encrypts, every entry decrypts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRing(pub Vec<KeyEntry>);
+
+impl KeyRing {
+    pub const FORM: &'static str =
+        "<kver>:<base64 of 32 bytes>[,<kver>:<base64 of 32 bytes>…], kver a positive integer";
+}
+
+/// Parses the key ring; errors say which entry is wrong and how, never the key material.
+pub fn parse_key_ring(s: &str) -> Result<KeyRing, String> {
+    let mut keys: Vec<KeyEntry> = Vec::new();
+    for (i, part) in s.split(',').enumerate() {
+        let n = i + 1;
+        let part = part.trim();
+        let Some((ver, b64)) = part.split_once(':') else {
+            return Err(format!("entry {n} has no ':' between version and key"));
+        };
+        let version: u32 = ver
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| format!("entry {n} has a version that is not a positive integer"))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(b64.trim()))
+            .map_err(|_| format!("entry {n} (v{version}) is not valid base64"))?;
+        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            format!(
+                "entry {n} (v{version}) decodes to {} bytes, not 32",
+                bytes.len()
+            )
+        })?;
+        if keys.iter().any(|k| k.version == version) {
+            return Err(format!("version {version} appears twice"));
+        }
+        keys.push(KeyEntry { version, key });
+    }
+    Ok(KeyRing(keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(n: usize) -> String {
+        base64::engine::general_purpose::STANDARD.encode(vec![7u8; n])
+    }
+
+    #[test]
+    fn key_ring_keeps_order_and_rejects_wrong_lengths_without_echoing_the_key() {
+        let ring = parse_key_ring(&format!("2:{},1:{}", b64(32), b64(32))).expect("valid ring");
+        assert_eq!(
+            ring.0.iter().map(|k| k.version).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
+        let short = b64(19);
+        let err = parse_key_ring(&format!("1:{short}")).expect_err("19 bytes");
+        assert!(err.contains("19 bytes"), "{err}");
+        assert!(!err.contains(&short));
+        assert!(parse_key_ring(&format!("0:{}", b64(32))).is_err());
+        assert!(parse_key_ring(&format!("1:{},1:{}", b64(32), b64(32))).is_err());
+        assert!(parse_key_ring("nonsense").is_err());
+    }
+
+    #[test]
+    fn graph_version_needs_the_v_and_one_minor_digit() {
+        assert!(GraphVersion::parse("v26.0").is_ok());
+        for bad in ["26", "v26", "26.0", "v26.00", "vx.0", ""] {
+            assert!(GraphVersion::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_hide_their_password() {
+        let pg = PgUrl::parse("postgres://app:hunter2@db:5433/igsales").expect("valid");
+        assert!(!format!("{pg} {pg:?} {}", pg.location()).contains("hunter2"));
+        let r = RedisUrl::parse("rediss://:hunter2@cache:6380/0").expect("valid");
+        assert!(r.has_password() && r.is_tls());
+        assert!(!format!("{r} {r:?}").contains("hunter2"));
+        assert!(PgUrl::parse("mysql://a@b/c").is_err());
+        assert!(PgUrl::parse("postgres://a@b").is_err());
+    }
+}

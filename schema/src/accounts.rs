@@ -1,0 +1,184 @@
+//! Connected Instagram accounts and their encrypted tokens. Every function runs inside
+//! [`crate::Db::as_merchant`].
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use igsales_config::Secret;
+
+use crate::db::{DbError, MerchantId};
+use crate::schema::instagram_accounts as ia;
+use crate::vault::{TokenRow, Vault, VaultError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("this Instagram account is connected to another merchant")]
+    AlreadyConnected,
+    #[error("no such connected Instagram account")]
+    NotFound,
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<DieselError> for AccountError {
+    fn from(e: DieselError) -> Self {
+        AccountError::Db(DbError::Query(e))
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = ia)]
+pub struct Account {
+    pub instagram_page_id: String,
+    pub username: String,
+    pub token_expires_at: Option<DateTime<Utc>>,
+    pub token_refreshed_at: Option<DateTime<Utc>>,
+    pub needs_reauth: bool,
+}
+
+/// Stores (or renews) a connected account with its token encrypted for this row. An account
+/// that belongs to another merchant is refused, never re-pointed.
+pub async fn connect(
+    conn: &mut AsyncPgConnection,
+    vault: &Vault,
+    merchant: MerchantId,
+    instagram_page_id: &str,
+    username: &str,
+    token: &Secret,
+    expires_at: DateTime<Utc>,
+) -> Result<(), AccountError> {
+    let row = TokenRow {
+        merchant,
+        instagram_page_id,
+    };
+    let ciphertext = vault.encrypt(row, token.expose())?;
+    let now = Utc::now();
+    let result = diesel::insert_into(ia::table)
+        .values((
+            ia::merchant_id.eq(merchant.0),
+            ia::instagram_page_id.eq(instagram_page_id),
+            ia::username.eq(username),
+            ia::token_ciphertext.eq(&ciphertext),
+            ia::token_expires_at.eq(expires_at),
+            ia::token_refreshed_at.eq(now),
+            ia::connected_at.eq(now),
+        ))
+        .on_conflict((ia::merchant_id, ia::instagram_page_id))
+        .do_update()
+        .set((
+            ia::username.eq(username),
+            ia::token_ciphertext.eq(&ciphertext),
+            ia::token_expires_at.eq(expires_at),
+            ia::token_refreshed_at.eq(now),
+            ia::needs_reauth.eq(false),
+            ia::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        // The only other unique key is `instagram_page_id`: another merchant holds it.
+        Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+            Err(AccountError::AlreadyConnected)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Account>> {
+    ia::table
+        .select(Account::as_select())
+        .order(ia::instagram_page_id)
+        .load(conn)
+        .await
+}
+
+/// The decrypted token of one account.
+pub async fn token(
+    conn: &mut AsyncPgConnection,
+    vault: &Vault,
+    merchant: MerchantId,
+    instagram_page_id: &str,
+) -> Result<Secret, AccountError> {
+    let stored: Option<Option<String>> = ia::table
+        .filter(ia::instagram_page_id.eq(instagram_page_id))
+        .select(ia::token_ciphertext)
+        .first(conn)
+        .await
+        .optional()?;
+    let stored = stored.flatten().ok_or(AccountError::NotFound)?;
+    let row = TokenRow {
+        merchant,
+        instagram_page_id,
+    };
+    Ok(vault.decrypt(row, &stored)?)
+}
+
+/// Stored tokens of this merchant per key version (`None`: not in the `v{kver}:` form).
+pub async fn token_versions(
+    conn: &mut AsyncPgConnection,
+) -> QueryResult<Vec<(Option<u32>, usize)>> {
+    let stored: Vec<Option<String>> = ia::table
+        .select(ia::token_ciphertext)
+        .filter(ia::token_ciphertext.is_not_null())
+        .load(conn)
+        .await?;
+    let mut counts: Vec<(Option<u32>, usize)> = Vec::new();
+    for version in stored.iter().flatten().map(|s| Vault::version_of(s)) {
+        match counts.iter_mut().find(|(v, _)| *v == version) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((version, 1)),
+        }
+    }
+    Ok(counts)
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RotateCounts {
+    pub rotated: usize,
+    pub already_current: usize,
+}
+
+/// Re-encrypts this merchant's tokens that are not under the vault's current key. Each row is
+/// swapped only if it still holds the ciphertext that was read, so a concurrent token refresh
+/// (which writes under the current key anyway) wins.
+pub async fn rotate_tokens(
+    conn: &mut AsyncPgConnection,
+    vault: &Vault,
+    merchant: MerchantId,
+) -> Result<RotateCounts, AccountError> {
+    let rows: Vec<(String, Option<String>)> = ia::table
+        .select((ia::instagram_page_id, ia::token_ciphertext))
+        .filter(ia::token_ciphertext.is_not_null())
+        .load(conn)
+        .await?;
+    let mut counts = RotateCounts::default();
+    for (page_id, stored) in rows {
+        let Some(stored) = stored else { continue };
+        let row = TokenRow {
+            merchant,
+            instagram_page_id: &page_id,
+        };
+        match vault.reencrypt(row, &stored)? {
+            None => counts.already_current += 1,
+            Some(fresh) => {
+                let n = diesel::update(
+                    ia::table
+                        .filter(ia::instagram_page_id.eq(&page_id))
+                        .filter(ia::token_ciphertext.eq(&stored)),
+                )
+                .set((
+                    ia::token_ciphertext.eq(&fresh),
+                    ia::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+                .await?;
+                counts.rotated += n;
+            }
+        }
+    }
+    Ok(counts)
+}

@@ -1,0 +1,409 @@
+//! The tenant-scoped data access layer.
+//!
+//! The pool is private. The only way to run a query is [`Db::as_merchant`], which opens a
+//! transaction, sets the merchant context (`set_merchant_context`, transaction-local) and only
+//! then hands the connection to the caller; or one of the few id-only resolver calls, which go
+//! through `SECURITY DEFINER` functions. A transaction whose future is dropped half-way leaves
+//! its connection marked as in-transaction, and bb8 then discards it instead of reusing it.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel::sql_types;
+use diesel_async::pooled_connection::bb8::Pool;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    TransactionManager,
+};
+use igsales_config::DbSettings;
+use uuid::Uuid;
+
+/// Every table that holds tenant rows. The schema tests check this list against the database.
+pub const TENANT_TABLES: &[&str] = &[
+    "merchants",
+    "instagram_accounts",
+    "webhook_events",
+    "conversations",
+    "messages",
+    "outbound_messages",
+    "products",
+];
+
+/// A merchant (tenant) id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MerchantId(pub Uuid);
+
+impl MerchantId {
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl fmt::Display for MerchantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for MerchantId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("no Postgres connection could be had within {0:?}")]
+    Unavailable(Duration),
+    #[error("Postgres connection failed: {0}")]
+    Connect(String),
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+}
+
+impl DbError {
+    /// Postgres could not be reached (as opposed to a query that failed): callers answer 503.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DbError::Unavailable(_) | DbError::Connect(_))
+            || matches!(
+                self,
+                DbError::Query(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::ClosedConnection,
+                    _
+                ))
+            )
+    }
+}
+
+/// Why a command refuses to start against this database.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(
+        "Postgres is unreachable at {location} (DATABASE_URL): {reason}. Start PostgreSQL or point DATABASE_URL at a running server."
+    )]
+    Unreachable { location: String, reason: String },
+    #[error(
+        "refusing to run as Postgres role \"{role}\": it {why}, which bypasses row-level security. Connect as a login role that is a member of igsales_app and owns nothing (CREATE ROLE igsales_login LOGIN PASSWORD '…' IN ROLE igsales_app;) and set DATABASE_URL to it; the owner belongs in MIGRATION_DATABASE_URL, used only by `worker migrate`."
+    )]
+    BypassesRls { role: String, why: String },
+    #[error(
+        "the database is not migrated (missing: {missing}). Run `worker migrate` with MIGRATION_DATABASE_URL set to the owner role first."
+    )]
+    NotMigrated { missing: String },
+    #[error("checking the database role failed: {0}")]
+    Check(#[from] diesel::result::Error),
+}
+
+/// Implemented by every `async` closure whose future can be named, so that [`Db::as_merchant`]
+/// can require that future to be `Send` (an `AsyncFnOnce` bound alone cannot say so).
+pub trait TenantWork<T, R>:
+    AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as TenantWork<T, R>>::Fut
+{
+    type Fut: Future<Output = R>;
+}
+
+impl<F, T, Fut, R> TenantWork<T, R> for F
+where
+    F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
+    Fut: Future<Output = R>,
+{
+    type Fut = Fut;
+}
+
+#[derive(QueryableByName)]
+struct MerchantRow {
+    #[diesel(sql_type = sql_types::Uuid)]
+    merchant_id: Uuid,
+}
+
+#[derive(QueryableByName)]
+struct DueRow {
+    #[diesel(sql_type = sql_types::Uuid)]
+    merchant_id: Uuid,
+    #[diesel(sql_type = sql_types::Text)]
+    instagram_page_id: String,
+}
+
+#[derive(QueryableByName)]
+struct RoleRow {
+    #[diesel(sql_type = sql_types::Text)]
+    role: String,
+    #[diesel(sql_type = sql_types::Bool)]
+    is_super: bool,
+    #[diesel(sql_type = sql_types::Bool)]
+    bypass_rls: bool,
+    #[diesel(sql_type = sql_types::Array<sql_types::Text>)]
+    owned: Vec<String>,
+    #[diesel(sql_type = sql_types::Array<sql_types::Text>)]
+    missing: Vec<String>,
+}
+
+/// Opens one connection with the session settings every app connection carries.
+pub async fn establish(settings: &DbSettings) -> Result<AsyncPgConnection, DbError> {
+    let mut conn = tokio::time::timeout(
+        settings.connect_timeout,
+        AsyncPgConnection::establish(settings.url.expose()),
+    )
+    .await
+    .map_err(|_| DbError::Connect(format!("no answer within {:?}", settings.connect_timeout)))?
+    .map_err(|e| DbError::Connect(connection_reason(&e)))?;
+    conn.batch_execute(&format!(
+        "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+        settings.statement_timeout.as_millis(),
+        settings.idle_in_transaction_timeout.as_millis()
+    ))
+    .await?;
+    Ok(conn)
+}
+
+/// The cause of a failed connect without the URL (tokio-postgres never prints it, but a
+/// `BadConnection` message could in principle carry user input).
+fn connection_reason(e: &diesel::ConnectionError) -> String {
+    match e {
+        diesel::ConnectionError::BadConnection(msg) => msg.clone(),
+        diesel::ConnectionError::InvalidConnectionUrl(_) => "invalid connection URL".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Refuses roles for which RLS would not apply: superusers, `BYPASSRLS`, and owners (or members
+/// of the owner) of any tenant table. Also notices an unmigrated database.
+pub async fn check_app_role(conn: &mut AsyncPgConnection) -> Result<(), StartupError> {
+    let tables: Vec<String> = TENANT_TABLES.iter().map(|t| (*t).to_owned()).collect();
+    let row: RoleRow = diesel::sql_query(
+        "SELECT current_user::text AS role, r.rolsuper AS is_super, r.rolbypassrls AS bypass_rls,
+           coalesce((SELECT array_agg(c.relname::text ORDER BY c.relname)
+                     FROM pg_catalog.pg_class c
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = 'public' AND c.relname = ANY($1)
+                       AND pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER')),
+                    '{}') AS owned,
+           coalesce((SELECT array_agg(t ORDER BY t) FROM unnest($1::text[]) AS t
+                     WHERE pg_catalog.to_regclass('public.' || quote_ident(t)) IS NULL),
+                    '{}') AS missing
+         FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
+    )
+    .bind::<sql_types::Array<sql_types::Text>, _>(&tables)
+    .get_result(conn)
+    .await?;
+    let why = if row.is_super {
+        Some("is a superuser".to_owned())
+    } else if row.bypass_rls {
+        Some("has BYPASSRLS".to_owned())
+    } else if !row.owned.is_empty() {
+        Some(format!("owns the tenant tables ({})", row.owned.join(", ")))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(StartupError::BypassesRls {
+            role: row.role,
+            why,
+        });
+    }
+    if !row.missing.is_empty() {
+        return Err(StartupError::NotMigrated {
+            missing: row.missing.join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// The app's database handle: cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool<AsyncPgConnection>,
+    checkout_timeout: Duration,
+}
+
+impl Db {
+    /// Connects once (for a clear error and the role check), then builds the pool.
+    pub async fn connect(settings: &DbSettings) -> Result<Db, StartupError> {
+        let mut first = establish(settings)
+            .await
+            .map_err(|e| StartupError::Unreachable {
+                location: settings.url.location(),
+                reason: match e {
+                    DbError::Connect(reason) => reason,
+                    other => other.to_string(),
+                },
+            })?;
+        check_app_role(&mut first).await?;
+        drop(first);
+        Ok(Self::pool(settings))
+    }
+
+    /// Builds the pool without connecting; connections are made on first use.
+    pub fn pool(settings: &DbSettings) -> Db {
+        let setup_settings = settings.clone();
+        let mut config = ManagerConfig::default();
+        config.custom_setup = Box::new(move |_url| {
+            let s = setup_settings.clone();
+            Box::pin(async move {
+                establish(&s).await.map_err(|e| match e {
+                    DbError::Query(q) => diesel::ConnectionError::CouldntSetupConfiguration(q),
+                    other => diesel::ConnectionError::BadConnection(other.to_string()),
+                })
+            })
+        });
+        // A cheap safety net on every checkout: a session-level context (never set by us) is
+        // cleared. Not DISCARD ALL, which would drop diesel-async's prepared statements.
+        config.recycling_method = RecyclingMethod::CustomQuery("RESET app.merchant_id".into());
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+            settings.url.expose(),
+            config,
+        );
+        let pool = Pool::builder()
+            .max_size(settings.pool_size)
+            .connection_timeout(settings.connect_timeout)
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .build_unchecked(manager);
+        Db {
+            pool,
+            checkout_timeout: settings.connect_timeout,
+        }
+    }
+
+    async fn checkout(
+        &self,
+    ) -> Result<
+        diesel_async::pooled_connection::bb8::PooledConnection<'_, AsyncPgConnection>,
+        DbError,
+    > {
+        self.pool.get().await.map_err(|e| match e {
+            bb8::RunError::TimedOut => DbError::Unavailable(self.checkout_timeout),
+            bb8::RunError::User(e) => DbError::Connect(e.to_string()),
+        })
+    }
+
+    /// Runs `work` in a transaction whose merchant context is `merchant`. Commits on `Ok`, rolls
+    /// back on `Err`. If this future is dropped mid-way the connection is discarded, never reused.
+    pub async fn as_merchant<R, E, F>(&self, merchant: MerchantId, work: F) -> Result<R, E>
+    where
+        for<'c> F: AsyncFnOnce(&'c mut AsyncPgConnection) -> Result<R, E>
+            + TenantWork<&'c mut AsyncPgConnection, Result<R, E>, Fut: Send>
+            + Send,
+        E: From<DbError> + Send,
+        R: Send,
+    {
+        let mut conn = self.checkout().await?;
+        let conn: &mut AsyncPgConnection = &mut conn;
+        AnsiTransactionManager::begin_transaction(conn)
+            .await
+            .map_err(DbError::from)?;
+        let outcome = match set_merchant_context(conn, merchant).await {
+            Ok(()) => work(&mut *conn).await,
+            Err(e) => Err(E::from(DbError::from(e))),
+        };
+        match outcome {
+            Ok(value) => {
+                AnsiTransactionManager::commit_transaction(conn)
+                    .await
+                    .map_err(DbError::from)?;
+                Ok(value)
+            }
+            Err(e) => {
+                // A failed rollback leaves the transaction manager broken: bb8 drops the
+                // connection. The caller's error is the one worth reporting.
+                let _ = AnsiTransactionManager::rollback_transaction(conn).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Instagram account id → merchant, through the `SECURITY DEFINER` resolver.
+    pub async fn merchant_for_instagram_account(
+        &self,
+        instagram_account_id: &str,
+    ) -> Result<Option<MerchantId>, DbError> {
+        let mut conn = self.checkout().await?;
+        let row: Option<Option<Uuid>> =
+            diesel::select(merchant_for_instagram_account(instagram_account_id))
+                .get_result(&mut conn)
+                .await
+                .optional()?;
+        Ok(row.flatten().map(MerchantId))
+    }
+
+    /// Every merchant id (for crons and `keys rotate`, which then work merchant by merchant).
+    pub async fn merchant_ids(&self) -> Result<Vec<MerchantId>, DbError> {
+        let mut conn = self.checkout().await?;
+        let rows: Vec<MerchantRow> =
+            diesel::sql_query("SELECT merchant_id FROM merchant_ids() AS merchant_id")
+                .load(&mut conn)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| MerchantId(r.merchant_id))
+            .collect())
+    }
+
+    /// Accounts whose token expires before `expiring_before` and was last refreshed (or
+    /// connected) before `refreshed_before`.
+    pub async fn accounts_due_for_token_refresh(
+        &self,
+        expiring_before: chrono::DateTime<chrono::Utc>,
+        refreshed_before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(MerchantId, String)>, DbError> {
+        let mut conn = self.checkout().await?;
+        let rows: Vec<DueRow> = diesel::sql_query(
+            "SELECT merchant_id, instagram_page_id FROM accounts_due_for_token_refresh($1, $2)",
+        )
+        .bind::<sql_types::Timestamptz, _>(expiring_before)
+        .bind::<sql_types::Timestamptz, _>(refreshed_before)
+        .load(&mut conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (MerchantId(r.merchant_id), r.instagram_page_id))
+            .collect())
+    }
+
+    /// `SELECT 1` through the pool, for readiness probes.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let mut conn = self.checkout().await?;
+        diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+        Ok(())
+    }
+
+    /// A raw pooled connection for tests that must look at what the pool hands out (context
+    /// leaks, discarded connections). Not for application code.
+    #[cfg(feature = "testing")]
+    pub async fn raw_connection_for_tests(
+        &self,
+    ) -> Result<
+        diesel_async::pooled_connection::bb8::PooledConnection<'_, AsyncPgConnection>,
+        DbError,
+    > {
+        self.checkout().await
+    }
+}
+
+#[derive(diesel::sql_types::SqlType, diesel::query_builder::QueryId)]
+#[diesel(postgres_type(name = "void"))]
+pub struct Void;
+
+diesel::define_sql_function! {
+    #[sql_name = "set_merchant_context"]
+    fn set_merchant_context_sql(merchant: sql_types::Uuid) -> Void;
+}
+
+diesel::define_sql_function! {
+    fn merchant_for_instagram_account(account: sql_types::Text) -> sql_types::Nullable<sql_types::Uuid>;
+}
+
+async fn set_merchant_context(
+    conn: &mut AsyncPgConnection,
+    merchant: MerchantId,
+) -> QueryResult<()> {
+    diesel::select(set_merchant_context_sql(merchant.0))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,17 @@
+//! Postgres schema, tenant-scoped data access and the token vault.
+//!
+//! Error policy: this crate returns typed errors (`thiserror`); binaries and job bodies wrap
+//! them with context (`anyhow`) and log them once, at the boundary.
+
+pub mod accounts;
+mod db;
+pub mod merchants;
+pub mod migrate;
+pub mod products;
+pub mod schema;
+pub mod vault;
+
+pub use db::{
+    Db, DbError, MerchantId, StartupError, TENANT_TABLES, TenantWork, check_app_role, establish,
+};
+pub use vault::{TokenRow, Vault, VaultError};

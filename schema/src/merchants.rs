@@ -1,0 +1,66 @@
+//! Merchants (tenants). Every function runs inside [`crate::Db::as_merchant`].
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::db::MerchantId;
+use crate::schema::merchants;
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = merchants)]
+pub struct Merchant {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub persona: String,
+    pub ai_enabled: bool,
+    pub handoff_message: String,
+}
+
+/// Creates the merchant whose context the transaction carries (RLS checks `id`).
+pub async fn create(
+    conn: &mut AsyncPgConnection,
+    id: MerchantId,
+    name: &str,
+    persona: Option<&str>,
+) -> QueryResult<()> {
+    diesel::insert_into(merchants::table)
+        .values((
+            merchants::id.eq(id.0),
+            merchants::name.eq(name),
+            persona.map(|p| merchants::persona.eq(p)),
+        ))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+pub async fn find(conn: &mut AsyncPgConnection, id: MerchantId) -> QueryResult<Option<Merchant>> {
+    merchants::table
+        .find(id.0)
+        .select(Merchant::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The settings `merchant set` may change; `None` leaves a field as it is.
+#[derive(Debug, Default, Clone, AsChangeset)]
+#[diesel(table_name = merchants)]
+pub struct MerchantChanges {
+    pub persona: Option<String>,
+    pub ai_enabled: Option<bool>,
+    pub handoff_message: Option<String>,
+}
+
+/// Applies `changes`; `false` when the merchant does not exist (or is not this context's).
+pub async fn update(
+    conn: &mut AsyncPgConnection,
+    id: MerchantId,
+    changes: &MerchantChanges,
+) -> QueryResult<bool> {
+    let n = diesel::update(merchants::table.find(id.0))
+        .set((changes, merchants::updated_at.eq(diesel::dsl::now)))
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}

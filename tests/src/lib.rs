@@ -1,0 +1,6 @@
+//! Test support shared by the workspace's tests: isolated databases and roles (and, later, the
+//! fake Meta and fake LLM servers). The end-to-end tests themselves live in `tests/tests/`.
+
+pub mod db;
+
+pub use db::TestDb;
