@@ -136,15 +136,18 @@ pub async fn token_versions(
     Ok(counts)
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RotateCounts {
     pub rotated: usize,
     pub already_current: usize,
+    /// Accounts whose token could not be decrypted (key not in the ring, or tampered).
+    pub failed: Vec<(String, VaultError)>,
 }
 
 /// Re-encrypts this merchant's tokens that are not under the vault's current key. Each row is
 /// swapped only if it still holds the ciphertext that was read, so a concurrent token refresh
-/// (which writes under the current key anyway) wins.
+/// (which writes under the current key anyway) wins. A token that fails to decrypt is
+/// reported, not fatal, so one bad row does not stop the rest.
 pub async fn rotate_tokens(
     conn: &mut AsyncPgConnection,
     vault: &Vault,
@@ -162,9 +165,10 @@ pub async fn rotate_tokens(
             merchant,
             instagram_page_id: &page_id,
         };
-        match vault.reencrypt(row, &stored)? {
-            None => counts.already_current += 1,
-            Some(fresh) => {
+        match vault.reencrypt(row, &stored) {
+            Err(e) => counts.failed.push((page_id.clone(), e)),
+            Ok(None) => counts.already_current += 1,
+            Ok(Some(fresh)) => {
                 let n = diesel::update(
                     ia::table
                         .filter(ia::instagram_page_id.eq(&page_id))

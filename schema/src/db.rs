@@ -85,9 +85,13 @@ impl DbError {
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(
-        "Postgres is unreachable at {location} (DATABASE_URL): {reason}. Start PostgreSQL or point DATABASE_URL at a running server."
+        "Postgres is unreachable at {location} ({var}): {reason}. Start PostgreSQL or point {var} at a running server."
     )]
-    Unreachable { location: String, reason: String },
+    Unreachable {
+        var: &'static str,
+        location: String,
+        reason: String,
+    },
     #[error(
         "refusing to run as Postgres role \"{role}\": it {why}, which bypasses row-level security. Connect as a login role that is a member of igsales_app and owns nothing (CREATE ROLE igsales_login LOGIN PASSWORD '…' IN ROLE igsales_app;) and set DATABASE_URL to it; the owner belongs in MIGRATION_DATABASE_URL, used only by `worker migrate`."
     )]
@@ -228,6 +232,7 @@ impl Db {
         let mut first = establish(settings)
             .await
             .map_err(|e| StartupError::Unreachable {
+                var: "DATABASE_URL",
                 location: settings.url.location(),
                 reason: match e {
                     DbError::Connect(reason) => reason,

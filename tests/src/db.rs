@@ -20,7 +20,7 @@ pub const OWNER_ROLE: &str = "igsales_test_owner";
 pub const APP_ROLE: &str = "igsales_test_app";
 const ROLES_SQL: &str = include_str!("../sql/roles.sql");
 /// Serialises role and template creation across test processes.
-const SETUP_LOCK: i64 = 0x6967_7361_6c65_73;
+const SETUP_LOCK: i64 = 0x0069_6773_616c_6573;
 
 /// `postgres://postgres@127.0.0.1:5432` unless `IGSALES_TEST_PG` says otherwise (no database).
 pub fn server() -> String {

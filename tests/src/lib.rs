@@ -1,6 +1,8 @@
-//! Test support shared by the workspace's tests: isolated databases and roles (and, later, the
-//! fake Meta and fake LLM servers). The end-to-end tests themselves live in `tests/tests/`.
+//! Test support shared by the workspace's tests: isolated databases and roles, running the
+//! real binaries (and, later, the fake Meta and fake LLM servers). The end-to-end tests
+//! themselves live in `tests/tests/`.
 
+pub mod cli;
 pub mod db;
 
 pub use db::TestDb;

@@ -1,0 +1,263 @@
+//! `worker` command line: clap reads every variable as text, [`Cli::check`] turns it into a
+//! validated [`Action`] (all problems at once, exit 2), and only then does anything connect.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use igsales_config::{
+    Checker, Common, CommonArgs, ConfigError, DbArgs, DbSettings, KeyArgs, KeyRing, PgUrl, must,
+};
+use igsales_schema::MerchantId;
+use igsales_schema::merchants::MerchantChanges;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "igsales worker pool and operators' command line"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations as the owner role.
+    Migrate(MigrateArgs),
+    /// Token encryption keys: what the stored tokens are under, and re-encryption.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+    /// Create and configure merchants.
+    Merchant {
+        #[command(subcommand)]
+        action: MerchantCommand,
+    },
+    /// The merchant's product catalog.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The owner role; defaults to DATABASE_URL.
+    #[arg(long, env = "MIGRATION_DATABASE_URL", hide_env_values = true)]
+    migration_database_url: Option<String>,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    #[arg(
+        long,
+        env = "DATABASE_CONNECT_TIMEOUT_MS",
+        default_value = "5000",
+        hide_env_values = true
+    )]
+    database_connect_timeout_ms: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    keys: KeyArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Stored tokens per key version.
+    Status(KeysArgs),
+    /// Re-encrypt every token not under the first key of ENCRYPTION_KEY (idempotent, resumable).
+    Rotate(KeysArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MerchantCommand {
+    /// Create a merchant; prints only its id.
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long, value_parser = bounded_text(1, 200))]
+        name: String,
+        /// How the assistant speaks for this merchant (default: a neutral persona).
+        #[arg(long, value_parser = bounded_text(1, 4000))]
+        persona: Option<String>,
+    },
+    /// Change a merchant's persona, AI replies or hand-off message.
+    #[command(group(ArgGroup::new("change").required(true).multiple(true).args(["persona", "ai", "handoff_message"])))]
+    Set {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        merchant: MerchantId,
+        #[arg(long, value_parser = bounded_text(1, 4000))]
+        persona: Option<String>,
+        #[arg(long)]
+        ai: Option<OnOff>,
+        /// The message sent once when a customer asks for a person.
+        #[arg(long, value_parser = bounded_text(1, 1000))]
+        handoff_message: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Upsert products by SKU from a .csv or .json file; any bad row imports nothing.
+    Import {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        merchant: MerchantId,
+        file: PathBuf,
+    },
+}
+
+fn bounded_text(min: usize, max: usize) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |s| {
+        let n = s.trim().chars().count();
+        if (min..=max).contains(&n) {
+            Ok(s.trim().to_owned())
+        } else {
+            Err(format!("expected {min}–{max} characters"))
+        }
+    }
+}
+
+/// A command with every setting validated.
+#[derive(Debug)]
+pub enum Action {
+    Migrate {
+        url: PgUrl,
+        var: &'static str,
+        connect_timeout: Duration,
+    },
+    KeysStatus {
+        db: DbSettings,
+        ring: KeyRing,
+    },
+    KeysRotate {
+        db: DbSettings,
+        ring: KeyRing,
+    },
+    MerchantCreate {
+        db: DbSettings,
+        name: String,
+        persona: Option<String>,
+    },
+    MerchantSet {
+        db: DbSettings,
+        merchant: MerchantId,
+        changes: MerchantChanges,
+    },
+    CatalogImport {
+        db: DbSettings,
+        merchant: MerchantId,
+        file: PathBuf,
+    },
+}
+
+impl Cli {
+    pub fn check(self) -> Result<(Common, Action), ConfigError> {
+        let mut c = Checker::new();
+        let common = self.common.check(&mut c);
+        let action = match self.command {
+            Command::Migrate(args) => check_migrate(&mut c, args),
+            Command::Keys { action } => {
+                let (args, rotate) = match action {
+                    KeysCommand::Status(a) => (a, false),
+                    KeysCommand::Rotate(a) => (a, true),
+                };
+                let db = args.db.check(&mut c);
+                let ring = args.keys.check(&mut c);
+                db.zip(ring).map(|(db, ring)| {
+                    if rotate {
+                        Action::KeysRotate { db, ring }
+                    } else {
+                        Action::KeysStatus { db, ring }
+                    }
+                })
+            }
+            Command::Merchant {
+                action: MerchantCommand::Create { db, name, persona },
+            } => db
+                .check(&mut c)
+                .map(|db| Action::MerchantCreate { db, name, persona }),
+            Command::Merchant {
+                action:
+                    MerchantCommand::Set {
+                        db,
+                        merchant,
+                        persona,
+                        ai,
+                        handoff_message,
+                    },
+            } => db.check(&mut c).map(|db| Action::MerchantSet {
+                db,
+                merchant,
+                changes: MerchantChanges {
+                    persona,
+                    ai_enabled: ai.map(|a| matches!(a, OnOff::On)),
+                    handoff_message,
+                },
+            }),
+            Command::Catalog {
+                action: CatalogCommand::Import { db, merchant, file },
+            } => {
+                let ext = file
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .map(str::to_ascii_lowercase);
+                if !matches!(ext.as_deref(), Some("csv" | "json")) {
+                    c.invalid("FILE", "a catalog file ending in .csv or .json");
+                }
+                db.check(&mut c)
+                    .map(|db| Action::CatalogImport { db, merchant, file })
+            }
+        };
+        c.finish()?;
+        Ok((must(common), must(action)))
+    }
+}
+
+fn check_migrate(c: &mut Checker, args: MigrateArgs) -> Option<Action> {
+    let present = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+    // MIGRATION_DATABASE_URL wins; DATABASE_URL is the fallback. Whichever is used is named.
+    let (var, raw) = if present(&args.migration_database_url) {
+        ("MIGRATION_DATABASE_URL", args.migration_database_url)
+    } else if present(&args.database_url) {
+        ("DATABASE_URL", args.database_url)
+    } else {
+        ("MIGRATION_DATABASE_URL", None)
+    };
+    let form = format!("{} (the owner role; or set DATABASE_URL)", PgUrl::FORM);
+    let url = c.required(var, raw.as_deref(), &form, PgUrl::parse);
+    let connect_timeout = c.value(
+        "DATABASE_CONNECT_TIMEOUT_MS",
+        &args.database_connect_timeout_ms,
+        "milliseconds, 1–600000",
+        |s| {
+            s.parse::<u64>()
+                .ok()
+                .filter(|v| (1..=600_000).contains(v))
+                .map(Duration::from_millis)
+                .ok_or_else(String::new)
+        },
+    );
+    Some(Action::Migrate {
+        url: url?,
+        var,
+        connect_timeout: connect_timeout?,
+    })
+}
