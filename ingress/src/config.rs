@@ -1,0 +1,283 @@
+//! `ingress` configuration (SPEC §3): read by clap from the environment, judged by the
+//! [`Checker`] so that every problem is reported in one run without echoing any value.
+
+use clap::Parser;
+use igsales_config::{
+    AppEnv, Checker, Common, CommonArgs, ConfigError, DbArgs, DbSettings, GraphVersion, HttpUrl,
+    KeyArgs, KeyRing, RedisArgs, RedisSettings, Secret, must,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ingress",
+    version,
+    about = "igsales HTTP front door: webhooks, OAuth, Meta callbacks, health"
+)]
+pub struct IngressArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// OAuth client id (for Instagram Login: the Instagram app id).
+    #[arg(long, env = "META_APP_ID", hide_env_values = true)]
+    meta_app_id: Option<String>,
+    /// Webhook signing and OAuth client secret.
+    #[arg(long, env = "IG_APP_SECRET", hide_env_values = true)]
+    ig_app_secret: Option<String>,
+    /// A second accepted webhook-signing secret.
+    #[arg(long, env = "META_APP_SECRET", hide_env_values = true)]
+    meta_app_secret: Option<String>,
+    /// vNN.N, such as v26.0.
+    #[arg(long, env = "GRAPH_API_VERSION", hide_env_values = true)]
+    graph_api_version: Option<String>,
+    /// Public base URL; redirect_uri = {API_BASE_URL}/oauth/instagram/callback.
+    #[arg(long, env = "API_BASE_URL", hide_env_values = true)]
+    api_base_url: Option<String>,
+    #[arg(long, env = "PORT", hide_env_values = true)]
+    port: Option<String>,
+    #[arg(long, env = "META_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
+    meta_webhook_verify_token: Option<String>,
+    /// Bearer token of the /v1 API (at least 32 characters).
+    #[arg(long, env = "ADMIN_API_TOKEN", hide_env_values = true)]
+    admin_api_token: Option<String>,
+    #[arg(long, env = "OAUTH_SUCCESS_REDIRECT_URL", hide_env_values = true)]
+    oauth_success_redirect_url: Option<String>,
+    #[arg(long, env = "OAUTH_FAILURE_REDIRECT_URL", hide_env_values = true)]
+    oauth_failure_redirect_url: Option<String>,
+    #[arg(
+        long,
+        env = "GRAPH_API_BASE_URL",
+        default_value = "https://graph.instagram.com",
+        hide_env_values = true
+    )]
+    graph_api_base_url: String,
+    #[arg(
+        long,
+        env = "IG_OAUTH_BASE_URL",
+        default_value = "https://api.instagram.com",
+        hide_env_values = true
+    )]
+    ig_oauth_base_url: String,
+    #[arg(
+        long,
+        env = "IG_AUTHORIZE_URL",
+        default_value = "https://www.instagram.com/oauth/authorize",
+        hide_env_values = true
+    )]
+    ig_authorize_url: String,
+    /// Comma-separated origins allowed to call /v1 from a browser (empty: no CORS).
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "", hide_env_values = true)]
+    cors_allowed_origins: String,
+    #[arg(
+        long,
+        env = "WEBHOOK_MAX_BODY_BYTES",
+        default_value = "1048576",
+        hide_env_values = true
+    )]
+    webhook_max_body_bytes: String,
+}
+
+/// Every ingress setting, validated.
+#[derive(Debug, Clone)]
+pub struct IngressSettings {
+    pub app_env: AppEnv,
+    pub db: DbSettings,
+    pub redis: RedisSettings,
+    pub keys: KeyRing,
+    pub meta_app_id: String,
+    pub ig_app_secret: Secret,
+    pub meta_app_secret: Option<Secret>,
+    pub graph_api_version: GraphVersion,
+    pub api_base_url: HttpUrl,
+    pub port: u16,
+    pub webhook_verify_token: Secret,
+    pub admin_api_token: Secret,
+    pub oauth_success_redirect_url: HttpUrl,
+    pub oauth_failure_redirect_url: HttpUrl,
+    pub graph_api_base_url: HttpUrl,
+    pub ig_oauth_base_url: HttpUrl,
+    pub ig_authorize_url: HttpUrl,
+    pub cors_allowed_origins: Vec<String>,
+    pub webhook_max_body_bytes: usize,
+}
+
+fn secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret::new(s))
+}
+
+fn origin(s: &str) -> Result<String, String> {
+    let url = url::Url::parse(s).map_err(|_| String::new())?;
+    let serialized = url.origin().ascii_serialization();
+    let bare = matches!(url.scheme(), "http" | "https")
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && serialized == s.trim_end_matches('/');
+    if bare { Ok(serialized) } else { Err(String::new()) }
+}
+
+impl IngressArgs {
+    pub fn check(self) -> Result<(Common, IngressSettings), ConfigError> {
+        let mut c = Checker::new();
+        let common = self.common.check(&mut c);
+        let env = common.as_ref().map(|co| co.app_env);
+        let db = self.db.check(&mut c);
+        let redis = self.redis.check(&mut c, env);
+        let keys = self.keys.check(&mut c);
+        let meta_app_id = c.required(
+            "META_APP_ID",
+            self.meta_app_id.as_deref(),
+            "the app id, digits",
+            |s| {
+                if s.bytes().all(|b| b.is_ascii_digit()) {
+                    Ok(s.to_owned())
+                } else {
+                    Err(String::new())
+                }
+            },
+        );
+        let ig_app_secret = c.required(
+            "IG_APP_SECRET",
+            self.ig_app_secret.as_deref(),
+            "the app secret",
+            secret,
+        );
+        let meta_app_secret = c.optional(
+            "META_APP_SECRET",
+            self.meta_app_secret.as_deref(),
+            "the app secret",
+            secret,
+        );
+        let graph_api_version = c.required(
+            "GRAPH_API_VERSION",
+            self.graph_api_version.as_deref(),
+            GraphVersion::FORM,
+            GraphVersion::parse,
+        );
+        let api_base_url = c.required(
+            "API_BASE_URL",
+            self.api_base_url.as_deref(),
+            HttpUrl::FORM,
+            HttpUrl::parse,
+        );
+        let port = c.required("PORT", self.port.as_deref(), "an integer 1–65535", |s| {
+            s.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(String::new)
+        });
+        let webhook_verify_token = c.required(
+            "META_WEBHOOK_VERIFY_TOKEN",
+            self.meta_webhook_verify_token.as_deref(),
+            "the token entered in Meta's webhook settings",
+            secret,
+        );
+        let admin_api_token = c.required(
+            "ADMIN_API_TOKEN",
+            self.admin_api_token.as_deref(),
+            "at least 32 characters",
+            |s| {
+                if s.chars().count() >= 32 {
+                    Ok(Secret::new(s))
+                } else {
+                    Err(String::new())
+                }
+            },
+        );
+        let success = c.required(
+            "OAUTH_SUCCESS_REDIRECT_URL",
+            self.oauth_success_redirect_url.as_deref(),
+            HttpUrl::FORM,
+            HttpUrl::parse,
+        );
+        let failure = c.required(
+            "OAUTH_FAILURE_REDIRECT_URL",
+            self.oauth_failure_redirect_url.as_deref(),
+            HttpUrl::FORM,
+            HttpUrl::parse,
+        );
+        let graph_api_base_url = c.value(
+            "GRAPH_API_BASE_URL",
+            &self.graph_api_base_url,
+            HttpUrl::FORM,
+            HttpUrl::parse,
+        );
+        let ig_oauth_base_url = c.value(
+            "IG_OAUTH_BASE_URL",
+            &self.ig_oauth_base_url,
+            HttpUrl::FORM,
+            HttpUrl::parse,
+        );
+        let ig_authorize_url = c.value(
+            "IG_AUTHORIZE_URL",
+            &self.ig_authorize_url,
+            HttpUrl::FORM,
+            HttpUrl::parse,
+        );
+        let cors = c.value(
+            "CORS_ALLOWED_ORIGINS",
+            &self.cors_allowed_origins,
+            "comma-separated origins such as https://dashboard.example.com",
+            |s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(origin)
+                    .collect::<Result<Vec<_>, _>>()
+            },
+        );
+        let max_body = c.value(
+            "WEBHOOK_MAX_BODY_BYTES",
+            &self.webhook_max_body_bytes,
+            "bytes, 1024–67108864",
+            |s| {
+                s.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
+                    .ok_or_else(String::new)
+            },
+        );
+
+        if env == Some(AppEnv::Production) {
+            for (var, url) in [
+                ("API_BASE_URL", &api_base_url),
+                ("OAUTH_SUCCESS_REDIRECT_URL", &success),
+                ("OAUTH_FAILURE_REDIRECT_URL", &failure),
+            ] {
+                if url.as_ref().is_some_and(|u| !u.is_https()) {
+                    c.invalid(var, "an https:// URL when APP_ENV=production");
+                }
+            }
+        }
+
+        c.finish()?;
+        Ok((
+            must(common),
+            IngressSettings {
+                app_env: must(env),
+                db: must(db),
+                redis: must(redis),
+                keys: must(keys),
+                meta_app_id: must(meta_app_id),
+                ig_app_secret: must(ig_app_secret),
+                meta_app_secret: must(meta_app_secret),
+                graph_api_version: must(graph_api_version),
+                api_base_url: must(api_base_url),
+                port: must(port),
+                webhook_verify_token: must(webhook_verify_token),
+                admin_api_token: must(admin_api_token),
+                oauth_success_redirect_url: must(success),
+                oauth_failure_redirect_url: must(failure),
+                graph_api_base_url: must(graph_api_base_url),
+                ig_oauth_base_url: must(ig_oauth_base_url),
+                ig_authorize_url: must(ig_authorize_url),
+                cors_allowed_origins: must(cors),
+                webhook_max_body_bytes: must(max_body),
+            },
+        ))
+    }
+}
