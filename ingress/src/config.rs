@@ -70,7 +70,12 @@ pub struct IngressArgs {
     )]
     ig_authorize_url: String,
     /// Comma-separated origins allowed to call /v1 from a browser (empty: no CORS).
-    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        default_value = "",
+        hide_env_values = true
+    )]
     cors_allowed_origins: String,
     #[arg(
         long,
@@ -117,7 +122,11 @@ fn origin(s: &str) -> Result<String, String> {
         && url.query().is_none()
         && url.fragment().is_none()
         && serialized == s.trim_end_matches('/');
-    if bare { Ok(serialized) } else { Err(String::new()) }
+    if bare {
+        Ok(serialized)
+    } else {
+        Err(String::new())
+    }
 }
 
 impl IngressArgs {

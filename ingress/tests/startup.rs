@@ -40,19 +40,35 @@ fn full_env() -> Vec<(&'static str, String)> {
         ("GRAPH_API_VERSION", "v26.0".to_owned()),
         ("API_BASE_URL", "http://127.0.0.1:10000/".to_owned()),
         ("ENCRYPTION_KEY", key_entry(1, 0x3c)),
-        ("DATABASE_URL", format!("postgres://app:{DB_PASSWORD}@127.0.0.1:1/igsales")),
-        ("REDIS_URL", format!("redis://:{REDIS_PASSWORD}@127.0.0.1:1/0")),
+        (
+            "DATABASE_URL",
+            format!("postgres://app:{DB_PASSWORD}@127.0.0.1:1/igsales"),
+        ),
+        (
+            "REDIS_URL",
+            format!("redis://:{REDIS_PASSWORD}@127.0.0.1:1/0"),
+        ),
         ("PORT", "10000".to_owned()),
         ("META_WEBHOOK_VERIFY_TOKEN", VERIFY_TOKEN.to_owned()),
         ("ADMIN_API_TOKEN", ADMIN_TOKEN.to_owned()),
-        ("OAUTH_SUCCESS_REDIRECT_URL", "http://dashboard.local/ok".to_owned()),
-        ("OAUTH_FAILURE_REDIRECT_URL", "http://dashboard.local/failed".to_owned()),
+        (
+            "OAUTH_SUCCESS_REDIRECT_URL",
+            "http://dashboard.local/ok".to_owned(),
+        ),
+        (
+            "OAUTH_FAILURE_REDIRECT_URL",
+            "http://dashboard.local/failed".to_owned(),
+        ),
         ("DATABASE_CONNECT_TIMEOUT_MS", "500".to_owned()),
         ("REDIS_CONNECT_TIMEOUT_MS", "500".to_owned()),
     ]
 }
 
-fn with(env: &[(&'static str, String)], var: &'static str, value: &str) -> Vec<(&'static str, String)> {
+fn with(
+    env: &[(&'static str, String)],
+    var: &'static str,
+    value: &str,
+) -> Vec<(&'static str, String)> {
     let mut env: Vec<_> = env.iter().filter(|(k, _)| *k != var).cloned().collect();
     env.push((var, value.to_owned()));
     env
@@ -63,12 +79,22 @@ fn without(env: &[(&'static str, String)], var: &str) -> Vec<(&'static str, Stri
 }
 
 fn secrets() -> Vec<String> {
-    let key = key_entry(1, 0x3c).split_once(':').map(|(_, k)| k.to_owned()).unwrap_or_default();
-    [DB_PASSWORD, REDIS_PASSWORD, IG_SECRET, META_SECRET, VERIFY_TOKEN, ADMIN_TOKEN]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .chain([key])
-        .collect()
+    let key = key_entry(1, 0x3c)
+        .split_once(':')
+        .map(|(_, k)| k.to_owned())
+        .unwrap_or_default();
+    [
+        DB_PASSWORD,
+        REDIS_PASSWORD,
+        IG_SECRET,
+        META_SECRET,
+        VERIFY_TOKEN,
+        ADMIN_TOKEN,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([key])
+    .collect()
 }
 
 #[test]
@@ -76,25 +102,45 @@ fn each_missing_variable_is_named_and_exits_2_and_all_are_named_at_once() {
     for var in REQUIRED {
         let out = run(BIN, &[], &without(&full_env(), var));
         out.assert_code(2);
-        assert!(out.stderr.contains(&format!("{var} is missing")), "without {var}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("{var} is missing")),
+            "without {var}: {}",
+            out.stderr
+        );
     }
     let out = run(BIN, &[], &[]);
     out.assert_code(2);
     for var in REQUIRED {
-        assert!(out.stderr.contains(&format!("{var} is missing")), "{var}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("{var} is missing")),
+            "{var}: {}",
+            out.stderr
+        );
     }
-    assert!(out.stderr.contains(&format!("({} problems)", REQUIRED.len())), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("({} problems)", REQUIRED.len())),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
 fn invalid_values_are_named_with_the_expected_form() {
     use base64::Engine as _;
-    let short_key = format!("1:{}", base64::engine::general_purpose::STANDARD.encode([9u8; 19]));
+    let short_key = format!(
+        "1:{}",
+        base64::engine::general_purpose::STANDARD.encode([9u8; 19])
+    );
     let mut env = with(&full_env(), "ENCRYPTION_KEY", &short_key);
     env = with(&env, "GRAPH_API_VERSION", "26");
     env = with(&env, "PORT", "abc");
     env = with(&env, "ADMIN_API_TOKEN", "too-short");
-    env = with(&env, "CORS_ALLOWED_ORIGINS", "https://ok.example,https://bad.example/path");
+    env = with(
+        &env,
+        "CORS_ALLOWED_ORIGINS",
+        "https://ok.example,https://bad.example/path",
+    );
     env = with(&env, "OAUTH_SUCCESS_REDIRECT_URL", "/relative");
     env = with(&env, "WEBHOOK_MAX_BODY_BYTES", "-1");
     let out = run(BIN, &[], &env);
@@ -115,7 +161,11 @@ fn invalid_values_are_named_with_the_expected_form() {
             .unwrap_or_else(|| panic!("{var} not named: {}", out.stderr));
         assert!(line.contains(form), "{line}");
     }
-    assert!(!out.stderr.contains("too-short"), "a value was echoed: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("too-short"),
+        "a value was echoed: {}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -123,11 +173,24 @@ fn production_requires_tls_redis_with_a_password_and_https_urls() {
     let env = with(&full_env(), "APP_ENV", "production");
     let out = run(BIN, &[], &env);
     out.assert_code(2);
-    for var in ["REDIS_URL", "API_BASE_URL", "OAUTH_SUCCESS_REDIRECT_URL", "OAUTH_FAILURE_REDIRECT_URL"] {
-        assert!(out.stderr.contains(&format!("{var} is invalid")), "{var}: {}", out.stderr);
+    for var in [
+        "REDIS_URL",
+        "API_BASE_URL",
+        "OAUTH_SUCCESS_REDIRECT_URL",
+        "OAUTH_FAILURE_REDIRECT_URL",
+    ] {
+        assert!(
+            out.stderr.contains(&format!("{var} is invalid")),
+            "{var}: {}",
+            out.stderr
+        );
     }
     let mut env = with(&env, "REDIS_URL", "rediss://:pw@127.0.0.1:1");
-    for var in ["API_BASE_URL", "OAUTH_SUCCESS_REDIRECT_URL", "OAUTH_FAILURE_REDIRECT_URL"] {
+    for var in [
+        "API_BASE_URL",
+        "OAUTH_SUCCESS_REDIRECT_URL",
+        "OAUTH_FAILURE_REDIRECT_URL",
+    ] {
         env = with(&env, var, "https://igsales.example/x");
     }
     // Now valid: it gets as far as connecting (and fails on the closed port).
@@ -138,13 +201,23 @@ fn production_requires_tls_redis_with_a_password_and_https_urls() {
 fn unreachable_redis_or_postgres_exits_1_naming_it_and_how_to_fix_it() {
     let out = run(BIN, &[], &full_env());
     out.assert_code(1);
-    assert!(out.stderr.contains("Redis is unreachable at 127.0.0.1:1 (REDIS_URL)"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Redis is unreachable at 127.0.0.1:1 (REDIS_URL)"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("Start Redis"), "{}", out.stderr);
 
     let env = with(&full_env(), "REDIS_URL", "redis://127.0.0.1:6379");
     let out = run(BIN, &[], &env);
     out.assert_code(1);
-    assert!(out.stderr.contains("Postgres is unreachable at 127.0.0.1:1/igsales (DATABASE_URL)"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Postgres is unreachable at 127.0.0.1:1/igsales (DATABASE_URL)"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -153,13 +226,21 @@ fn no_output_ever_contains_a_planted_secret() {
         run(BIN, &[], &full_env()),
         run(BIN, &["--help"], &full_env()),
         run(BIN, &[], &with(&full_env(), "PORT", "0")),
-        run(BIN, &[], &with(&full_env(), "REDIS_URL", "redis://127.0.0.1:6379")),
+        run(
+            BIN,
+            &[],
+            &with(&full_env(), "REDIS_URL", "redis://127.0.0.1:6379"),
+        ),
         run(BIN, &[], &with(&full_env(), "APP_ENV", "production")),
     ];
     outs.push(run(
         BIN,
         &[],
-        &with(&full_env(), "DATABASE_URL", &format!("postgres://app:{DB_PASSWORD}@/nohost")),
+        &with(
+            &full_env(),
+            "DATABASE_URL",
+            &format!("postgres://app:{DB_PASSWORD}@/nohost"),
+        ),
     ));
     for out in &outs {
         let text = out.output();
@@ -198,7 +279,10 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
         .http_status_as_error(false)
         .build()
         .into();
-    let mut resp = agent.get(&format!("http://127.0.0.1:{port}{path}")).call().ok()?;
+    let mut resp = agent
+        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .ok()?;
     let status = resp.status().as_u16();
     let body = resp.body_mut().read_to_string().ok()?;
     Some((status, body))
@@ -215,7 +299,10 @@ async fn starts_as_the_app_role_serves_readiness_and_stops_on_sigterm() {
             break r;
         }
         assert!(Instant::now() < deadline, "ingress did not come up");
-        assert!(child.try_wait().expect("poll").is_none(), "ingress exited early");
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "ingress exited early"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(ready.0, 200, "{}", ready.1);
@@ -242,7 +329,10 @@ async fn starts_as_the_app_role_serves_readiness_and_stops_on_sigterm() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refuses_to_start_as_a_superuser_or_the_table_owner() {
     let db = TestDb::migrated().await;
-    for (url, why) in [(db.superuser_url(), "is a superuser"), (db.owner_url(), "owns the tenant tables")] {
+    for (url, why) in [
+        (db.superuser_url(), "is a superuser"),
+        (db.owner_url(), "owns the tenant tables"),
+    ] {
         let out = run(BIN, &[], &live_env(&db, url, free_port()));
         out.assert_code(1);
         assert!(out.stderr.contains("row-level security"), "{}", out.stderr);

@@ -8,25 +8,51 @@ use igsales_schema::{DbError, MerchantId, Vault, VaultError, merchants};
 use igsales_tests::TestDb;
 
 fn vault() -> Vault {
-    Vault::new(&KeyRing(vec![KeyEntry { version: 4, key: [4; 32] }]))
+    Vault::new(&KeyRing(vec![KeyEntry {
+        version: 4,
+        key: [4; 32],
+    }]))
 }
 
-async fn merchant_with_account(db: &igsales_schema::Db, vault: &Vault, page: &str, token: &str) -> MerchantId {
+async fn merchant_with_account(
+    db: &igsales_schema::Db,
+    vault: &Vault,
+    page: &str,
+    token: &str,
+) -> MerchantId {
     let m = MerchantId::new_random();
     let (page, token) = (page.to_owned(), Secret::new(token));
     db.as_merchant(m, async move |c: &mut AsyncPgConnection| {
-        merchants::create(c, m, "Shop", None).await.map_err(DbError::from)?;
-        accounts::connect(c, vault, m, &page, "shop", &token, Utc::now() + Duration::days(60)).await
+        merchants::create(c, m, "Shop", None)
+            .await
+            .map_err(DbError::from)?;
+        accounts::connect(
+            c,
+            vault,
+            m,
+            &page,
+            "shop",
+            &token,
+            Utc::now() + Duration::days(60),
+        )
+        .await
     })
     .await
     .expect("seed account");
     m
 }
 
-async fn read_token(db: &igsales_schema::Db, vault: &Vault, m: MerchantId, page: &str) -> Result<Secret, AccountError> {
+async fn read_token(
+    db: &igsales_schema::Db,
+    vault: &Vault,
+    m: MerchantId,
+    page: &str,
+) -> Result<Secret, AccountError> {
     let page = page.to_owned();
-    db.as_merchant(m, async move |c: &mut AsyncPgConnection| accounts::token(c, vault, m, &page).await)
-        .await
+    db.as_merchant(m, async move |c: &mut AsyncPgConnection| {
+        accounts::token(c, vault, m, &page).await
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -37,7 +63,13 @@ async fn tokens_round_trip_encrypted_and_a_ciphertext_moved_to_another_merchant_
     let a = merchant_with_account(&db, &vault, "17841400000000011", "IGAA-secret-of-a").await;
     let b = merchant_with_account(&db, &vault, "17841400000000022", "IGAA-secret-of-b").await;
 
-    assert_eq!(read_token(&db, &vault, a, "17841400000000011").await.expect("a").expose(), "IGAA-secret-of-a");
+    assert_eq!(
+        read_token(&db, &vault, a, "17841400000000011")
+            .await
+            .expect("a")
+            .expose(),
+        "IGAA-secret-of-a"
+    );
 
     // What is stored is a v4 ciphertext, never the token.
     let mut su = test_db.superuser_conn().await;
@@ -78,7 +110,11 @@ async fn tokens_round_trip_encrypted_and_a_ciphertext_moved_to_another_merchant_
     .execute(&mut su)
     .await
     .expect("tamper");
-    assert!(read_token(&db, &vault, a, "17841400000000011").await.is_err());
+    assert!(
+        read_token(&db, &vault, a, "17841400000000011")
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -91,13 +127,43 @@ async fn an_account_connected_to_one_merchant_cannot_be_claimed_by_another() {
     let v = &vault;
     let result = db
         .as_merchant(b, async move |c: &mut AsyncPgConnection| {
-            merchants::create(c, b, "Other", None).await.map_err(DbError::from)?;
-            accounts::connect(c, v, b, "17841400000000033", "x", &Secret::new("t2"), Utc::now()).await
+            merchants::create(c, b, "Other", None)
+                .await
+                .map_err(DbError::from)?;
+            accounts::connect(
+                c,
+                v,
+                b,
+                "17841400000000033",
+                "x",
+                &Secret::new("t2"),
+                Utc::now(),
+            )
+            .await
         })
         .await;
-    assert!(matches!(result, Err(AccountError::AlreadyConnected)), "{result:?}");
+    assert!(
+        matches!(result, Err(AccountError::AlreadyConnected)),
+        "{result:?}"
+    );
     // Still A's, with A's token.
-    assert_eq!(read_token(&db, &vault, a, "17841400000000033").await.expect("a").expose(), "t1");
-    assert_eq!(db.merchant_for_instagram_account("17841400000000033").await.expect("resolve"), Some(a));
-    assert_eq!(db.merchant_for_instagram_account("999").await.expect("resolve"), None);
+    assert_eq!(
+        read_token(&db, &vault, a, "17841400000000033")
+            .await
+            .expect("a")
+            .expose(),
+        "t1"
+    );
+    assert_eq!(
+        db.merchant_for_instagram_account("17841400000000033")
+            .await
+            .expect("resolve"),
+        Some(a)
+    );
+    assert_eq!(
+        db.merchant_for_instagram_account("999")
+            .await
+            .expect("resolve"),
+        None
+    );
 }
