@@ -327,7 +327,7 @@ async fn starts_as_the_app_role_serves_readiness_and_stops_on_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn refuses_to_start_as_a_superuser_or_the_table_owner() {
+async fn refuses_to_start_as_a_superuser_a_bypassrls_role_or_the_table_owner() {
     let db = TestDb::migrated().await;
     for (url, why) in [
         (db.superuser_url(), "is a superuser"),

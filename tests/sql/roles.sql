@@ -2,6 +2,7 @@
 -- harness's advisory lock. Roles are cluster-wide, so they are never dropped.
 --   igsales_test_owner: owns the test databases and runs migrations (not a superuser).
 --   igsales_test_app:   the app's login role, a member of igsales_app (RLS applies to it).
+--   igsales_test_bypass: like the app role but with BYPASSRLS, which the binaries must refuse.
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'igsales_app') THEN
@@ -15,6 +16,9 @@ BEGIN
   END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'igsales_test_app') THEN
     CREATE ROLE igsales_test_app LOGIN IN ROLE igsales_app;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'igsales_test_bypass') THEN
+    CREATE ROLE igsales_test_bypass LOGIN BYPASSRLS IN ROLE igsales_app;
   END IF;
 END
 $$;

@@ -18,6 +18,7 @@ use igsales_schema::Db;
 
 pub const OWNER_ROLE: &str = "igsales_test_owner";
 pub const APP_ROLE: &str = "igsales_test_app";
+pub const BYPASS_ROLE: &str = "igsales_test_bypass";
 const ROLES_SQL: &str = include_str!("../sql/roles.sql");
 /// Serialises role and template creation across test processes.
 const SETUP_LOCK: i64 = 0x0069_6773_616c_6573;
@@ -198,6 +199,10 @@ impl TestDb {
     /// The app's login role (member of `igsales_app`, not superuser, owns nothing).
     pub fn app_url(&self) -> String {
         url_as(APP_ROLE, &self.name)
+    }
+    /// A member of `igsales_app` with `BYPASSRLS`: what the binaries must refuse.
+    pub fn bypass_url(&self) -> String {
+        url_as(BYPASS_ROLE, &self.name)
     }
     /// The owner role, which runs migrations.
     pub fn owner_url(&self) -> String {

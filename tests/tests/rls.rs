@@ -401,3 +401,44 @@ async fn a_cancelled_transaction_does_not_leak_its_context_or_its_writes() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pooled_connections_carry_the_statement_and_idle_in_transaction_timeouts() {
+    let test_db = TestDb::migrated().await;
+    let mut settings = test_db.app_settings(1);
+    settings.statement_timeout = Duration::from_millis(200);
+    settings.idle_in_transaction_timeout = Duration::from_millis(300);
+    let db = Db::connect(&settings).await.expect("connect");
+    let m = MerchantId::new_random();
+
+    #[derive(QueryableByName)]
+    struct Timeouts {
+        #[diesel(sql_type = Text)]
+        statement: String,
+        #[diesel(sql_type = Text)]
+        idle: String,
+    }
+    let t: Timeouts = db
+        .as_merchant(m, async |c: &mut AsyncPgConnection| {
+            Ok::<_, DbError>(
+                diesel::sql_query(
+                    "SELECT current_setting('statement_timeout') AS statement,
+                            current_setting('idle_in_transaction_session_timeout') AS idle",
+                )
+                .get_result(c)
+                .await?,
+            )
+        })
+        .await
+        .expect("read settings");
+    assert_eq!((t.statement.as_str(), t.idle.as_str()), ("200ms", "300ms"));
+
+    let err = db
+        .as_merchant(m, async |c: &mut AsyncPgConnection| {
+            diesel::sql_query("SELECT pg_sleep(2)").execute(c).await?;
+            Ok::<_, DbError>(())
+        })
+        .await
+        .expect_err("a slow statement is cancelled by Postgres");
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+}
