@@ -5,6 +5,8 @@
 //! invalid variables at once. Values are never echoed back: an error names the variable and the
 //! form that was expected, which keeps secrets (and passwords inside URLs) out of the output.
 
+use std::process::ExitCode;
+
 mod args;
 mod check;
 mod values;
@@ -20,6 +22,41 @@ pub use values::{
 pub const EXIT_CONFIG: u8 = 2;
 /// Exit code for runtime failures, including an unreachable Redis or Postgres at start.
 pub const EXIT_RUNTIME: u8 = 1;
+
+/// The shared shape of both binaries' `main`: report configuration problems (exit 2), set up
+/// logging, run `body` on a multi-threaded runtime, and turn its error into exit 1.
+pub fn run_checked<T, F, Fut>(checked: Result<(Common, T), ConfigError>, body: F) -> ExitCode
+where
+    F: FnOnce(T) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let (common, settings) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(common.log_format, common.filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(body(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the context chain; our errors never carry secrets or URLs.
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
 
 /// Installs the global tracing subscriber; `RUST_LOG` was validated by [`CommonArgs::check`].
 pub fn init_tracing(format: LogFormat, filter: tracing_subscriber::EnvFilter) {

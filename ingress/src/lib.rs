@@ -11,7 +11,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use clap::Parser as _;
-use igsales_config::{EXIT_CONFIG, EXIT_RUNTIME, init_tracing};
 use igsales_schema::Db;
 use redis::aio::ConnectionManager;
 
@@ -33,32 +32,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Exit codes: 0 after a clean shutdown, 1 runtime failure, 2 configuration error.
 pub fn main() -> ExitCode {
-    let (common, settings) = match IngressArgs::parse().check() {
-        Ok(checked) => checked,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    init_tracing(common.log_format, common.filter);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
-    match runtime.block_on(serve(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_RUNTIME)
-        }
-    }
+    igsales_config::run_checked(IngressArgs::parse().check(), serve)
 }
 
 /// Connects to Redis and Postgres (refusing a role that bypasses RLS), then listens until

@@ -154,12 +154,7 @@ fn invalid_values_are_named_with_the_expected_form() {
         ("OAUTH_SUCCESS_REDIRECT_URL", "http(s)://"),
         ("WEBHOOK_MAX_BODY_BYTES", "bytes"),
     ] {
-        let line = out
-            .stderr
-            .lines()
-            .find(|l| l.contains(&format!("{var} is invalid")))
-            .unwrap_or_else(|| panic!("{var} not named: {}", out.stderr));
-        assert!(line.contains(form), "{line}");
+        out.assert_invalid(var, form);
     }
     assert!(
         !out.stderr.contains("too-short"),

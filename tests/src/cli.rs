@@ -28,6 +28,19 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// Asserts stderr has a line saying `var` is invalid, mentioning `form`.
+    #[track_caller]
+    pub fn assert_invalid(&self, var: &str, form: &str) {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!("{var} is invalid")))
+            .unwrap_or_else(|| panic!("{var} not named as invalid: {}", self.stderr));
+        assert!(line.contains(form), "expected {form:?} in: {line}");
+    }
+}
+
 /// Runs `bin` with exactly `env` (plus PATH), never inheriting the caller's variables.
 pub fn run(bin: &str, args: &[&str], env: &[(&str, String)]) -> Outcome {
     let mut cmd = Command::new(bin);

@@ -168,6 +168,20 @@ async fn merchant_create_and_set_work_under_rls() {
     assert!(out.stderr.contains("not found"), "{}", out.stderr);
 }
 
+fn import(db: &TestDb, merchant: MerchantId, file: &std::path::Path) -> Outcome {
+    let file = file.to_str().expect("utf8 path");
+    worker(
+        &db.app_url(),
+        &[
+            "catalog",
+            "import",
+            "--merchant",
+            &merchant.to_string(),
+            file,
+        ],
+    )
+}
+
 fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "igsales-test-{}-{}",
@@ -203,16 +217,7 @@ async fn catalog_import_upserts_by_sku_for_one_merchant_only_and_a_bad_row_impor
          MUG-2,Mug,,15,,,,\n",
     )
     .expect("write");
-    let out = worker(
-        &db.app_url(),
-        &[
-            "catalog",
-            "import",
-            "--merchant",
-            &a.to_string(),
-            csv.to_str().expect("utf8"),
-        ],
-    );
+    let out = import(&db, a, &csv);
     out.assert_code(0);
     assert!(out.stdout.contains("2 new, 0 updated"), "{}", out.stdout);
 
@@ -236,16 +241,7 @@ async fn catalog_import_upserts_by_sku_for_one_merchant_only_and_a_bad_row_impor
             {"sku":"CAP-3","name":"Cap","description":"","price":20,"currency":"BRL","stock":null,"url":null,"image_url":null}]"#,
     )
     .expect("write");
-    let out = worker(
-        &db.app_url(),
-        &[
-            "catalog",
-            "import",
-            "--merchant",
-            &a.to_string(),
-            json.to_str().expect("utf8"),
-        ],
-    );
+    let out = import(&db, a, &json);
     out.assert_code(0);
     assert!(out.stdout.contains("1 new, 1 updated"), "{}", out.stdout);
     let tee = products_of(&db, a)
@@ -265,16 +261,7 @@ async fn catalog_import_upserts_by_sku_for_one_merchant_only_and_a_bad_row_impor
     writeln!(f, "HAT-4,Hat,,ten,BRL,,,").expect("write");
     drop(f);
     let before = superuser_count(&db, "SELECT count(*) AS n FROM products").await;
-    let out = worker(
-        &db.app_url(),
-        &[
-            "catalog",
-            "import",
-            "--merchant",
-            &a.to_string(),
-            bad.to_str().expect("utf8"),
-        ],
-    );
+    let out = import(&db, a, &bad);
     out.assert_code(1);
     assert!(out.stderr.contains("CSV line 4: price"), "{}", out.stderr);
     assert!(
