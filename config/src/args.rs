@@ -17,16 +17,6 @@ fn positive_u32(max: u32) -> impl FnOnce(&str) -> Result<u32, String> {
     }
 }
 
-fn millis(min: u64, max: u64) -> impl FnOnce(&str) -> Result<Duration, String> {
-    move |s| {
-        s.parse::<u64>()
-            .ok()
-            .filter(|v| (min..=max).contains(v))
-            .map(Duration::from_millis)
-            .ok_or_else(String::new)
-    }
-}
-
 /// Variables every command reads.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
@@ -147,23 +137,23 @@ impl DbArgs {
             "an integer 1–1000",
             positive_u32(1000),
         );
-        let statement_timeout = c.value(
+        let statement_timeout = c.millis(
             "DATABASE_STATEMENT_TIMEOUT_MS",
             &self.database_statement_timeout_ms,
-            "milliseconds, 1–3600000",
-            millis(1, 3_600_000),
+            1,
+            3_600_000,
         );
-        let idle = c.value(
+        let idle = c.millis(
             "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
             &self.database_idle_in_transaction_timeout_ms,
-            "milliseconds, 1–3600000",
-            millis(1, 3_600_000),
+            1,
+            3_600_000,
         );
-        let connect = c.value(
+        let connect = c.millis(
             "DATABASE_CONNECT_TIMEOUT_MS",
             &self.database_connect_timeout_ms,
-            "milliseconds, 1–600000",
-            millis(1, 600_000),
+            1,
+            600_000,
         );
         Some(DbSettings {
             url: url?,
@@ -221,17 +211,17 @@ impl RedisArgs {
                 "rediss:// with a password when APP_ENV=production",
             );
         }
-        let connect = c.value(
+        let connect = c.millis(
             "REDIS_CONNECT_TIMEOUT_MS",
             &self.redis_connect_timeout_ms,
-            "milliseconds, 1–600000",
-            millis(1, 600_000),
+            1,
+            600_000,
         );
-        let response = c.value(
+        let response = c.millis(
             "REDIS_RESPONSE_TIMEOUT_MS",
             &self.redis_response_timeout_ms,
-            "milliseconds, 1–600000",
-            millis(1, 600_000),
+            1,
+            600_000,
         );
         Some(RedisSettings {
             url: url?,

@@ -91,6 +91,24 @@ impl Checker {
         self.parse(var, raw.trim(), form, parse)
     }
 
+    /// A duration in whole milliseconds within `min..=max` (a variable with a default).
+    pub fn millis(
+        &mut self,
+        var: &'static str,
+        raw: &str,
+        min: u64,
+        max: u64,
+    ) -> Option<std::time::Duration> {
+        let form = format!("milliseconds, {min}–{max}");
+        self.value(var, raw, &form, |s| {
+            s.parse::<u64>()
+                .ok()
+                .filter(|v| (min..=max).contains(v))
+                .map(std::time::Duration::from_millis)
+                .ok_or_else(String::new)
+        })
+    }
+
     /// A cross-field or environment rule that failed.
     pub fn invalid(&mut self, var: &'static str, form: impl Into<String>) {
         self.problems.push(Problem::Invalid {

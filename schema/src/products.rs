@@ -8,20 +8,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use crate::db::MerchantId;
 use crate::schema::products;
 
-/// One validated catalog row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProductInput {
-    pub sku: String,
-    pub name: String,
-    pub description: String,
-    pub price: BigDecimal,
-    pub currency: Option<String>,
-    pub stock: Option<i32>,
-    pub url: Option<String>,
-    pub image_url: Option<String>,
-}
-
-#[derive(Debug, Clone, Queryable, Selectable)]
+/// One catalog row: what an import validated, and what a read returns.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
 #[diesel(table_name = products)]
 pub struct Product {
     pub sku: String,
@@ -45,7 +33,7 @@ pub struct UpsertCounts {
 pub async fn upsert(
     conn: &mut AsyncPgConnection,
     merchant: MerchantId,
-    rows: &[ProductInput],
+    rows: &[Product],
     mut progress: impl FnMut(usize),
 ) -> QueryResult<UpsertCounts> {
     const CHUNK: usize = 1000;

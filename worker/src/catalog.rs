@@ -9,7 +9,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use bigdecimal::BigDecimal;
-use igsales_schema::products::ProductInput;
+use igsales_schema::products::Product;
 
 pub const COLUMNS: [&str; 8] = [
     "sku",
@@ -79,7 +79,7 @@ fn list(errors: &[RowError]) -> String {
 }
 
 /// Reads and validates a catalog file, choosing the format by extension.
-pub fn read_file(path: &Path) -> Result<Vec<ProductInput>, CatalogError> {
+pub fn read_file(path: &Path) -> Result<Vec<Product>, CatalogError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -113,7 +113,7 @@ impl RawRow {
     }
 }
 
-pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ProductInput>, CatalogError> {
+pub fn parse_csv(bytes: &[u8]) -> Result<Vec<Product>, CatalogError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)
@@ -178,7 +178,7 @@ fn csv_reason(e: &csv::Error) -> String {
     }
 }
 
-pub fn parse_json(bytes: &[u8]) -> Result<Vec<ProductInput>, CatalogError> {
+pub fn parse_json(bytes: &[u8]) -> Result<Vec<Product>, CatalogError> {
     let whole = |message: String| CatalogError::Invalid(vec![RowError { row: None, message }]);
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         whole(format!(
@@ -221,7 +221,7 @@ fn json_row(item: serde_json::Value) -> Result<RawRow, String> {
 }
 
 /// Validates every row, rejects duplicate SKUs, and returns all rows or all problems.
-fn finish(rows: Vec<(RowRef, Result<RawRow, String>)>) -> Result<Vec<ProductInput>, CatalogError> {
+fn finish(rows: Vec<(RowRef, Result<RawRow, String>)>) -> Result<Vec<Product>, CatalogError> {
     let mut errors = Vec::new();
     let mut products = Vec::with_capacity(rows.len());
     let mut seen: HashMap<String, RowRef> = HashMap::new();
@@ -286,7 +286,7 @@ fn web_url(raw: &RawRow, column: &str) -> Result<Option<String>, String> {
     }
 }
 
-fn validate(raw: &RawRow) -> Result<ProductInput, String> {
+fn validate(raw: &RawRow) -> Result<Product, String> {
     let sku = text(raw, "sku", 128, true)?;
     if sku.chars().any(char::is_whitespace) {
         return Err("sku: must not contain spaces".to_owned());
@@ -338,7 +338,7 @@ fn validate(raw: &RawRow) -> Result<ProductInput, String> {
         ),
     };
 
-    Ok(ProductInput {
+    Ok(Product {
         sku,
         name,
         description,
@@ -356,7 +356,7 @@ mod tests {
 
     const HEADER: &str = "sku,name,description,price,currency,stock,url,image_url\n";
 
-    fn errors(result: Result<Vec<ProductInput>, CatalogError>) -> Vec<String> {
+    fn errors(result: Result<Vec<Product>, CatalogError>) -> Vec<String> {
         match result {
             Err(CatalogError::Invalid(e)) => e.iter().map(ToString::to_string).collect(),
             other => panic!("expected validation errors, got {other:?}"),

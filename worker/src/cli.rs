@@ -243,17 +243,11 @@ fn check_migrate(c: &mut Checker, args: MigrateArgs) -> Option<Action> {
     };
     let form = format!("{} (the owner role; or set DATABASE_URL)", PgUrl::FORM);
     let url = c.required(var, raw.as_deref(), &form, PgUrl::parse);
-    let connect_timeout = c.value(
+    let connect_timeout = c.millis(
         "DATABASE_CONNECT_TIMEOUT_MS",
         &args.database_connect_timeout_ms,
-        "milliseconds, 1–600000",
-        |s| {
-            s.parse::<u64>()
-                .ok()
-                .filter(|v| (1..=600_000).contains(v))
-                .map(Duration::from_millis)
-                .ok_or_else(String::new)
-        },
+        1,
+        600_000,
     );
     Some(Action::Migrate {
         url: url?,
