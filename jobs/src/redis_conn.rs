@@ -24,6 +24,8 @@ pub async fn connect(
     settings: &RedisSettings,
     env: AppEnv,
 ) -> Result<ConnectionManager, RedisStartupError> {
+    // rediss:// needs a process-wide rustls crypto provider; a second install is a no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let location = settings.url.location();
     let unreachable = |reason: String| RedisStartupError::Unreachable {
         location: location.clone(),
