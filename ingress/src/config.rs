@@ -1,6 +1,8 @@
 //! `ingress` configuration (SPEC §3): read by clap from the environment, judged by the
 //! [`Checker`] so that every problem is reported in one run without echoing any value.
 
+use std::time::Duration;
+
 use clap::Parser;
 use igsales_config::{
     AppEnv, Checker, Common, CommonArgs, ConfigError, DbArgs, DbSettings, GraphVersion, HttpUrl,
@@ -84,6 +86,70 @@ pub struct IngressArgs {
         hide_env_values = true
     )]
     webhook_max_body_bytes: String,
+    /// How many unreadable signed payloads `dlq:webhook_invalid` keeps (newest first).
+    #[arg(
+        long,
+        env = "WEBHOOK_INVALID_DLQ_MAX",
+        default_value = "10000",
+        hide_env_values = true
+    )]
+    webhook_invalid_dlq_max: String,
+    /// How long an event's dedupe claim lives (Meta retries for up to 36 h).
+    #[arg(
+        long,
+        env = "WEBHOOK_DEDUPE_TTL_SECS",
+        default_value = "172800",
+        hide_env_values = true
+    )]
+    webhook_dedupe_ttl_secs: String,
+    /// Account → merchant cache: how long a found account is remembered (at most 60).
+    #[arg(
+        long,
+        env = "ACCOUNT_CACHE_HIT_SECS",
+        default_value = "60",
+        hide_env_values = true
+    )]
+    account_cache_hit_secs: String,
+    /// … and an unknown one (at most 5).
+    #[arg(
+        long,
+        env = "ACCOUNT_CACHE_MISS_SECS",
+        default_value = "5",
+        hide_env_values = true
+    )]
+    account_cache_miss_secs: String,
+    /// Timeout of one call to Meta's OAuth or Graph API.
+    #[arg(
+        long,
+        env = "META_HTTP_TIMEOUT_MS",
+        default_value = "10000",
+        hide_env_values = true
+    )]
+    meta_http_timeout_ms: String,
+    /// Calls to Meta in flight at once (each holds a blocking thread).
+    #[arg(
+        long,
+        env = "META_HTTP_MAX_CONCURRENCY",
+        default_value = "16",
+        hide_env_values = true
+    )]
+    meta_http_max_concurrency: String,
+    /// Lifetime of an OAuth connect ticket and its state.
+    #[arg(
+        long,
+        env = "OAUTH_STATE_TTL_SECS",
+        default_value = "600",
+        hide_env_values = true
+    )]
+    oauth_state_ttl_secs: String,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(
+        long,
+        env = "SHUTDOWN_TIMEOUT_MS",
+        default_value = "10000",
+        hide_env_values = true
+    )]
+    shutdown_timeout_ms: String,
 }
 
 /// Every ingress setting, validated.
@@ -108,6 +174,40 @@ pub struct IngressSettings {
     pub ig_authorize_url: HttpUrl,
     pub cors_allowed_origins: Vec<String>,
     pub webhook_max_body_bytes: usize,
+    pub webhook_invalid_dlq_max: usize,
+    pub webhook_dedupe_ttl: Duration,
+    pub account_cache_hit: Duration,
+    pub account_cache_miss: Duration,
+    pub meta_http_timeout: Duration,
+    pub meta_http_max_concurrency: usize,
+    pub oauth_state_ttl: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl IngressSettings {
+    /// `{API_BASE_URL}/oauth/instagram/callback`: must match Meta's configuration exactly.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/oauth/instagram/callback", self.api_base_url.base())
+    }
+}
+
+fn secs(max: u64) -> impl FnOnce(&str) -> Result<Duration, String> {
+    move |s| {
+        s.parse::<u64>()
+            .ok()
+            .filter(|v| (1..=max).contains(v))
+            .map(Duration::from_secs)
+            .ok_or_else(String::new)
+    }
+}
+
+fn count(max: usize) -> impl FnOnce(&str) -> Result<usize, String> {
+    move |s| {
+        s.parse::<usize>()
+            .ok()
+            .filter(|v| (1..=max).contains(v))
+            .ok_or_else(String::new)
+    }
 }
 
 fn secret(s: &str) -> Result<Secret, String> {
@@ -251,6 +351,50 @@ impl IngressArgs {
             },
         );
 
+        let dlq_max = c.value(
+            "WEBHOOK_INVALID_DLQ_MAX",
+            &self.webhook_invalid_dlq_max,
+            "a count, 1–1000000",
+            count(1_000_000),
+        );
+        let dedupe_ttl = c.value(
+            "WEBHOOK_DEDUPE_TTL_SECS",
+            &self.webhook_dedupe_ttl_secs,
+            "seconds, 1–2592000",
+            secs(2_592_000),
+        );
+        let cache_hit = c.value(
+            "ACCOUNT_CACHE_HIT_SECS",
+            &self.account_cache_hit_secs,
+            "seconds, 1–60",
+            secs(60),
+        );
+        let cache_miss = c.value(
+            "ACCOUNT_CACHE_MISS_SECS",
+            &self.account_cache_miss_secs,
+            "seconds, 1–5",
+            secs(5),
+        );
+        let meta_timeout = c.millis(
+            "META_HTTP_TIMEOUT_MS",
+            &self.meta_http_timeout_ms,
+            1,
+            120_000,
+        );
+        let meta_concurrency = c.value(
+            "META_HTTP_MAX_CONCURRENCY",
+            &self.meta_http_max_concurrency,
+            "a count, 1–256",
+            count(256),
+        );
+        let oauth_ttl = c.value(
+            "OAUTH_STATE_TTL_SECS",
+            &self.oauth_state_ttl_secs,
+            "seconds, 1–3600",
+            secs(3600),
+        );
+        let shutdown = c.millis("SHUTDOWN_TIMEOUT_MS", &self.shutdown_timeout_ms, 1, 600_000);
+
         if env == Some(AppEnv::Production) {
             for (var, url) in [
                 ("API_BASE_URL", &api_base_url),
@@ -286,6 +430,14 @@ impl IngressArgs {
                 ig_authorize_url: must(ig_authorize_url),
                 cors_allowed_origins: must(cors),
                 webhook_max_body_bytes: must(max_body),
+                webhook_invalid_dlq_max: must(dlq_max),
+                webhook_dedupe_ttl: must(dedupe_ttl),
+                account_cache_hit: must(cache_hit),
+                account_cache_miss: must(cache_miss),
+                meta_http_timeout: must(meta_timeout),
+                meta_http_max_concurrency: must(meta_concurrency),
+                oauth_state_ttl: must(oauth_ttl),
+                shutdown_timeout: must(shutdown),
             },
         ))
     }

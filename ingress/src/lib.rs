@@ -1,34 +1,177 @@
-//! The `ingress` binary: a thin axum server. This step serves health and readiness; webhooks,
-//! OAuth and Meta's callbacks are added on the same state.
+//! The `ingress` binary: a thin axum server for Meta's webhooks, the Instagram OAuth connect
+//! flow, Meta's deauthorize and data-deletion callbacks, health and metrics.
 
+mod auth;
+mod callbacks;
 pub mod config;
+mod error;
 mod health;
+pub mod metrics;
+mod oauth;
+mod resolver;
+mod webhook;
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::routing::{get, post};
 use clap::Parser as _;
-use igsales_schema::Db;
+use igsales_jobs::{InboundEventV1, JobQueue};
+use igsales_meta::{MetaClient, MetaClientConfig, WebhookVerifier};
+use igsales_schema::{Db, Vault};
 use redis::aio::ConnectionManager;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::config::{IngressArgs, IngressSettings};
+pub use crate::config::{IngressArgs, IngressSettings};
+pub use crate::error::AppError;
+use crate::resolver::AccountResolver;
 
-/// Cheap, cloneable handles shared by every request.
+/// Everything a request needs; one `Arc`, cheap to clone.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub settings: IngressSettings,
     pub db: Db,
     pub redis: ConnectionManager,
-    /// How long a readiness probe waits for each dependency.
-    pub probe_timeout: Duration,
+    pub inbound: JobQueue<InboundEventV1>,
+    pub verifier: WebhookVerifier,
+    pub accounts: AccountResolver,
+    pub meta: MetaClient,
+    pub vault: Vault,
+    pub admin: auth::SecretMatcher,
+    pub verify_token: auth::SecretMatcher,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Wires the handles around connections that are already established.
+    pub fn new(settings: IngressSettings, db: Db, redis: ConnectionManager) -> AppState {
+        let mut secrets = vec![settings.ig_app_secret.expose().to_owned()];
+        if let Some(s) = &settings.meta_app_secret {
+            secrets.push(s.expose().to_owned());
+        }
+        let verifier = WebhookVerifier::new(secrets.iter().map(String::as_str));
+        let meta = MetaClient::new(MetaClientConfig {
+            oauth_base: settings.ig_oauth_base_url.base().to_owned(),
+            graph_base: settings.graph_api_base_url.base().to_owned(),
+            version: settings.graph_api_version.as_str().to_owned(),
+            client_id: settings.meta_app_id.clone(),
+            client_secret: settings.ig_app_secret.clone(),
+            timeout: settings.meta_http_timeout,
+            max_concurrency: settings.meta_http_max_concurrency,
+        });
+        let accounts = AccountResolver::new(
+            db.clone(),
+            settings.account_cache_hit,
+            settings.account_cache_miss,
+        );
+        let admin = auth::SecretMatcher::new(settings.admin_api_token.expose());
+        let verify_token = auth::SecretMatcher::new(settings.webhook_verify_token.expose());
+        AppState(Arc::new(Inner {
+            inbound: JobQueue::new(redis.clone()),
+            vault: Vault::new(&settings.keys),
+            verifier,
+            accounts,
+            meta,
+            admin,
+            verify_token,
+            settings,
+            db,
+            redis,
+        }))
+    }
+
+    /// The app secrets that sign webhooks and `signed_request`s.
+    pub fn app_secrets(&self) -> Vec<&str> {
+        let mut s = vec![self.settings.ig_app_secret.expose()];
+        if let Some(m) = &self.settings.meta_app_secret {
+            s.push(m.expose());
+        }
+        s
+    }
 }
 
 pub fn router(state: AppState) -> Router {
+    let no_store = SetResponseHeaderLayer::overriding(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    let mut v1 = Router::new()
+        .route(
+            "/merchants/{merchant_id}/instagram/connect",
+            post(oauth::connect),
+        )
+        .route("/merchants/{merchant_id}/instagram", get(oauth::accounts))
+        .layer(no_store.clone());
+    if !state.settings.cors_allowed_origins.is_empty() {
+        let origins: Vec<HeaderValue> = state
+            .settings
+            .cors_allowed_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        v1 = v1.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+        );
+    }
+    let oauth = Router::new()
+        .route("/start", get(oauth::start))
+        .route("/callback", get(oauth::callback))
+        .layer(no_store)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ));
+    let webhook_limit = state.settings.webhook_max_body_bytes;
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route(
+            "/webhooks/instagram",
+            get(webhook::handshake)
+                .post(webhook::receive)
+                .layer(DefaultBodyLimit::max(webhook_limit)),
+        )
+        .route("/meta/deauthorize", post(callbacks::deauthorize))
+        .route("/meta/data-deletion", post(callbacks::data_deletion))
+        .route(
+            "/meta/data-deletion/status",
+            get(callbacks::deletion_status),
+        )
+        .nest("/v1", v1)
+        .nest("/oauth/instagram", oauth)
+        .fallback(|| async { AppError::NotFound("no such route") })
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static("content-security-policy"),
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
         .with_state(state)
 }
 
@@ -38,23 +181,36 @@ pub fn main() -> ExitCode {
 }
 
 /// Connects to Redis and Postgres (refusing a role that bypasses RLS), then listens until
-/// SIGTERM or Ctrl-C, letting in-flight requests finish.
+/// SIGTERM or Ctrl-C. Shutdown stops accepting, lets in-flight requests finish, and gives up
+/// after `SHUTDOWN_TIMEOUT_MS`.
 pub async fn serve(settings: IngressSettings) -> anyhow::Result<()> {
+    metrics::handle();
     let redis = igsales_jobs::redis_conn::connect(&settings.redis, settings.app_env).await?;
     let db = Db::connect(&settings.db).await?;
-    let state = AppState {
-        db,
-        redis,
-        probe_timeout: settings.redis.response_timeout,
-    };
-    let addr = SocketAddr::from(([0, 0, 0, 0], settings.port));
+    let port = settings.port;
+    let grace = settings.shutdown_timeout;
+    let state = AppState::new(settings, db, redis);
+    let addr = SocketAddr::from(([0, 0, 0, 0], port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (PORT): {e}"))?;
-    tracing::info!(http.port = settings.port, "ingress listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    tracing::info!(http.port = port, "ingress listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop_wait = stop_rx.clone();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let deadline = async move {
+        let _ = stop_wait.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        () = deadline => tracing::warn!("in-flight requests outlived the shutdown timeout; exiting"),
+    }
+    drop(stop_rx);
     tracing::info!("ingress stopped");
     Ok(())
 }

@@ -1,4 +1,13 @@
 //! Job contracts shared by `ingress` (which enqueues) and `worker` (which runs them), and the
 //! Redis connection both use.
+//!
+//! Each job has a stable snake_case name, which is also its apalis queue name. Payloads are
+//! versioned serde structs: a compatible change adds a `#[serde(default)]` field; a breaking
+//! change is a new job (`…_v2`) so ingress and workers can be deployed apart.
 
+mod inbound;
+pub mod queue;
 pub mod redis_conn;
+
+pub use inbound::InboundEventV1;
+pub use queue::{Job, JobQueue};

@@ -41,15 +41,31 @@ pub struct Account {
 
 /// Stores (or renews) a connected account with its token encrypted for this row. An account
 /// that belongs to another merchant is refused, never re-pointed.
+/// What the OAuth flow learned about an account.
+#[derive(Debug, Clone)]
+pub struct Connection<'a> {
+    /// The professional account id (`/me` `user_id`, webhook `entry.id`).
+    pub instagram_page_id: &'a str,
+    /// The app-scoped id (`/me` `id`), which Meta's callbacks may use.
+    pub instagram_user_id: Option<&'a str>,
+    pub username: &'a str,
+    pub token: &'a Secret,
+    pub expires_at: DateTime<Utc>,
+}
+
 pub async fn connect(
     conn: &mut AsyncPgConnection,
     vault: &Vault,
     merchant: MerchantId,
-    instagram_page_id: &str,
-    username: &str,
-    token: &Secret,
-    expires_at: DateTime<Utc>,
+    account: &Connection<'_>,
 ) -> Result<(), AccountError> {
+    let Connection {
+        instagram_page_id,
+        instagram_user_id,
+        username,
+        token,
+        expires_at,
+    } = *account;
     let row = TokenRow {
         merchant,
         instagram_page_id,
@@ -61,15 +77,19 @@ pub async fn connect(
             ia::merchant_id.eq(merchant.0),
             ia::instagram_page_id.eq(instagram_page_id),
             ia::username.eq(username),
+            ia::instagram_user_id.eq(instagram_user_id),
             ia::token_ciphertext.eq(&ciphertext),
             ia::token_expires_at.eq(expires_at),
             ia::token_refreshed_at.eq(now),
             ia::connected_at.eq(now),
+            ia::subscribed_at.eq(now),
         ))
         .on_conflict((ia::merchant_id, ia::instagram_page_id))
         .do_update()
         .set((
             ia::username.eq(username),
+            ia::instagram_user_id.eq(instagram_user_id),
+            ia::subscribed_at.eq(now),
             ia::token_ciphertext.eq(&ciphertext),
             ia::token_expires_at.eq(expires_at),
             ia::token_refreshed_at.eq(now),
@@ -94,6 +114,25 @@ pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Account>> {
         .order(ia::instagram_page_id)
         .load(conn)
         .await
+}
+
+/// Forgets the account's token and marks it for re-authorisation (Meta deauthorized the app,
+/// or an operator disconnected it). `false` when there is no such account.
+pub async fn disconnect(
+    conn: &mut AsyncPgConnection,
+    instagram_page_id: &str,
+) -> QueryResult<bool> {
+    let n = diesel::update(ia::table.filter(ia::instagram_page_id.eq(instagram_page_id)))
+        .set((
+            ia::token_ciphertext.eq(None::<String>),
+            ia::token_expires_at.eq(None::<DateTime<Utc>>),
+            ia::needs_reauth.eq(true),
+            ia::subscribed_at.eq(None::<DateTime<Utc>>),
+            ia::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(n > 0)
 }
 
 /// The decrypted token of one account.

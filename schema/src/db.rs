@@ -275,7 +275,7 @@ impl Db {
         }
     }
 
-    async fn checkout(
+    pub(crate) async fn checkout(
         &self,
     ) -> Result<
         diesel_async::pooled_connection::bb8::PooledConnection<'_, AsyncPgConnection>,
@@ -367,6 +367,41 @@ impl Db {
         Ok(rows
             .into_iter()
             .map(|r| (MerchantId(r.merchant_id), r.instagram_page_id))
+            .collect())
+    }
+
+    /// Accounts that a Meta user id names, as professional account id or app-scoped id.
+    pub async fn accounts_for_meta_user(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<(MerchantId, String)>, DbError> {
+        let mut conn = self.checkout().await?;
+        let rows: Vec<DueRow> = diesel::sql_query(
+            "SELECT merchant_id, instagram_page_id FROM accounts_for_meta_user($1)",
+        )
+        .bind::<sql_types::Text, _>(user_id)
+        .load(&mut conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (MerchantId(r.merchant_id), r.instagram_page_id))
+            .collect())
+    }
+
+    /// Merchants that have a conversation with this customer.
+    pub async fn merchants_with_customer(
+        &self,
+        customer_igsid: &str,
+    ) -> Result<Vec<MerchantId>, DbError> {
+        let mut conn = self.checkout().await?;
+        let rows: Vec<MerchantRow> =
+            diesel::sql_query("SELECT merchant_id FROM merchants_with_customer($1) AS merchant_id")
+                .bind::<sql_types::Text, _>(customer_igsid)
+                .load(&mut conn)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| MerchantId(r.merchant_id))
             .collect())
     }
 

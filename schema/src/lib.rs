@@ -4,7 +4,9 @@
 //! them with context (`anyhow`) and log them once, at the boundary.
 
 pub mod accounts;
+pub mod conversations;
 mod db;
+pub mod deletion;
 pub mod merchants;
 pub mod migrate;
 pub mod products;

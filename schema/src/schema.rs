@@ -26,6 +26,7 @@ diesel::table! {
         subscribed_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        instagram_user_id -> Nullable<Text>,
     }
 }
 
@@ -112,6 +113,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    data_deletion_requests (confirmation_code) {
+        confirmation_code -> Text,
+        subject_sha256 -> Text,
+        status -> Text,
+        accounts_disconnected -> Int4,
+        conversations_deleted -> Int4,
+        requested_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(instagram_accounts -> merchants (merchant_id));
 diesel::joinable!(products -> merchants (merchant_id));
 diesel::joinable!(webhook_events -> merchants (merchant_id));
@@ -124,4 +137,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     messages,
     outbound_messages,
     products,
+    data_deletion_requests,
 );

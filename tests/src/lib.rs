@@ -4,5 +4,8 @@
 
 pub mod cli;
 pub mod db;
+pub mod fake_meta;
+pub mod redis;
 
 pub use db::TestDb;
+pub use redis::{PrivateRedis, TestRedis};

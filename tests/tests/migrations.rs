@@ -6,6 +6,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use igsales_schema::{TENANT_TABLES, migrate};
 use igsales_tests::TestDb;
 
+/// Every migration directory under schema/migrations.
+const MIGRATION_COUNT: usize = 2;
+
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -37,7 +40,7 @@ async fn definer_functions(conn: &mut AsyncPgConnection) -> i64 {
     let row: Count = diesel::sql_query(
         "SELECT count(*) AS n FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
          WHERE n.nspname = 'public' AND p.proname IN
-           ('set_merchant_context', 'merchant_for_instagram_account', 'accounts_due_for_token_refresh', 'merchant_ids')",
+           ('set_merchant_context', 'merchant_for_instagram_account', 'accounts_due_for_token_refresh', 'merchant_ids', 'accounts_for_meta_user', 'merchants_with_customer')",
     )
     .get_result(conn)
     .await
@@ -52,18 +55,18 @@ async fn migrations_apply_to_an_empty_database_are_a_no_op_the_second_time_and_r
     assert_eq!(tenant_tables_present(&mut inspect).await, 0);
 
     let applied = migrate::run_pending(db.owner_conn().await).expect("first run");
-    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert_eq!(applied.len(), MIGRATION_COUNT, "{applied:?}");
     assert_eq!(
         tenant_tables_present(&mut inspect).await,
         TENANT_TABLES.len() as i64
     );
-    assert_eq!(definer_functions(&mut inspect).await, 4);
+    assert_eq!(definer_functions(&mut inspect).await, 6);
 
     let again = migrate::run_pending(db.owner_conn().await).expect("second run");
     assert!(again.is_empty(), "second run applied {again:?}");
 
     let reverted = migrate::revert_all(db.owner_conn().await).expect("revert");
-    assert_eq!(reverted.len(), 1);
+    assert_eq!(reverted.len(), MIGRATION_COUNT);
     assert_eq!(tenant_tables_present(&mut inspect).await, 0);
     assert_eq!(definer_functions(&mut inspect).await, 0);
     for role in ["igsales_app", "igsales_resolver"] {
@@ -88,7 +91,7 @@ async fn migrations_apply_to_an_empty_database_are_a_no_op_the_second_time_and_r
 
     // And up again after down: the migrations are truly reversible.
     let reapplied = migrate::run_pending(db.owner_conn().await).expect("re-apply");
-    assert_eq!(reapplied.len(), 1);
+    assert_eq!(reapplied.len(), MIGRATION_COUNT);
     assert_eq!(
         tenant_tables_present(&mut inspect).await,
         TENANT_TABLES.len() as i64

@@ -115,8 +115,10 @@ async fn security_definer_functions_pin_search_path_and_are_not_executable_by_pu
         names,
         [
             "accounts_due_for_token_refresh",
+            "accounts_for_meta_user",
             "merchant_for_instagram_account",
-            "merchant_ids"
+            "merchant_ids",
+            "merchants_with_customer"
         ]
     );
     for f in &fns {

@@ -30,10 +30,13 @@ async fn merchant_with_account(
             c,
             vault,
             m,
-            &page,
-            "shop",
-            &token,
-            Utc::now() + Duration::days(60),
+            &accounts::Connection {
+                instagram_page_id: &page,
+                instagram_user_id: None,
+                username: "shop",
+                token: &token,
+                expires_at: Utc::now() + Duration::days(60),
+            },
         )
         .await
     })
@@ -134,10 +137,13 @@ async fn an_account_connected_to_one_merchant_cannot_be_claimed_by_another() {
                 c,
                 v,
                 b,
-                "17841400000000033",
-                "x",
-                &Secret::new("t2"),
-                Utc::now(),
+                &accounts::Connection {
+                    instagram_page_id: "17841400000000033",
+                    instagram_user_id: None,
+                    username: "x",
+                    token: &Secret::new("t2"),
+                    expires_at: Utc::now(),
+                },
             )
             .await
         })

@@ -102,7 +102,7 @@ async fn migrate_applies_everything_once_then_is_a_no_op() {
         &[("MIGRATION_DATABASE_URL", db.owner_url())],
     );
     out.assert_code(0);
-    assert!(out.stdout.contains("applied 1 migration"), "{}", out.stdout);
+    assert!(out.stdout.contains("applied 2 migration"), "{}", out.stdout);
     let out = run(BIN, &["migrate"], &[("DATABASE_URL", db.owner_url())]);
     out.assert_code(0);
     assert!(out.stdout.contains("nothing to apply"), "{}", out.stdout);
@@ -337,10 +337,13 @@ async fn keys_rotate_moves_every_token_to_the_first_key_once() {
                 c,
                 vault,
                 m,
-                &page_id,
-                "shop",
-                &token,
-                Utc::now() + ChronoDuration::days(60),
+                &accounts::Connection {
+                    instagram_page_id: &page_id,
+                    instagram_user_id: None,
+                    username: "shop",
+                    token: &token,
+                    expires_at: Utc::now() + ChronoDuration::days(60),
+                },
             )
             .await
         })
@@ -436,10 +439,13 @@ async fn keys_rotate_reports_tokens_it_cannot_decrypt_and_exits_1() {
             c,
             vault,
             m,
-            "17841400000001",
-            "shop",
-            &Secret::new("t"),
-            Utc::now(),
+            &accounts::Connection {
+                instagram_page_id: "17841400000001",
+                instagram_user_id: None,
+                username: "shop",
+                token: &Secret::new("t"),
+                expires_at: Utc::now(),
+            },
         )
         .await
     })

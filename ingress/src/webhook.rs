@@ -1,0 +1,322 @@
+//! `GET`/`POST /webhooks/instagram` (SPEC §4.1).
+//!
+//! Order of work for a delivery, and why:
+//! 1. The body is capped while it is read (413 before it is buffered whole).
+//! 2. The signature is checked over the raw bytes before anything is parsed (401).
+//! 3. The rest runs in a spawned task, so a client hanging up (hyper then drops the handler's
+//!    future) cannot stop it half-way; the handler only waits for its outcome.
+//! 4. Per event: if its claim exists it is a duplicate; otherwise the job is pushed, and only
+//!    after Redis acknowledged the push is the claim written. A crash between the two leaves a
+//!    job without a claim, so Meta's redelivery pushes it again and the worker's UNIQUE
+//!    `(merchant_id, event_id)` absorbs the copy; the reverse order could leave a claim without
+//!    a job, and the event would be lost. There is never a claim without a job.
+//! 5. 200 `EVENT_RECEIVED` only when every new event's push was acknowledged; Redis (or, for
+//!    an uncached account, Postgres) down → 503 and Meta delivers again.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{SecondsFormat, Utc};
+use igsales_jobs::InboundEventV1;
+use igsales_meta::webhook::{
+    Classified, Entry, Envelope, EventKind, classify_change, classify_messaging,
+};
+use igsales_schema::MerchantId;
+use serde_json::value::RawValue;
+
+use crate::AppState;
+use crate::auth::sha256_hex;
+use crate::error::AppError;
+use crate::metrics::{
+    ENQUEUE_SECONDS, INVALID_PARKED, LAST_WEBHOOK, SIGNATURE_FAILURES, WEBHOOK_EVENTS,
+};
+
+pub const INVALID_DLQ: &str = "dlq:webhook_invalid";
+
+/// Meta's verification handshake: echo `hub.challenge` byte for byte when the mode is
+/// `subscribe` and the token matches (constant time); else 403.
+pub async fn handshake(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let token_ok = q
+        .get("hub.verify_token")
+        .is_some_and(|t| state.verify_token.matches(t.as_bytes()));
+    match (q.get("hub.mode").map(String::as_str), q.get("hub.challenge")) {
+        (Some("subscribe"), Some(challenge)) if token_ok => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            challenge.clone(),
+        )
+            .into_response(),
+        _ => (
+            StatusCode::FORBIDDEN,
+            axum::Json(serde_json::json!({"error": {"code": "forbidden", "message": "verification failed"}})),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(AppError::PayloadTooLarge);
+        }
+        Err(_) => {
+            return Err(AppError::BadRequest(
+                "bad_body",
+                "the body could not be read",
+            ));
+        }
+    };
+    let signature = headers.get("x-hub-signature-256").map(|v| v.as_bytes());
+    if let Err(e) = state.verifier.verify(signature, &body) {
+        metrics::counter!(SIGNATURE_FAILURES, "reason" => e.reason()).increment(1);
+        return Err(AppError::Unauthorized("invalid X-Hub-Signature-256"));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(LAST_WEBHOOK).set(now);
+
+    let task_state = state.clone();
+    match tokio::spawn(async move { process(&task_state, &body).await }).await {
+        Ok(Ok(())) => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "EVENT_RECEIVED",
+        )
+            .into_response()),
+        Ok(Err(e)) => Err(e),
+        Err(join) => Err(AppError::Internal(format!("webhook task failed: {join}"))),
+    }
+}
+
+fn count(kind: &str, result: &'static str) {
+    metrics::counter!(WEBHOOK_EVENTS, "kind" => kind.to_owned(), "result" => result).increment(1);
+}
+
+/// An event ready to be claimed and enqueued.
+struct Pending {
+    merchant: MerchantId,
+    account: String,
+    event_id: String,
+    kind: EventKind,
+    entry_time_ms: Option<i64>,
+    raw: Box<RawValue>,
+}
+
+/// `h:` + SHA-256(merchant id as text ‖ 0x00 ‖ the event's raw bytes as received).
+fn hashed_event_id(merchant: MerchantId, raw: &RawValue) -> String {
+    format!(
+        "h:{}",
+        sha256_hex(&[merchant.to_string().as_bytes(), &[0], raw.get().as_bytes()])
+    )
+}
+
+/// `dedupe:{merchant_id}:{first 32 hex of SHA-256(event_id)}`.
+pub fn claim_key(merchant: MerchantId, event_id: &str) -> String {
+    let digest = sha256_hex(&[event_id.as_bytes()]);
+    format!("dedupe:{merchant}:{}", &digest[..32])
+}
+
+async fn process(state: &AppState, body: &[u8]) -> Result<(), AppError> {
+    let envelope: Envelope<'_> = match serde_json::from_slice(body) {
+        Ok(e) => e,
+        Err(_) => return park_invalid(state, body, "not an Instagram webhook envelope").await,
+    };
+    if envelope.object != "instagram" {
+        count("object", "ignored");
+        return Ok(());
+    }
+    let mut pending = Vec::new();
+    let mut invalid = false;
+    for raw_entry in envelope.entry {
+        let Ok(entry) = serde_json::from_str::<Entry<'_>>(raw_entry.get()) else {
+            invalid = true;
+            count("entry", "invalid");
+            continue;
+        };
+        let merchant = state
+            .accounts
+            .resolve(entry.id.as_str())
+            .await
+            .map_err(|e| AppError::db(&e))?;
+        let entry_time_ms = entry.time_ms();
+        let mut items: Vec<(&RawValue, Classified)> = Vec::new();
+        for raw in entry.messaging.iter().flatten() {
+            items.push((raw, classify_messaging(raw)));
+        }
+        for raw in entry.changes.iter().flatten() {
+            items.push((raw, classify_change(raw)));
+        }
+        if entry.field.is_some() {
+            items.push((raw_entry, classify_change(raw_entry)));
+        }
+        // Standby events belong to another app in a handover; nothing of ours to do.
+        for _ in entry.standby.iter().flatten() {
+            count("standby", "ignored");
+        }
+        for (raw, classified) in items {
+            match classified {
+                Classified::Event { kind, id } => {
+                    let Some(merchant) = merchant else {
+                        count(kind.as_str(), "unrouted");
+                        continue;
+                    };
+                    pending.push(Pending {
+                        merchant,
+                        account: entry.id.0.clone(),
+                        event_id: id.unwrap_or_else(|| hashed_event_id(merchant, raw)),
+                        kind,
+                        entry_time_ms,
+                        raw: raw.to_owned(),
+                    });
+                }
+                Classified::SelfTest => count("message", "ignored"),
+                Classified::Unknown => count("unknown", "ignored"),
+                Classified::Invalid => {
+                    invalid = true;
+                    count("event", "invalid");
+                }
+            }
+        }
+    }
+    if invalid {
+        // The readable events still go through; the whole body is kept for a fix and replay
+        // (a replay's known events are then duplicates).
+        park_invalid(state, body, "an entry or event could not be read").await?;
+    }
+    enqueue(state, pending).await
+}
+
+/// Claims and enqueues; see the module comment for the order.
+async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError> {
+    // The same event twice in one delivery is one event.
+    let mut seen = HashSet::new();
+    let events: Vec<Pending> = events
+        .into_iter()
+        .filter(|e| {
+            let fresh = seen.insert((e.merchant, e.event_id.clone()));
+            if !fresh {
+                count(e.kind.as_str(), "duplicate");
+            }
+            fresh
+        })
+        .collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = events
+        .iter()
+        .map(|e| claim_key(e.merchant, &e.event_id))
+        .collect();
+    let mut redis = state.redis.clone();
+    let mut exists = redis::pipe();
+    for key in &keys {
+        exists.exists(key);
+    }
+    let claimed: Vec<bool> = exists
+        .query_async(&mut redis)
+        .await
+        .map_err(AppError::redis)?;
+
+    let received_at = Utc::now();
+    let mut jobs = Vec::new();
+    let mut new_keys = Vec::new();
+    let mut kinds = Vec::new();
+    for ((event, key), already) in events.into_iter().zip(keys).zip(claimed) {
+        if already {
+            count(event.kind.as_str(), "duplicate");
+            continue;
+        }
+        kinds.push(event.kind);
+        new_keys.push(key);
+        jobs.push(InboundEventV1 {
+            merchant_id: event.merchant.0,
+            instagram_account_id: event.account,
+            event_id: event.event_id,
+            kind: event.kind,
+            entry_time_ms: event.entry_time_ms,
+            received_at,
+            event: event.raw,
+        });
+    }
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    // One event (the usual delivery) takes the plain push; a batch goes in one round trip.
+    let pushed = match (jobs.pop(), jobs.is_empty()) {
+        (Some(job), true) => state.inbound.push(job).await,
+        (Some(job), false) => {
+            jobs.push(job);
+            state.inbound.push_all(jobs).await
+        }
+        (None, _) => Ok(()),
+    };
+    pushed.map_err(AppError::redis)?;
+    metrics::histogram!(ENQUEUE_SECONDS).record(started.elapsed().as_secs_f64());
+
+    let ttl = state.settings.webhook_dedupe_ttl.as_secs();
+    let mut claims = redis::pipe();
+    for key in &new_keys {
+        claims.set_ex(key, "1", ttl).ignore();
+    }
+    let () = claims
+        .query_async(&mut redis)
+        .await
+        .map_err(AppError::redis)?;
+    for kind in kinds {
+        count(
+            kind.as_str(),
+            if kind == EventKind::Echo {
+                "echo"
+            } else {
+                "enqueued"
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Keeps a signed but unreadable payload in the capped `dlq:webhook_invalid` list.
+async fn park_invalid(state: &AppState, body: &[u8], reason: &str) -> Result<(), AppError> {
+    let mut record = serde_json::json!({
+        "received_at": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        "reason": reason,
+    });
+    match std::str::from_utf8(body) {
+        Ok(text) => record["body"] = text.into(),
+        Err(_) => {
+            use base64::Engine as _;
+            record["body_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(body)
+                .into();
+        }
+    }
+    let cap = state.settings.webhook_invalid_dlq_max;
+    let mut redis = state.redis.clone();
+    let () = redis::pipe()
+        .atomic()
+        .lpush(INVALID_DLQ, record.to_string())
+        .ignore()
+        .ltrim(INVALID_DLQ, 0, cap as isize - 1)
+        .ignore()
+        .query_async(&mut redis)
+        .await
+        .map_err(AppError::redis)?;
+    metrics::counter!(INVALID_PARKED).increment(1);
+    count("payload", "invalid");
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! An in-process ingress on a real port, with its own Postgres database, its own Redis
+//! database, and the fake Meta.
+#![allow(dead_code)] // each test file uses a different part of this harness
+
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel_async::AsyncPgConnection;
+use igsales_config::{
+    AppEnv, DbSettings, GraphVersion, HttpUrl, KeyEntry, KeyRing, PgUrl, RedisSettings, RedisUrl,
+    Secret,
+};
+use igsales_ingress::{AppState, IngressSettings, router};
+use igsales_jobs::InboundEventV1;
+use igsales_schema::accounts::{self, Connection};
+use igsales_schema::{Db, DbError, MerchantId, Vault, merchants};
+use igsales_tests::fake_meta::{FakeMeta, FakeMetaConfig};
+use igsales_tests::{TestDb, TestRedis};
+
+/// The §1.2 fixture's key; also the Instagram app secret of the fake.
+pub const IG_SECRET: &str = "test_app_secret";
+pub const META_SECRET: &str = "second-meta-app-secret";
+pub const ADMIN: &str = "admin-token-0123456789abcdef0123456789";
+pub const VERIFY: &str = "verify-token-9f8e7d";
+pub const APP_ID: &str = "990602627938098";
+pub const SUCCESS_URL: &str = "http://dashboard.test/connected";
+pub const FAILURE_URL: &str = "http://dashboard.test/failed";
+
+pub fn key_ring() -> KeyRing {
+    KeyRing(vec![KeyEntry {
+        version: 1,
+        key: [7; 32],
+    }])
+}
+
+pub struct Harness {
+    pub base: String,
+    pub state: AppState,
+    pub db: TestDb,
+    pub redis: TestRedis,
+    pub fake: FakeMeta,
+    pub app_db: Db,
+}
+
+pub fn settings(base: &str, db: &TestDb, redis_url: &str, fake: &FakeMeta) -> IngressSettings {
+    let url = |s: &str| HttpUrl::parse(s).expect("url");
+    IngressSettings {
+        app_env: AppEnv::Development,
+        db: db.app_settings(4),
+        redis: RedisSettings {
+            url: RedisUrl::parse(redis_url).expect("redis url"),
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_millis(1000),
+        },
+        keys: key_ring(),
+        meta_app_id: APP_ID.into(),
+        ig_app_secret: Secret::new(IG_SECRET),
+        meta_app_secret: Some(Secret::new(META_SECRET)),
+        graph_api_version: GraphVersion::parse("v26.0").expect("version"),
+        api_base_url: url(base),
+        port: 0,
+        webhook_verify_token: Secret::new(VERIFY),
+        admin_api_token: Secret::new(ADMIN),
+        oauth_success_redirect_url: url(SUCCESS_URL),
+        oauth_failure_redirect_url: url(FAILURE_URL),
+        graph_api_base_url: url(&fake.base_url()),
+        ig_oauth_base_url: url(&fake.base_url()),
+        ig_authorize_url: url(&format!("{}/oauth/authorize", fake.base_url())),
+        cors_allowed_origins: vec!["https://dashboard.example".into()],
+        webhook_max_body_bytes: 64 * 1024,
+        webhook_invalid_dlq_max: 100,
+        webhook_dedupe_ttl: Duration::from_secs(172_800),
+        account_cache_hit: Duration::from_secs(60),
+        account_cache_miss: Duration::from_secs(1),
+        meta_http_timeout: Duration::from_secs(5),
+        meta_http_max_concurrency: 8,
+        oauth_state_ttl: Duration::from_secs(600),
+        shutdown_timeout: Duration::from_secs(5),
+    }
+}
+
+pub async fn fake_meta() -> FakeMeta {
+    FakeMeta::start(FakeMetaConfig {
+        client_id: APP_ID.into(),
+        client_secret: IG_SECRET.into(),
+        ..FakeMetaConfig::default()
+    })
+    .await
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut IngressSettings)) -> Harness {
+        let db = TestDb::migrated().await;
+        let redis = TestRedis::lease().await;
+        let fake = fake_meta().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let mut s = settings(&base, &db, &redis.url(), &fake);
+        adjust(&mut s);
+        let state = build_state(s).await;
+        let app_db = state.db.clone();
+        let served = state.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router(served)).await;
+        });
+        Harness {
+            base,
+            state,
+            db,
+            redis,
+            fake,
+            app_db,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A merchant with a connected account `account_id` (token under the test key ring).
+    pub async fn merchant_with_account(&self, account_id: &str) -> MerchantId {
+        let m = MerchantId::new_random();
+        let vault = Vault::new(&key_ring());
+        let page = account_id.to_owned();
+        self.app_db
+            .as_merchant(m, async move |c: &mut AsyncPgConnection| {
+                merchants::create(c, m, "Shop", None)
+                    .await
+                    .map_err(DbError::from)?;
+                accounts::connect(
+                    c,
+                    &vault,
+                    m,
+                    &Connection {
+                        instagram_page_id: &page,
+                        instagram_user_id: None,
+                        username: "shop",
+                        token: &Secret::new("IGAA-seeded-token"),
+                        expires_at: Utc::now() + chrono::Duration::days(50),
+                    },
+                )
+                .await
+                .map_err(|e| DbError::Connect(e.to_string()))
+            })
+            .await
+            .expect("seed merchant and account");
+        m
+    }
+
+    pub async fn merchant(&self) -> MerchantId {
+        let m = MerchantId::new_random();
+        self.app_db
+            .as_merchant(m, async move |c: &mut AsyncPgConnection| {
+                merchants::create(c, m, "Shop", None)
+                    .await
+                    .map_err(DbError::from)
+            })
+            .await
+            .expect("seed merchant");
+        m
+    }
+
+    /// Every `inbound_event` job in this test's Redis database.
+    pub async fn jobs(&self) -> Vec<InboundEventV1> {
+        jobs_in(&self.redis).await
+    }
+
+    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        self.redis.connection().await
+    }
+}
+
+pub async fn jobs_in(redis: &TestRedis) -> Vec<InboundEventV1> {
+    let mut conn = redis.connection().await;
+    let all: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("inbound_event:data")
+        .query_async(&mut conn)
+        .await
+        .expect("read jobs");
+    all.values()
+        .map(|v| serde_json::from_str(v).expect("job JSON"))
+        .collect()
+}
+
+pub async fn build_state(s: IngressSettings) -> AppState {
+    let redis = igsales_jobs::redis_conn::connect(&s.redis, s.app_env)
+        .await
+        .expect("redis");
+    let db = Db::connect(&s.db).await.expect("db");
+    AppState::new(s, db, redis)
+}
+
+/// A blocking HTTP client with redirects off, run off the async threads.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("JSON body ({e}): {}", self.body))
+    }
+}
+
+fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let mut r = r.expect("HTTP request");
+    let headers = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    Reply {
+        status: r.status().as_u16(),
+        headers,
+        body: r.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+/// GET with extra headers.
+pub async fn get(url: String, headers: Vec<(String, String)>) -> Reply {
+    tokio::task::spawn_blocking(move || {
+        let mut req = agent().get(&url);
+        for (k, v) in &headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        reply(req.call())
+    })
+    .await
+    .expect("join")
+}
+
+/// POST a body with extra headers.
+pub async fn post(url: String, body: String, headers: Vec<(String, String)>) -> Reply {
+    tokio::task::spawn_blocking(move || {
+        let mut req = agent().post(&url);
+        for (k, v) in &headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        reply(req.send(body.as_bytes()))
+    })
+    .await
+    .expect("join")
+}
+
+/// POST a webhook body signed with `secret`.
+pub async fn deliver(h: &Harness, body: &str, secret: &str) -> Reply {
+    let sig = igsales_tests::fake_meta::webhook::signature_256(secret, body.as_bytes());
+    post(
+        h.url("/webhooks/instagram"),
+        body.to_owned(),
+        vec![
+            ("Content-Type".into(), "application/json".into()),
+            ("X-Hub-Signature-256".into(), sig),
+        ],
+    )
+    .await
+}
+
+/// The value of one counter series in /metrics (0 when absent).
+pub async fn counter(h: &Harness, series: &str) -> f64 {
+    let text = get(h.url("/metrics"), vec![]).await.body;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+pub fn pg_url(s: &str) -> PgUrl {
+    PgUrl::parse(s).expect("pg url")
+}
+
+pub fn db_settings_at(url: &str) -> DbSettings {
+    DbSettings {
+        url: pg_url(url),
+        pool_size: 2,
+        statement_timeout: Duration::from_secs(2),
+        idle_in_transaction_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_millis(300),
+    }
+}

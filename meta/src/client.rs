@@ -1,0 +1,475 @@
+//! The one client for Instagram Login OAuth and the Graph API.
+//!
+//! ureq is blocking: every call runs on tokio's blocking pool, at most `max_concurrency` at a
+//! time (a semaphore), each with a global timeout. Base URLs are configurable so tests point
+//! them at a local fake. Responses are never logged: they carry tokens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use igsales_config::Secret;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+use crate::ids::IdString;
+
+#[derive(Debug, Clone)]
+pub struct MetaClientConfig {
+    /// `IG_OAUTH_BASE_URL`, e.g. `https://api.instagram.com` (no trailing `/`).
+    pub oauth_base: String,
+    /// `GRAPH_API_BASE_URL`, e.g. `https://graph.instagram.com` (no trailing `/`).
+    pub graph_base: String,
+    /// `GRAPH_API_VERSION`, e.g. `v26.0`.
+    pub version: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+}
+
+/// Graph's error envelope: `{"error":{"message","type","code","error_subcode",…}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct GraphError {
+    #[serde(default)]
+    pub message: String,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub code: i64,
+    #[serde(default)]
+    pub error_subcode: Option<i64>,
+    #[serde(default)]
+    pub is_transient: Option<bool>,
+    #[serde(default)]
+    pub fbtrace_id: Option<String>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MetaError {
+    #[error("Meta did not answer within the timeout")]
+    Timeout,
+    #[error("Meta could not be reached: {0}")]
+    Transport(String),
+    #[error("Meta answered HTTP {status} with Graph error code {}{}", .error.code, .error.error_subcode.map(|s| format!("/{s}")).unwrap_or_default())]
+    Graph {
+        status: u16,
+        error: GraphError,
+        /// `X-Business-Use-Case-Usage` `estimated_time_to_regain_access`, when present.
+        regain_after: Option<Duration>,
+    },
+    #[error("Meta's OAuth endpoint refused the request (HTTP {status})")]
+    OAuth { status: u16, message: String },
+    #[error("Meta answered HTTP {status} without an error envelope")]
+    Http { status: u16 },
+    #[error("unexpected answer from Meta: {0}")]
+    Decode(String),
+    #[error("the outbound HTTP pool is shut down")]
+    Closed,
+}
+
+/// The result of the code exchange (both documented shapes end up here).
+#[derive(Debug, Clone)]
+pub struct ShortLivedToken {
+    pub access_token: Secret,
+    /// The app-scoped user id (may exceed 2^53; kept as digits).
+    pub user_id: Option<IdString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LongLivedToken {
+    pub access_token: Secret,
+    pub expires_in: Duration,
+}
+
+/// `/me?fields=user_id,username`. `user_id` is the professional account id that webhooks
+/// carry as `entry.id`; `id` is the app-scoped id.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Me {
+    pub user_id: IdString,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub id: Option<IdString>,
+}
+
+#[derive(Clone)]
+pub struct MetaClient {
+    cfg: Arc<MetaClientConfig>,
+    agent: ureq::Agent,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for MetaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaClient")
+            .field("graph_base", &self.cfg.graph_base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What came back, read whole (bodies are small; ureq caps them at 10 MB).
+struct Answer {
+    status: u16,
+    buc: Option<String>,
+    body: String,
+}
+
+fn transport(e: ureq::Error) -> MetaError {
+    match e {
+        ureq::Error::Timeout(_) => MetaError::Timeout,
+        // The error text names the host at most, never the query (which holds tokens).
+        ureq::Error::Io(io) => MetaError::Transport(io.kind().to_string()),
+        other => MetaError::Transport(
+            match other {
+                ureq::Error::ConnectionFailed => "connection failed",
+                ureq::Error::HostNotFound => "host not found",
+                ureq::Error::Tls(_) | ureq::Error::Rustls(_) => "TLS failure",
+                _ => "protocol error",
+            }
+            .to_owned(),
+        ),
+    }
+}
+
+fn answer(
+    resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<Answer, MetaError> {
+    let mut resp = resp.map_err(transport)?;
+    let status = resp.status().as_u16();
+    let buc = resp
+        .headers()
+        .get("x-business-use-case-usage")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp.body_mut().read_to_string().map_err(transport)?;
+    Ok(Answer { status, buc, body })
+}
+
+/// The longest `estimated_time_to_regain_access` (minutes) in a BUC header.
+pub fn regain_after(header: &str) -> Option<Duration> {
+    let v: serde_json::Value = serde_json::from_str(header).ok()?;
+    v.as_object()?
+        .values()
+        .filter_map(|usages| usages.as_array())
+        .flatten()
+        .filter_map(|u| u.get("estimated_time_to_regain_access")?.as_u64())
+        .max()
+        .filter(|m| *m > 0)
+        .map(|m| Duration::from_secs(m * 60))
+}
+
+/// Success → `T`; otherwise the Graph envelope, the OAuth endpoint's envelope, or bare HTTP.
+fn decode<T: DeserializeOwned>(a: Answer) -> Result<T, MetaError> {
+    if (200..300).contains(&a.status) {
+        return serde_json::from_str(&a.body).map_err(|e| MetaError::Decode(e.to_string()));
+    }
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: Option<serde_json::Value>,
+        error_message: Option<String>,
+    }
+    let regain = a.buc.as_deref().and_then(regain_after);
+    match serde_json::from_str::<Envelope>(&a.body) {
+        Ok(Envelope {
+            error: Some(err), ..
+        }) if err.is_object() => match serde_json::from_value::<GraphError>(err) {
+            Ok(error) => Err(MetaError::Graph {
+                status: a.status,
+                error,
+                regain_after: regain,
+            }),
+            Err(_) => Err(MetaError::Http { status: a.status }),
+        },
+        Ok(Envelope {
+            error_message: Some(message),
+            ..
+        }) => Err(MetaError::OAuth {
+            status: a.status,
+            message,
+        }),
+        _ => Err(MetaError::Http { status: a.status }),
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenFields {
+    access_token: String,
+    #[serde(default)]
+    user_id: Option<IdString>,
+}
+
+/// Flat (`{"access_token",…}`, what Meta sends in practice) or documented (`{"data":[…]}`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CodeExchange {
+    Flat(TokenFields),
+    Wrapped { data: Vec<TokenFields> },
+}
+
+#[derive(Deserialize)]
+struct LongLivedFields {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Success {
+    #[serde(default)]
+    success: bool,
+}
+
+impl MetaClient {
+    pub fn new(cfg: MetaClientConfig) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(cfg.timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent("igsales/1")
+            .build()
+            .into();
+        let permits = Arc::new(Semaphore::new(cfg.max_concurrency.max(1)));
+        MetaClient {
+            cfg: Arc::new(cfg),
+            agent,
+            permits,
+        }
+    }
+
+    pub fn version(&self) -> &str {
+        &self.cfg.version
+    }
+
+    /// Runs a blocking call on the blocking pool, bounded by the semaphore.
+    async fn call<T, F>(&self, f: F) -> Result<T, MetaError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ureq::Agent, &MetaClientConfig) -> Result<T, MetaError> + Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| MetaError::Closed)?;
+        let agent = self.agent.clone();
+        let cfg = self.cfg.clone();
+        tokio::task::spawn_blocking(move || f(&agent, &cfg))
+            .await
+            .map_err(|_| MetaError::Closed)?
+    }
+
+    /// Authorization code → short-lived token. Sends `code_verifier` too (PKCE, which Instagram
+    /// ignores today; the browser-bound `state` is the real CSRF control).
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        code_verifier: &str,
+    ) -> Result<ShortLivedToken, MetaError> {
+        let (code, redirect_uri, verifier) = (
+            code.to_owned(),
+            redirect_uri.to_owned(),
+            code_verifier.to_owned(),
+        );
+        self.call(move |agent, cfg| {
+            let url = format!("{}/oauth/access_token", cfg.oauth_base);
+            let a = answer(agent.post(&url).send_form([
+                ("client_id", cfg.client_id.as_str()),
+                ("client_secret", cfg.client_secret.expose()),
+                ("grant_type", "authorization_code"),
+                ("redirect_uri", redirect_uri.as_str()),
+                ("code", code.as_str()),
+                ("code_verifier", verifier.as_str()),
+            ]))?;
+            let fields = match decode::<CodeExchange>(a)? {
+                CodeExchange::Flat(f) => f,
+                CodeExchange::Wrapped { data } => data
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| MetaError::Decode("empty data[] in token response".into()))?,
+            };
+            if fields.access_token.is_empty() {
+                return Err(MetaError::Decode("empty access_token".into()));
+            }
+            Ok(ShortLivedToken {
+                access_token: Secret::new(fields.access_token),
+                user_id: fields.user_id,
+            })
+        })
+        .await
+    }
+
+    /// Short-lived → long-lived (60 days).
+    pub async fn long_lived_token(&self, short: &Secret) -> Result<LongLivedToken, MetaError> {
+        let short = short.clone();
+        self.call(move |agent, cfg| {
+            let url = format!("{}/access_token", cfg.graph_base);
+            let a = answer(
+                agent
+                    .get(&url)
+                    .query("grant_type", "ig_exchange_token")
+                    .query("client_secret", cfg.client_secret.expose())
+                    .query("access_token", short.expose())
+                    .call(),
+            )?;
+            long_lived(decode(a)?)
+        })
+        .await
+    }
+
+    /// Renews a long-lived token (at least 24 h old, not expired) for another 60 days.
+    pub async fn refresh_token(&self, token: &Secret) -> Result<LongLivedToken, MetaError> {
+        let token = token.clone();
+        self.call(move |agent, cfg| {
+            let url = format!("{}/refresh_access_token", cfg.graph_base);
+            let a = answer(
+                agent
+                    .get(&url)
+                    .query("grant_type", "ig_refresh_token")
+                    .query("access_token", token.expose())
+                    .call(),
+            )?;
+            long_lived(decode(a)?)
+        })
+        .await
+    }
+
+    pub async fn me(&self, token: &Secret) -> Result<Me, MetaError> {
+        let token = token.clone();
+        self.call(move |agent, cfg| {
+            let url = format!("{}/{}/me", cfg.graph_base, cfg.version);
+            let a = answer(
+                agent
+                    .get(&url)
+                    .query("fields", "user_id,username")
+                    .header("Authorization", &format!("Bearer {}", token.expose()))
+                    .call(),
+            )?;
+            decode(a)
+        })
+        .await
+    }
+
+    /// Subscribes the account's webhooks to `fields`.
+    pub async fn subscribe(&self, token: &Secret, fields: &str) -> Result<(), MetaError> {
+        let (token, fields) = (token.clone(), fields.to_owned());
+        self.call(move |agent, cfg| {
+            let url = format!("{}/{}/me/subscribed_apps", cfg.graph_base, cfg.version);
+            let a = answer(
+                agent
+                    .post(&url)
+                    .query("subscribed_fields", &fields)
+                    .header("Authorization", &format!("Bearer {}", token.expose()))
+                    .send_empty(),
+            )?;
+            success(decode(a)?)
+        })
+        .await
+    }
+
+    /// Removes the app's webhook subscription for the account.
+    pub async fn unsubscribe(&self, token: &Secret) -> Result<(), MetaError> {
+        let token = token.clone();
+        self.call(move |agent, cfg| {
+            let url = format!("{}/{}/me/subscribed_apps", cfg.graph_base, cfg.version);
+            let a = answer(
+                agent
+                    .delete(&url)
+                    .header("Authorization", &format!("Bearer {}", token.expose()))
+                    .call(),
+            )?;
+            success(decode(a)?)
+        })
+        .await
+    }
+}
+
+fn long_lived(f: LongLivedFields) -> Result<LongLivedToken, MetaError> {
+    if f.access_token.is_empty() {
+        return Err(MetaError::Decode("empty access_token".into()));
+    }
+    Ok(LongLivedToken {
+        access_token: Secret::new(f.access_token),
+        // Documented: 60 days. A missing value is treated as the documented lifetime.
+        expires_in: Duration::from_secs(f.expires_in.unwrap_or(60 * 24 * 3600)),
+    })
+}
+
+fn success(s: Success) -> Result<(), MetaError> {
+    if s.success {
+        Ok(())
+    } else {
+        Err(MetaError::Decode("success was not true".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_token_shapes_decode_and_big_user_ids_keep_their_digits() {
+        let flat = Answer {
+            status: 200,
+            buc: None,
+            body: r#"{"access_token":"IGAAx","user_id":27640875392278831,"permissions":["a"]}"#
+                .into(),
+        };
+        match decode::<CodeExchange>(flat).expect("flat") {
+            CodeExchange::Flat(f) => {
+                assert_eq!(f.user_id.expect("id").as_str(), "27640875392278831")
+            }
+            CodeExchange::Wrapped { .. } => panic!("flat parsed as wrapped"),
+        }
+        let wrapped = Answer {
+            status: 200,
+            buc: None,
+            body: r#"{"data":[{"access_token":"IGAAx","user_id":"1020","permissions":"a,b"}]}"#
+                .into(),
+        };
+        assert!(matches!(
+            decode::<CodeExchange>(wrapped),
+            Ok(CodeExchange::Wrapped { .. })
+        ));
+    }
+
+    #[test]
+    fn error_envelopes_are_told_apart_and_buc_regain_time_is_read() {
+        let graph = Answer {
+            status: 400,
+            buc: Some(r#"{"1784":[{"type":"instagram","call_count":100,"estimated_time_to_regain_access":7}]}"#.into()),
+            body: r#"{"error":{"message":"(#80002) too many","type":"OAuthException","code":80002,"is_transient":true,"fbtrace_id":"x"}}"#.into(),
+        };
+        match decode::<Success>(graph) {
+            Err(MetaError::Graph {
+                status,
+                error,
+                regain_after,
+            }) => {
+                assert_eq!((status, error.code), (400, 80002));
+                assert_eq!(regain_after, Some(Duration::from_secs(420)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let oauth = Answer {
+            status: 400,
+            buc: None,
+            body: r#"{"error_type":"OAuthException","code":400,"error_message":"Matching code was not found or was already used"}"#.into(),
+        };
+        assert!(matches!(
+            decode::<Success>(oauth),
+            Err(MetaError::OAuth { status: 400, .. })
+        ));
+        let bare = Answer {
+            status: 502,
+            buc: None,
+            body: "<html>bad gateway</html>".into(),
+        };
+        assert!(matches!(
+            decode::<Success>(bare),
+            Err(MetaError::Http { status: 502 })
+        ));
+    }
+}

@@ -1,0 +1,15 @@
+//! Meta's side of the wire, in one place: verifying what Meta sends us (webhook signatures,
+//! `signed_request`), and calling Meta (Instagram Login OAuth and the Graph API) through one
+//! client with timeouts, off the async threads.
+
+pub mod client;
+pub mod ids;
+pub mod signature;
+pub mod signed_request;
+pub mod webhook;
+
+pub use client::{
+    GraphError, LongLivedToken, Me, MetaClient, MetaClientConfig, MetaError, ShortLivedToken,
+};
+pub use ids::IdString;
+pub use signature::{SignatureError, WebhookVerifier};

@@ -1,0 +1,307 @@
+//! Instagram webhook payloads: the envelope, and what each event is.
+//!
+//! Parsing borrows from the request body: every event stays the exact bytes Meta sent
+//! (`RawValue`), which is what the `h:` event ids hash and what the job carries on.
+
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ids::IdString;
+
+/// `{"object": "...", "entry": [...]}`; entries stay raw until routed.
+#[derive(Debug, Deserialize)]
+pub struct Envelope<'a> {
+    pub object: String,
+    #[serde(borrow)]
+    pub entry: Vec<&'a RawValue>,
+}
+
+/// One `entry[]`: the account it is for, and its events in one of the documented shapes.
+#[derive(Debug, Deserialize)]
+pub struct Entry<'a> {
+    pub id: IdString,
+    #[serde(default)]
+    pub time: Option<serde_json::Number>,
+    #[serde(borrow, default)]
+    pub messaging: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    pub standby: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    pub changes: Option<Vec<&'a RawValue>>,
+    /// Instagram Login's comment example puts `field`/`value` on the entry itself.
+    #[serde(default)]
+    pub field: Option<String>,
+}
+
+impl Entry<'_> {
+    /// `entry.time` in milliseconds (messaging entries use ms, change entries seconds).
+    pub fn time_ms(&self) -> Option<i64> {
+        let t = self.time.as_ref()?.as_i64()?;
+        Some(if t > 1_000_000_000_000 { t } else { t * 1000 })
+    }
+}
+
+/// What an event is. Stable snake_case names: they travel in jobs and label metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Message,
+    Echo,
+    Deleted,
+    Postback,
+    Edit,
+    Reaction,
+    Read,
+    Referral,
+    Optin,
+    Handover,
+    Comment,
+    Mention,
+    Change,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::Echo => "echo",
+            EventKind::Deleted => "deleted",
+            EventKind::Postback => "postback",
+            EventKind::Edit => "edit",
+            EventKind::Reaction => "reaction",
+            EventKind::Read => "read",
+            EventKind::Referral => "referral",
+            EventKind::Optin => "optin",
+            EventKind::Handover => "handover",
+            EventKind::Comment => "comment",
+            EventKind::Mention => "mention",
+            EventKind::Change => "change",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Mid<'a> {
+    // Cow: a mid with JSON escapes cannot be borrowed.
+    #[serde(borrow, default)]
+    mid: Option<Cow<'a, str>>,
+    #[serde(default)]
+    is_echo: bool,
+    #[serde(default)]
+    is_deleted: bool,
+    #[serde(default)]
+    is_self: bool,
+    #[serde(default)]
+    num_edit: Option<i64>,
+}
+
+/// Just enough of a messaging event to know what it is.
+#[derive(Debug, Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default)]
+    message: Option<Mid<'a>>,
+    #[serde(borrow, default)]
+    postback: Option<Mid<'a>>,
+    #[serde(borrow, default)]
+    message_edit: Option<Mid<'a>>,
+    #[serde(default)]
+    reaction: Option<IgnoredAny>,
+    #[serde(default)]
+    read: Option<IgnoredAny>,
+    #[serde(default)]
+    referral: Option<IgnoredAny>,
+    #[serde(default)]
+    optin: Option<IgnoredAny>,
+    #[serde(default)]
+    pass_thread_control: Option<IgnoredAny>,
+    #[serde(default)]
+    take_thread_control: Option<IgnoredAny>,
+    #[serde(default)]
+    request_thread_control: Option<IgnoredAny>,
+}
+
+/// How one event is to be handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Classified {
+    /// Route it: a kind and, for messages, the id built from Meta's own ids (`None`: use the
+    /// `h:` hash of the raw bytes).
+    Event { kind: EventKind, id: Option<String> },
+    /// A test message the account sent itself (`is_self`).
+    SelfTest,
+    /// No key we know: counted and skipped.
+    Unknown,
+    /// Not a JSON object with the documented fields.
+    Invalid,
+}
+
+/// Classifies one `messaging[]` event.
+pub fn classify_messaging(raw: &RawValue) -> Classified {
+    let Ok(p) = serde_json::from_str::<Probe<'_>>(raw.get()) else {
+        return Classified::Invalid;
+    };
+    let with_mid = |kind: EventKind, prefix: &str, m: &Mid<'_>| Classified::Event {
+        kind,
+        id: m.mid.as_ref().map(|mid| format!("{prefix}:{mid}")),
+    };
+    if let Some(m) = &p.message {
+        if m.is_self {
+            return Classified::SelfTest;
+        }
+        return if m.is_deleted {
+            with_mid(EventKind::Deleted, "deleted", m)
+        } else if m.is_echo {
+            with_mid(EventKind::Echo, "echo", m)
+        } else {
+            with_mid(EventKind::Message, "message", m)
+        };
+    }
+    if let Some(m) = &p.postback {
+        return with_mid(EventKind::Postback, "postback", m);
+    }
+    if let Some(m) = &p.message_edit {
+        return Classified::Event {
+            kind: EventKind::Edit,
+            id: m
+                .mid
+                .as_ref()
+                .map(|mid| format!("edit:{mid}:{}", m.num_edit.unwrap_or(0))),
+        };
+    }
+    let kind = if p.reaction.is_some() {
+        EventKind::Reaction
+    } else if p.read.is_some() {
+        EventKind::Read
+    } else if p.referral.is_some() {
+        EventKind::Referral
+    } else if p.optin.is_some() {
+        EventKind::Optin
+    } else if p.pass_thread_control.is_some()
+        || p.take_thread_control.is_some()
+        || p.request_thread_control.is_some()
+    {
+        EventKind::Handover
+    } else {
+        return Classified::Unknown;
+    };
+    Classified::Event { kind, id: None }
+}
+
+#[derive(Deserialize)]
+struct ChangeProbe {
+    #[serde(default)]
+    field: Option<String>,
+}
+
+/// Classifies one `changes[]` item (or an entry that carries `field` itself).
+pub fn classify_change(raw: &RawValue) -> Classified {
+    match serde_json::from_str::<ChangeProbe>(raw.get()) {
+        Ok(ChangeProbe { field: Some(f) }) => Classified::Event {
+            kind: match f.as_str() {
+                "comments" | "live_comments" => EventKind::Comment,
+                "mentions" => EventKind::Mention,
+                _ => EventKind::Change,
+            },
+            id: None,
+        },
+        Ok(ChangeProbe { field: None }) => Classified::Unknown,
+        Err(_) => Classified::Invalid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).expect("json")
+    }
+
+    #[test]
+    fn every_documented_event_gets_its_kind_and_id() {
+        let cases = [
+            (
+                r#"{"message":{"mid":"m1","text":"hi"}}"#,
+                EventKind::Message,
+                Some("message:m1"),
+            ),
+            (
+                r#"{"message":{"mid":"m1","text":"hi","is_echo":true}}"#,
+                EventKind::Echo,
+                Some("echo:m1"),
+            ),
+            (
+                r#"{"message":{"mid":"m1","is_deleted":true}}"#,
+                EventKind::Deleted,
+                Some("deleted:m1"),
+            ),
+            (
+                r#"{"message":{"mid":"m1","is_unsupported":true}}"#,
+                EventKind::Message,
+                Some("message:m1"),
+            ),
+            (
+                r#"{"postback":{"mid":"p1","title":"T","payload":"P"}}"#,
+                EventKind::Postback,
+                Some("postback:p1"),
+            ),
+            (
+                r#"{"message_edit":{"mid":"m1","text":"x","num_edit":2}}"#,
+                EventKind::Edit,
+                Some("edit:m1:2"),
+            ),
+            (
+                r#"{"reaction":{"mid":"m1","action":"react","reaction":"love"}}"#,
+                EventKind::Reaction,
+                None,
+            ),
+            (r#"{"read":{"mid":"m1"}}"#, EventKind::Read, None),
+            (
+                r#"{"referral":{"ref":"x","source":"ADS"}}"#,
+                EventKind::Referral,
+                None,
+            ),
+        ];
+        for (json, kind, id) in cases {
+            assert_eq!(
+                classify_messaging(&raw(json)),
+                Classified::Event {
+                    kind,
+                    id: id.map(str::to_owned)
+                },
+                "{json}"
+            );
+        }
+        assert_eq!(
+            classify_messaging(&raw(r#"{"message":{"mid":"m","is_self":true}}"#)),
+            Classified::SelfTest
+        );
+        assert_eq!(
+            classify_messaging(&raw(r#"{"sender":{"id":"1"},"new_thing":{}}"#)),
+            Classified::Unknown
+        );
+        assert_eq!(classify_messaging(&raw("[1,2]")), Classified::Invalid);
+        assert_eq!(
+            classify_change(&raw(r#"{"field":"comments","value":{"id":"1"}}"#)),
+            Classified::Event {
+                kind: EventKind::Comment,
+                id: None
+            }
+        );
+    }
+
+    #[test]
+    fn entries_accept_integer_ids_and_both_time_units() {
+        let e: Entry<'_> =
+            serde_json::from_str(r#"{"id":17841400538867190,"time":1762034000,"changes":[]}"#)
+                .expect("entry");
+        assert_eq!(e.id.as_str(), "17841400538867190");
+        assert_eq!(e.time_ms(), Some(1_762_034_000_000));
+        let e: Entry<'_> =
+            serde_json::from_str(r#"{"id":"1","time":1762022388574,"messaging":[]}"#)
+                .expect("entry");
+        assert_eq!(e.time_ms(), Some(1_762_022_388_574));
+    }
+}

@@ -1,0 +1,363 @@
+//! A fake Meta: Instagram Login OAuth plus the Graph API endpoints the service calls, served
+//! over real HTTP on one local host, behaving as `shared/meta-platform.md` documents (status
+//! codes, both error envelopes, headers, both token-response shapes).
+//!
+//! Tests start it with [`FakeMeta::start`], point the service's Instagram/Graph base URLs at
+//! [`FakeMeta::base_url`], then inspect what was called ([`FakeMeta::requests`],
+//! [`FakeMeta::sent_messages`]) and script trouble ([`FakeMeta::fail_next`]). The webhook side
+//! (signing and delivering payloads to the service) is in [`webhook`].
+//!
+//! Paths served (the Graph version segment is any `v<digits>.<digits>`, and optional):
+//!
+//! | method | path | endpoint |
+//! |---|---|---|
+//! | GET | `/oauth/authorize` | [`Endpoint::Authorize`] |
+//! | POST | `/oauth/access_token` | [`Endpoint::CodeExchange`] |
+//! | GET | `[/{ver}]/access_token` | [`Endpoint::LongLivedExchange`] |
+//! | GET | `[/{ver}]/refresh_access_token` | [`Endpoint::Refresh`] |
+//! | GET | `[/{ver}]/me`, `[/{ver}]/{ig_id}` | [`Endpoint::Me`] |
+//! | GET, POST, DELETE | `[/{ver}]/{me or ig_id}/subscribed_apps` | [`Endpoint::SubscribedApps`] |
+//! | POST | `[/{ver}]/{me or ig_id}/messages` | [`Endpoint::Messages`] |
+
+mod failure;
+mod server;
+pub mod webhook;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+pub use failure::Failure;
+
+/// The Instagram professional account that "logs in" through the fake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeAccount {
+    /// The IG professional account id: webhook `entry.id`, `/me` → `user_id`.
+    pub user_id: String,
+    /// The app-scoped id: `/me` → `id` and the code exchange's `user_id`. Above 2^53 by default,
+    /// so a client that parses it as `f64` loses digits.
+    pub app_scoped_id: String,
+    pub username: String,
+}
+
+impl Default for FakeAccount {
+    fn default() -> Self {
+        Self {
+            user_id: "17841400538867190".to_owned(),
+            app_scoped_id: "27640875392278831".to_owned(),
+            username: "minhaloja".to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FakeMetaConfig {
+    /// The Instagram app id expected as `client_id`.
+    pub client_id: String,
+    /// The Instagram app secret expected as `client_secret`.
+    pub client_secret: String,
+    /// Registered OAuth redirect URIs, matched exactly; empty accepts any.
+    pub redirect_uris: Vec<String>,
+    /// Who logs in first (see [`FakeMeta::set_account`]).
+    pub account: FakeAccount,
+}
+
+impl Default for FakeMetaConfig {
+    fn default() -> Self {
+        Self {
+            client_id: "990602627938098".to_owned(),
+            client_secret: "fake-ig-app-secret".to_owned(),
+            redirect_uris: Vec::new(),
+            account: FakeAccount::default(),
+        }
+    }
+}
+
+/// The code-exchange response shape; meta-platform.md §3.1 documents `DataArray` but clients
+/// observe `Flat`, so the service must accept both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenShape {
+    /// `{"access_token":…,"user_id":<bare integer>,"permissions":[…]}`
+    #[default]
+    Flat,
+    /// `{"data":[{"access_token":…,"user_id":"<string>","permissions":"a,b"}]}`
+    DataArray,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Authorize,
+    CodeExchange,
+    LongLivedExchange,
+    Refresh,
+    Me,
+    SubscribedApps,
+    Messages,
+    /// Any path or method the fake does not serve (answered with a Graph error); recorded so a
+    /// test can see what the service called by mistake.
+    Unknown,
+}
+
+/// One request as the fake received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub endpoint: Endpoint,
+    pub method: String,
+    pub path: String,
+    /// Decoded query pairs, in order.
+    pub query: Vec<(String, String)>,
+    /// Header names are lowercase.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// Decoded fields of a urlencoded or multipart body, in order; empty otherwise.
+    pub form: Vec<(String, String)>,
+}
+
+impl Recorded {
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        find(&self.query, name)
+    }
+
+    pub fn form_field(&self, name: &str) -> Option<&str> {
+        find(&self.form, name)
+    }
+
+    /// `name` in lowercase.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find(&self.headers, name)
+    }
+}
+
+fn find<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A message the Send API accepted.
+#[derive(Clone, Debug)]
+pub struct SentMessage {
+    /// The path's account id, or the token's `user_id` when the path said `me`.
+    pub account: String,
+    pub recipient_id: String,
+    pub text: Option<String>,
+    /// The whole request body as parsed.
+    pub body: serde_json::Value,
+    pub message_id: String,
+}
+
+/// Handle to a running fake; clones share it. The server stops when the last clone drops.
+#[derive(Clone)]
+pub struct FakeMeta {
+    inner: Arc<Running>,
+}
+
+struct Running {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the server task and the handles share.
+pub(crate) struct Shared {
+    pub(crate) client_id: String,
+    pub(crate) client_secret: String,
+    pub(crate) redirect_uris: Vec<String>,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    /// Never held across an await, so a poisoned lock only means a test already panicked.
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) account: FakeAccount,
+    pub(crate) token_shape: TokenShape,
+    pub(crate) deny_next: bool,
+    pub(crate) latency: Duration,
+    pub(crate) queued_failures: HashMap<Endpoint, VecDeque<Failure>>,
+    pub(crate) standing_failures: HashMap<Endpoint, Failure>,
+    pub(crate) requests: Vec<Recorded>,
+    pub(crate) codes: HashMap<String, CodeGrant>,
+    pub(crate) tokens: HashMap<String, TokenGrant>,
+    pub(crate) issued: Vec<String>,
+    pub(crate) sent: Vec<SentMessage>,
+    /// IG account user_id → subscribed fields.
+    pub(crate) subscriptions: HashMap<String, Vec<String>>,
+}
+
+impl State {
+    pub(crate) fn take_failure(&mut self, endpoint: Endpoint) -> Option<Failure> {
+        if let Some(f) = self
+            .queued_failures
+            .get_mut(&endpoint)
+            .and_then(VecDeque::pop_front)
+        {
+            return Some(f);
+        }
+        self.standing_failures.get(&endpoint).cloned()
+    }
+}
+
+pub(crate) struct CodeGrant {
+    pub(crate) client_id: String,
+    pub(crate) redirect_uri: String,
+    pub(crate) account: FakeAccount,
+    pub(crate) permissions: Vec<String>,
+    pub(crate) expires: Instant,
+    pub(crate) used: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TokenKind {
+    ShortLived,
+    LongLived,
+}
+
+#[derive(Clone)]
+pub(crate) struct TokenGrant {
+    pub(crate) kind: TokenKind,
+    pub(crate) account: FakeAccount,
+    pub(crate) permissions: Vec<String>,
+    pub(crate) expires: Instant,
+}
+
+impl FakeMeta {
+    /// Serves on 127.0.0.1 with an ephemeral port.
+    pub async fn start(config: FakeMetaConfig) -> FakeMeta {
+        Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config)
+            .await
+            .expect("bind 127.0.0.1:0 for the fake Meta")
+    }
+
+    pub async fn start_on(addr: SocketAddr, config: FakeMetaConfig) -> std::io::Result<FakeMeta> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            client_id: config.client_id,
+            client_secret: config.client_secret,
+            redirect_uris: config.redirect_uris,
+            state: Mutex::new(State {
+                account: config.account,
+                ..State::default()
+            }),
+        });
+        let app = server::router(shared.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                eprintln!("fake-meta: server stopped: {e}");
+            }
+        });
+        Ok(FakeMeta {
+            inner: Arc::new(Running { shared, addr, task }),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, the base for the OAuth, authorize and Graph paths alike.
+    pub fn base_url(&self) -> String {
+        let mut addr = self.inner.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.shared.state()
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state().requests.clone()
+    }
+
+    pub fn requests_to(&self, endpoint: Endpoint) -> Vec<Recorded> {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.endpoint == endpoint)
+            .cloned()
+            .collect()
+    }
+
+    pub fn clear_requests(&self) {
+        self.state().requests.clear();
+    }
+
+    pub fn set_token_shape(&self, shape: TokenShape) {
+        self.state().token_shape = shape;
+    }
+
+    /// The account that the next authorization logs in as; codes and tokens already issued keep
+    /// theirs.
+    pub fn set_account(&self, account: FakeAccount) {
+        self.state().account = account;
+    }
+
+    /// The next valid authorization redirects back with `error=access_denied`.
+    pub fn deny_next_authorization(&self) {
+        self.state().deny_next = true;
+    }
+
+    /// Queues `failure` as the answer to the next request to `endpoint` (FIFO, one each).
+    pub fn fail_next(&self, endpoint: Endpoint, failure: Failure) {
+        self.state()
+            .queued_failures
+            .entry(endpoint)
+            .or_default()
+            .push_back(failure);
+    }
+
+    /// Answers every request to `endpoint` with `failure` (after any queued ones) until cleared.
+    pub fn fail_always(&self, endpoint: Endpoint, failure: Failure) {
+        self.state().standing_failures.insert(endpoint, failure);
+    }
+
+    pub fn clear_failures(&self) {
+        let mut state = self.state();
+        state.queued_failures.clear();
+        state.standing_failures.clear();
+    }
+
+    /// Delay added before every answer.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state().latency = latency;
+    }
+
+    pub fn sent_messages(&self) -> Vec<SentMessage> {
+        self.state().sent.clone()
+    }
+
+    /// Every access token handed out, short- and long-lived, in order.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state().issued.clone()
+    }
+
+    /// Makes `token` expired from now on: Graph calls with it get 190/463, and it can no longer be
+    /// exchanged or refreshed.
+    pub fn expire_token(&self, token: &str) {
+        if let Some(grant) = self.state().tokens.get_mut(token) {
+            grant.expires = Instant::now();
+        }
+    }
+
+    /// The fields `user_id` is subscribed to, if it is subscribed.
+    pub fn subscribed_fields(&self, user_id: &str) -> Option<Vec<String>> {
+        self.state().subscriptions.get(user_id).cloned()
+    }
+}

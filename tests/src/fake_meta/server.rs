@@ -1,0 +1,915 @@
+//! The HTTP side: one fallback handler that records every request, applies scripted failures and
+//! latency, and answers as Meta's OAuth and Graph endpoints do.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State as AxumState;
+use axum::http::{HeaderMap, Method, Uri, header};
+use axum::response::{IntoResponse, Response};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::Value;
+use url::Url;
+
+use super::failure::{EXPIRED_MESSAGE, GraphError, Reply, json_object, json_str, oauth_error};
+use super::{
+    CodeGrant, Endpoint, Failure, FakeAccount, Recorded, SentMessage, Shared, State, TokenGrant,
+    TokenKind, TokenShape, find,
+};
+
+const CODE_LIFETIME: Duration = Duration::from_secs(3600);
+const SHORT_LIVED: Duration = Duration::from_secs(3600);
+const LONG_LIVED: Duration = Duration::from_secs(60 * 24 * 3600);
+/// The documented sample value (meta-platform.md §3.1).
+const LONG_LIVED_EXPIRES_IN: u64 = 5_183_944;
+/// Answered in `facebook-api-version` when the path named no version.
+const DEFAULT_VERSION: &str = "v25.0";
+const MAX_TEXT_BYTES: usize = 1000;
+const MAX_ATTACHMENTS: usize = 10;
+
+const BASIC: &str = "instagram_business_basic";
+const MANAGE_MESSAGES: &str = "instagram_business_manage_messages";
+const MANAGE_COMMENTS: &str = "instagram_business_manage_comments";
+const SCOPES: &[&str] = &[
+    BASIC,
+    "instagram_business_content_publish",
+    MANAGE_MESSAGES,
+    MANAGE_COMMENTS,
+    "instagram_business_manage_insights",
+];
+/// Webhook fields with the permission each needs besides `instagram_business_basic` (§1.4).
+const FIELDS: &[(&str, &str)] = &[
+    ("comments", MANAGE_COMMENTS),
+    ("live_comments", MANAGE_COMMENTS),
+    ("mentions", MANAGE_COMMENTS),
+    ("messages", MANAGE_MESSAGES),
+    ("message_reactions", MANAGE_MESSAGES),
+    ("message_edit", MANAGE_MESSAGES),
+    ("messaging_handover", MANAGE_MESSAGES),
+    ("messaging_optins", MANAGE_MESSAGES),
+    ("messaging_postbacks", MANAGE_MESSAGES),
+    ("messaging_referral", MANAGE_MESSAGES),
+    ("messaging_seen", MANAGE_MESSAGES),
+    ("standby", MANAGE_MESSAGES),
+];
+/// The decoded header shared by real message ids; the rest is random.
+const MID_PREFIX: &str = "aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOj";
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new().fallback(handle).with_state(shared)
+}
+
+/// Where a request goes.
+struct Route {
+    endpoint: Endpoint,
+    /// The Graph node (`me` or an id) for node-scoped endpoints.
+    node: Option<String>,
+    /// `Some` for Graph paths: the version segment, or the default when unversioned.
+    graph_version: Option<String>,
+}
+
+fn route(method: &Method, path: &str) -> Route {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let oauth = |endpoint| Route {
+        endpoint,
+        node: None,
+        graph_version: None,
+    };
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["oauth", "authorize"]) => return oauth(Endpoint::Authorize),
+        (&Method::POST, ["oauth", "access_token"]) => return oauth(Endpoint::CodeExchange),
+        (_, ["oauth", ..]) => return oauth(Endpoint::Unknown),
+        _ => {}
+    }
+    let (version, rest) = match segments.split_first() {
+        Some((first, rest)) if is_version(first) => ((*first).to_owned(), rest),
+        _ => (DEFAULT_VERSION.to_owned(), segments.as_slice()),
+    };
+    let (endpoint, node) = match (method, rest) {
+        (&Method::GET, ["access_token"]) => (Endpoint::LongLivedExchange, None),
+        (&Method::GET, ["refresh_access_token"]) => (Endpoint::Refresh, None),
+        (&Method::GET, [node]) if is_node(node) => (Endpoint::Me, Some(*node)),
+        (&Method::GET | &Method::POST | &Method::DELETE, [node, "subscribed_apps"])
+            if is_node(node) =>
+        {
+            (Endpoint::SubscribedApps, Some(*node))
+        }
+        (&Method::POST, [node, "messages"]) if is_node(node) => (Endpoint::Messages, Some(*node)),
+        _ => (Endpoint::Unknown, None),
+    };
+    Route {
+        endpoint,
+        node: node.map(str::to_owned),
+        graph_version: Some(version),
+    }
+}
+
+/// `v<digits>.<digits>`
+fn is_version(segment: &str) -> bool {
+    let Some(rest) = segment.strip_prefix('v') else {
+        return false;
+    };
+    let Some((major, minor)) = rest.split_once('.') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(major) && digits(minor)
+}
+
+fn is_node(segment: &str) -> bool {
+    segment == "me" || (!segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The parts of a request the endpoint handlers read.
+struct Req {
+    method: Method,
+    path: String,
+    query: Vec<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+    form: Vec<(String, String)>,
+}
+
+impl Req {
+    fn query(&self, name: &str) -> Option<&str> {
+        find(&self.query, name)
+    }
+
+    fn form(&self, name: &str) -> Option<&str> {
+        find(&self.form, name)
+    }
+
+    /// Graph accepts the token as a bearer header, a query parameter or a form field.
+    fn access_token(&self) -> Option<&str> {
+        let bearer = self
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                let ok =
+                    scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("oauth");
+                ok.then(|| token.trim())
+            });
+        bearer
+            .or_else(|| self.query("access_token"))
+            .or_else(|| self.form("access_token"))
+            .filter(|t| !t.is_empty())
+    }
+}
+
+async fn handle(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let route = route(&method, uri.path());
+    let req = Req {
+        query: pairs(uri.query().unwrap_or("").as_bytes()),
+        form: form_fields(&headers, &body),
+        path: uri.path().to_owned(),
+        method,
+        headers,
+        body,
+    };
+    let (delay, reply, raw) = {
+        let mut state = shared.state();
+        state.requests.push(record(&req, route.endpoint));
+        let failure = state.take_failure(route.endpoint);
+        let hang = match failure {
+            Some(Failure::Hang(d)) => d,
+            _ => Duration::ZERO,
+        };
+        // The throttle header names the account whose calls are counted.
+        let account = req
+            .access_token()
+            .and_then(|t| state.tokens.get(t))
+            .map_or_else(
+                || state.account.user_id.clone(),
+                |g| g.account.user_id.clone(),
+            );
+        let scripted = failure.as_ref().and_then(|f| f.reply(&account));
+        let reply = scripted.unwrap_or_else(|| answer(&shared, &mut state, &req, &route));
+        let raw = matches!(failure, Some(Failure::Raw { .. }));
+        (state.latency + hang, reply, raw)
+    };
+    // The work is done before the wait, as when Meta acts on a request whose answer is late.
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let reply = match (&route.graph_version, raw) {
+        (Some(version), false) => reply.header("facebook-api-version", version.clone()),
+        _ => reply,
+    };
+    reply.into_response()
+}
+
+fn record(req: &Req, endpoint: Endpoint) -> Recorded {
+    Recorded {
+        endpoint,
+        method: req.method.to_string(),
+        path: req.path.clone(),
+        query: req.query.clone(),
+        headers: req
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: String::from_utf8_lossy(&req.body).into_owned(),
+        form: req.form.clone(),
+    }
+}
+
+fn answer(shared: &Shared, state: &mut State, req: &Req, route: &Route) -> Reply {
+    let node = route.node.as_deref().unwrap_or("me");
+    let result = match route.endpoint {
+        Endpoint::Authorize => Ok(authorize(shared, state, req)),
+        Endpoint::CodeExchange => Ok(exchange_code(shared, state, req)),
+        Endpoint::LongLivedExchange => long_lived(shared, state, req),
+        Endpoint::Refresh => refresh(state, req),
+        Endpoint::Me => me(state, req, node),
+        Endpoint::SubscribedApps => subscribed_apps(shared, state, req, node),
+        Endpoint::Messages => messages(state, req, node),
+        Endpoint::Unknown => Err(unknown(req, route)),
+    };
+    result.unwrap_or_else(|e| e)
+}
+
+fn unknown(req: &Req, route: &Route) -> Reply {
+    if route.graph_version.is_none() {
+        return oauth_error(&format!(
+            "Unknown OAuth request: {} {}",
+            req.method, req.path
+        ));
+    }
+    GraphError::new(
+        400,
+        2500,
+        format!("Unknown path components: {} {}", req.method, req.path),
+    )
+    .reply()
+}
+
+// ---- OAuth -------------------------------------------------------------------------------------
+
+fn authorize(shared: &Shared, state: &mut State, req: &Req) -> Reply {
+    if req.query("client_id") != Some(shared.client_id.as_str()) {
+        return oauth_error("Invalid platform app");
+    }
+    let Some(redirect_uri) = req.query("redirect_uri") else {
+        return oauth_error("Invalid redirect_uri");
+    };
+    let registered =
+        shared.redirect_uris.is_empty() || shared.redirect_uris.iter().any(|u| u == redirect_uri);
+    let Some(mut target) = Url::parse(redirect_uri).ok().filter(|_| registered) else {
+        return oauth_error("Invalid redirect_uri");
+    };
+    if req.query("response_type") != Some("code") {
+        return oauth_error("Invalid response_type: only 'code' is supported");
+    }
+    let scopes = split_scopes(req.query("scope").unwrap_or(""));
+    let unknown: Vec<&str> = scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !SCOPES.contains(s))
+        .collect();
+    if !unknown.is_empty() {
+        return oauth_error(&format!("Invalid scope field(s): {}", unknown.join(",")));
+    }
+    if !scopes.iter().any(|s| s == BASIC) {
+        return oauth_error("Invalid scope: instagram_business_basic is required");
+    }
+    let csrf = req.query("state");
+    if std::mem::take(&mut state.deny_next) {
+        let mut q = target.query_pairs_mut();
+        q.append_pair("error", "access_denied")
+            .append_pair("error_reason", "user_denied")
+            .append_pair("error_description", "The user denied your request");
+        if let Some(s) = csrf {
+            q.append_pair("state", s);
+        }
+        drop(q);
+        return redirect(&target);
+    }
+    let code = random_alnum(64);
+    state.codes.insert(
+        code.clone(),
+        CodeGrant {
+            client_id: shared.client_id.clone(),
+            redirect_uri: redirect_uri.to_owned(),
+            account: state.account.clone(),
+            permissions: scopes,
+            expires: Instant::now() + CODE_LIFETIME,
+            used: false,
+        },
+    );
+    {
+        let mut q = target.query_pairs_mut();
+        q.append_pair("code", &code);
+        if let Some(s) = csrf {
+            q.append_pair("state", s);
+        }
+    }
+    // Documented: "The #_ appended to the end of the redirect URI is not part of the code".
+    target.set_fragment(Some("_"));
+    redirect(&target)
+}
+
+/// Comma- or space-separated, duplicates dropped, order kept.
+fn split_scopes(scope: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in scope
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        if !out.iter().any(|o| o == s) {
+            out.push(s.to_owned());
+        }
+    }
+    out
+}
+
+fn redirect(target: &Url) -> Reply {
+    Reply {
+        status: 302,
+        headers: vec![("location".to_owned(), target.to_string())],
+        body: String::new(),
+    }
+}
+
+fn exchange_code(shared: &Shared, state: &mut State, req: &Req) -> Reply {
+    for field in [
+        "client_id",
+        "client_secret",
+        "grant_type",
+        "redirect_uri",
+        "code",
+    ] {
+        if req.form(field).is_none_or(str::is_empty) {
+            return oauth_error(&format!("You must provide a {field}"));
+        }
+    }
+    if req.form("client_id") != Some(shared.client_id.as_str()) {
+        return oauth_error("Invalid platform app");
+    }
+    if req.form("client_secret") != Some(shared.client_secret.as_str()) {
+        return oauth_error("Error validating client secret.");
+    }
+    if req.form("grant_type") != Some("authorization_code") {
+        return oauth_error("Invalid grant_type");
+    }
+    let code = req.form("code").unwrap_or_default();
+    let redirect_uri = req.form("redirect_uri").unwrap_or_default();
+    let now = Instant::now();
+    let grant = state.codes.get_mut(code).filter(|g| {
+        !g.used
+            && g.expires > now
+            && g.client_id == shared.client_id
+            && g.redirect_uri == redirect_uri
+    });
+    let Some(grant) = grant else {
+        return oauth_error("Matching code was not found or was already used");
+    };
+    grant.used = true;
+    let account = grant.account.clone();
+    let permissions = grant.permissions.clone();
+    let token = issue(state, TokenKind::ShortLived, &account, &permissions);
+    let body = match state.token_shape {
+        TokenShape::Flat => {
+            let perms: Vec<String> = permissions.iter().map(|p| json_str(p)).collect();
+            json_object(&[
+                ("access_token", json_str(&token)),
+                ("user_id", bare_integer(&account.app_scoped_id)),
+                ("permissions", format!("[{}]", perms.join(","))),
+            ])
+        }
+        TokenShape::DataArray => format!(
+            "{{\"data\":[{}]}}",
+            json_object(&[
+                ("access_token", json_str(&token)),
+                ("user_id", json_str(&account.app_scoped_id)),
+                ("permissions", json_str(&permissions.join(","))),
+            ])
+        ),
+    };
+    Reply::json(200, body)
+}
+
+/// The id's digits as a bare JSON number, written as text so no float ever rounds it; a
+/// non-numeric id (a misconfigured test) stays a string rather than producing invalid JSON.
+fn bare_integer(id: &str) -> String {
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
+        id.to_owned()
+    } else {
+        json_str(id)
+    }
+}
+
+fn issue(
+    state: &mut State,
+    kind: TokenKind,
+    account: &FakeAccount,
+    permissions: &[String],
+) -> String {
+    let token = format!("IGAA{}", random_alnum(120));
+    let lifetime = match kind {
+        TokenKind::ShortLived => SHORT_LIVED,
+        TokenKind::LongLived => LONG_LIVED,
+    };
+    state.tokens.insert(
+        token.clone(),
+        TokenGrant {
+            kind,
+            account: account.clone(),
+            permissions: permissions.to_vec(),
+            expires: Instant::now() + lifetime,
+        },
+    );
+    state.issued.push(token.clone());
+    token
+}
+
+fn long_lived_reply(token: &str) -> Reply {
+    Reply::json(
+        200,
+        json_object(&[
+            ("access_token", json_str(token)),
+            ("token_type", json_str("bearer")),
+            ("expires_in", LONG_LIVED_EXPIRES_IN.to_string()),
+        ]),
+    )
+}
+
+fn long_lived(shared: &Shared, state: &mut State, req: &Req) -> Result<Reply, Reply> {
+    if req.query("grant_type") != Some("ig_exchange_token") {
+        return Err(GraphError::new(
+            400,
+            100,
+            "Unsupported grant_type: expected ig_exchange_token",
+        )
+        .reply());
+    }
+    if req.query("client_secret") != Some(shared.client_secret.as_str()) {
+        return Err(GraphError::new(400, 190, "Error validating client secret.").reply());
+    }
+    let grant = token_grant(state, req.query("access_token"), TokenKind::ShortLived)?;
+    let token = issue(
+        state,
+        TokenKind::LongLived,
+        &grant.account,
+        &grant.permissions,
+    );
+    Ok(long_lived_reply(&token))
+}
+
+fn refresh(state: &mut State, req: &Req) -> Result<Reply, Reply> {
+    if req.query("grant_type") != Some("ig_refresh_token") {
+        return Err(GraphError::new(
+            400,
+            100,
+            "Unsupported grant_type: expected ig_refresh_token",
+        )
+        .reply());
+    }
+    let grant = token_grant(state, req.query("access_token"), TokenKind::LongLived)?;
+    // The old token stays valid until it expires; Meta does not say it is revoked.
+    let token = issue(
+        state,
+        TokenKind::LongLived,
+        &grant.account,
+        &grant.permissions,
+    );
+    Ok(long_lived_reply(&token))
+}
+
+/// A live token of `kind`; anything else is the 190 a client would get.
+fn token_grant(state: &State, token: Option<&str>, kind: TokenKind) -> Result<TokenGrant, Reply> {
+    let grant = authenticate(state, token)?;
+    if grant.kind != kind {
+        return Err(invalid_token());
+    }
+    Ok(grant)
+}
+
+// ---- Graph -------------------------------------------------------------------------------------
+
+fn authenticate(state: &State, token: Option<&str>) -> Result<TokenGrant, Reply> {
+    let Some(token) = token else {
+        return Err(GraphError::new(
+            400,
+            190,
+            "An active access token must be used to query information about the current user.",
+        )
+        .www_authenticate("invalid_request")
+        .reply());
+    };
+    let Some(grant) = state.tokens.get(token) else {
+        return Err(invalid_token());
+    };
+    if grant.expires <= Instant::now() {
+        return Err(GraphError::new(400, 190, EXPIRED_MESSAGE)
+            .subcode(463)
+            .www_authenticate("invalid_token")
+            .reply());
+    }
+    Ok(grant.clone())
+}
+
+fn invalid_token() -> Reply {
+    GraphError::new(
+        400,
+        190,
+        "Invalid OAuth access token - Cannot parse access token",
+    )
+    .www_authenticate("invalid_token")
+    .reply()
+}
+
+/// The account id a node names: `me` is the token's IG account; an explicit id must be that
+/// account's (either of its ids).
+fn resolve_node(grant: &TokenGrant, node: &str, method: &Method) -> Result<String, Reply> {
+    let account = &grant.account;
+    if node == "me" {
+        return Ok(account.user_id.clone());
+    }
+    if node == account.user_id || node == account.app_scoped_id {
+        return Ok(node.to_owned());
+    }
+    Err(GraphError::new(
+        400,
+        100,
+        format!(
+            "Unsupported {} request. Object with ID '{node}' does not exist, cannot be loaded due \
+             to missing permissions, or does not support this operation. Please read the Graph \
+             API documentation at https://developers.facebook.com/docs/graph-api",
+            method.as_str().to_ascii_lowercase()
+        ),
+    )
+    .subcode(33)
+    .reply())
+}
+
+fn require_permission(grant: &TokenGrant, permission: &str) -> Result<(), Reply> {
+    if grant.permissions.iter().any(|p| p == permission) {
+        return Ok(());
+    }
+    Err(GraphError::new(
+        400,
+        10,
+        "(#10) Application does not have permission for this action",
+    )
+    .reply())
+}
+
+fn me(state: &State, req: &Req, node: &str) -> Result<Reply, Reply> {
+    let grant = authenticate(state, req.access_token())?;
+    resolve_node(&grant, node, &req.method)?;
+    let account = &grant.account;
+    let mut fields = split_scopes(req.query("fields").unwrap_or(""));
+    // Graph always answers `id`; without `fields` it answers only `id`.
+    if !fields.iter().any(|f| f == "id") {
+        fields.push("id".to_owned());
+    }
+    let mut out = Vec::new();
+    for field in &fields {
+        let value = match field.as_str() {
+            "id" => json_str(&account.app_scoped_id),
+            "user_id" => json_str(&account.user_id),
+            "username" | "name" => json_str(&account.username),
+            "account_type" => json_str("BUSINESS"),
+            other => {
+                return Err(GraphError::new(
+                    400,
+                    100,
+                    format!(
+                        "(#100) Tried accessing nonexisting field ({other}) on node type (User)"
+                    ),
+                )
+                .reply());
+            }
+        };
+        out.push((field.as_str(), value));
+    }
+    Ok(Reply::json(200, json_object(&out)))
+}
+
+fn subscribed_apps(
+    shared: &Shared,
+    state: &mut State,
+    req: &Req,
+    node: &str,
+) -> Result<Reply, Reply> {
+    let grant = authenticate(state, req.access_token())?;
+    resolve_node(&grant, node, &req.method)?;
+    let user_id = grant.account.user_id.clone();
+    let success = || Reply::json(200, r#"{"success":true}"#.to_owned());
+    match req.method {
+        Method::DELETE => {
+            state.subscriptions.remove(&user_id);
+            Ok(success())
+        }
+        Method::GET => {
+            let data = match state.subscriptions.get(&user_id) {
+                Some(fields) => {
+                    let list: Vec<String> = fields.iter().map(|f| json_str(f)).collect();
+                    json_object(&[
+                        ("subscribed_fields", format!("[{}]", list.join(","))),
+                        ("id", json_str(&shared.client_id)),
+                    ])
+                }
+                None => String::new(),
+            };
+            Ok(Reply::json(200, format!("{{\"data\":[{data}]}}")))
+        }
+        _ => {
+            let raw = req
+                .query("subscribed_fields")
+                .or_else(|| req.form("subscribed_fields"))
+                .unwrap_or("");
+            let fields = split_scopes(raw);
+            if fields.is_empty() {
+                return Err(GraphError::new(
+                    400,
+                    100,
+                    "(#100) The parameter subscribed_fields is required.",
+                )
+                .reply());
+            }
+            for field in &fields {
+                let Some((_, permission)) = FIELDS.iter().find(|(f, _)| f == field) else {
+                    let known: Vec<&str> = FIELDS.iter().map(|(f, _)| *f).collect();
+                    return Err(GraphError::new(
+                        400,
+                        100,
+                        format!(
+                            "(#100) Param subscribed_fields must be one of {{{}}} - got \"{field}\"",
+                            known.join(", ")
+                        ),
+                    )
+                    .reply());
+                };
+                require_permission(&grant, permission)?;
+            }
+            state.subscriptions.insert(user_id, fields);
+            Ok(success())
+        }
+    }
+}
+
+fn messages(state: &mut State, req: &Req, node: &str) -> Result<Reply, Reply> {
+    let grant = authenticate(state, req.access_token())?;
+    let account = resolve_node(&grant, node, &req.method)?;
+    require_permission(&grant, MANAGE_MESSAGES)?;
+    let body = send_body(req)?;
+    let param = |message: &str| GraphError::new(400, 100, format!("(#100) {message}")).reply();
+    let recipient_id = match body.pointer("/recipient/id") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(param("The parameter recipient is required")),
+    };
+    if let Some(action) = body.get("sender_action") {
+        let action = action.as_str().unwrap_or_default();
+        let payload_mid = body.pointer("/payload/message_id").and_then(Value::as_str);
+        let ok = match action {
+            "typing_on" | "typing_off" | "mark_seen" => true,
+            "react" => {
+                payload_mid.is_some()
+                    && body
+                        .pointer("/payload/reaction")
+                        .is_some_and(Value::is_string)
+            }
+            "unreact" => payload_mid.is_some(),
+            _ => false,
+        };
+        if !ok {
+            return Err(param("Param sender_action or its payload is invalid"));
+        }
+        return Ok(Reply::json(
+            200,
+            json_object(&[("recipient_id", json_str(&recipient_id))]),
+        ));
+    }
+    let Some(message) = body.get("message").filter(|m| m.is_object()) else {
+        return Err(param("The parameter message is required"));
+    };
+    let text = message.get("text");
+    let attachment = message.get("attachment");
+    let attachments = message.get("attachments");
+    let kinds = [text, attachment, attachments]
+        .iter()
+        .filter(|k| k.is_some())
+        .count();
+    if kinds != 1 {
+        return Err(param(
+            "Exactly one of message[text], message[attachment] or message[attachments] is required",
+        ));
+    }
+    let text = match text {
+        Some(Value::String(t)) if t.is_empty() => {
+            return Err(param("Param message[text] must be non-empty."));
+        }
+        Some(Value::String(t)) if t.len() > MAX_TEXT_BYTES => {
+            return Err(param(&format!(
+                "Length of param message[text] must be less than or equal to {MAX_TEXT_BYTES}"
+            )));
+        }
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err(param("Param message[text] must be a string")),
+        None => None,
+    };
+    if let Some(a) = attachment
+        && !a.get("type").is_some_and(Value::is_string)
+    {
+        return Err(param("Param message[attachment][type] is required"));
+    }
+    if let Some(a) = attachments {
+        // The docs show both an object and an array of up to ten.
+        let items: Vec<&Value> = match a {
+            Value::Array(items) => items.iter().collect(),
+            other => vec![other],
+        };
+        if items.is_empty() || items.len() > MAX_ATTACHMENTS {
+            return Err(param(
+                "Param message[attachments] must hold 1 to 10 attachments",
+            ));
+        }
+        if !items
+            .iter()
+            .all(|i| i.get("type").is_some_and(Value::is_string))
+        {
+            return Err(param("Param message[attachments][type] is required"));
+        }
+    }
+    let message_id = format!("{MID_PREFIX}{}", random_alnum(120));
+    state.sent.push(SentMessage {
+        account,
+        recipient_id: recipient_id.clone(),
+        text,
+        body: body.clone(),
+        message_id: message_id.clone(),
+    });
+    Ok(Reply::json(
+        200,
+        json_object(&[
+            ("recipient_id", json_str(&recipient_id)),
+            ("message_id", json_str(&message_id)),
+        ]),
+    ))
+}
+
+/// The Send API body: JSON, or (as Graph also takes) form fields whose values are JSON.
+fn send_body(req: &Req) -> Result<Value, Reply> {
+    if let Ok(v @ Value::Object(_)) = serde_json::from_slice::<Value>(&req.body) {
+        return Ok(v);
+    }
+    if !req.form.is_empty() {
+        let mut map = serde_json::Map::new();
+        for (k, v) in &req.form {
+            let value = serde_json::from_str(v).unwrap_or_else(|_| Value::from(v.as_str()));
+            map.insert(k.clone(), value);
+        }
+        return Ok(Value::Object(map));
+    }
+    Err(GraphError::new(400, 100, "(#100) The parameter recipient is required").reply())
+}
+
+// ---- Helpers -----------------------------------------------------------------------------------
+
+fn pairs(bytes: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(bytes)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Fields of a urlencoded or multipart (`curl -F`, as the docs use) body.
+fn form_fields(headers: &HeaderMap, body: &[u8]) -> Vec<(String, String)> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/x-www-form-urlencoded" => pairs(body),
+        "multipart/form-data" => {
+            let boundary = content_type.split(';').skip(1).find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                (k.trim().eq_ignore_ascii_case("boundary")).then(|| v.trim().trim_matches('"'))
+            });
+            boundary.map(|b| multipart(body, b)).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Text parts of a multipart body, enough for `curl -F name=value`.
+fn multipart(body: &[u8], boundary: &str) -> Vec<(String, String)> {
+    let body = String::from_utf8_lossy(body);
+    let delimiter = format!("--{boundary}");
+    let mut out = Vec::new();
+    for part in body.split(delimiter.as_str()).skip(1) {
+        if part.starts_with("--") {
+            break;
+        }
+        let part = part.strip_prefix("\r\n").unwrap_or(part);
+        let Some((head, value)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let name = head.lines().find_map(|line| {
+            let (h, rest) = line.split_once(':')?;
+            if !h.trim().eq_ignore_ascii_case("content-disposition") {
+                return None;
+            }
+            let start = rest.find("name=\"")? + "name=\"".len();
+            let len = rest[start..].find('"')?;
+            Some(rest[start..start + len].to_owned())
+        });
+        if let Some(name) = name {
+            let value = value.strip_suffix("\r\n").unwrap_or(value);
+            out.push((name, value.to_owned()));
+        }
+    }
+    out
+}
+
+/// Random `[A-Za-z0-9]` text for codes, tokens, ids and trace ids.
+pub(crate) fn random_alnum(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = vec![0u8; len];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random source works");
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_v_digits_dot_digits() {
+        assert!(is_version("v25.0"));
+        assert!(is_version("v3.10"));
+        assert!(!is_version("v25"));
+        assert!(!is_version("25.0"));
+        assert!(!is_version("v.0"));
+        assert!(!is_version("me"));
+    }
+
+    #[test]
+    fn routes_versioned_and_unversioned_graph_paths() {
+        let r = route(&Method::POST, "/v25.0/17841400538867190/messages");
+        assert_eq!(r.endpoint, Endpoint::Messages);
+        assert_eq!(r.node.as_deref(), Some("17841400538867190"));
+        assert_eq!(r.graph_version.as_deref(), Some("v25.0"));
+        assert_eq!(
+            route(&Method::GET, "/access_token").endpoint,
+            Endpoint::LongLivedExchange
+        );
+        assert_eq!(route(&Method::GET, "/v22.0/me").endpoint, Endpoint::Me);
+        assert_eq!(
+            route(&Method::GET, "/v22.0/me/messages").endpoint,
+            Endpoint::Unknown
+        );
+        assert_eq!(
+            route(&Method::GET, "/oauth/access_token").endpoint,
+            Endpoint::Unknown
+        );
+        assert!(
+            route(&Method::GET, "/oauth/authorize")
+                .graph_version
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn multipart_text_fields_are_read() {
+        let body = "--XyZ\r\nContent-Disposition: form-data; name=\"code\"\r\n\r\nabc\r\n\
+                    --XyZ\r\nContent-Disposition: form-data; name=\"grant_type\"\r\n\r\nauthorization_code\r\n\
+                    --XyZ--\r\n";
+        assert_eq!(
+            multipart(body.as_bytes(), "XyZ"),
+            vec![
+                ("code".to_owned(), "abc".to_owned()),
+                ("grant_type".to_owned(), "authorization_code".to_owned())
+            ]
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! Isolated Redis databases for tests: a test leases one of the logical databases 1–15 (a
+//! `SET NX` lease in database 0, so parallel test processes never share one), finds it empty,
+//! and gives it back when dropped. Queues, dedupe claims and `dlq:*` lists are then the test's own.
+
+use std::time::Duration;
+
+const LEASE_SECS: u64 = 600;
+
+/// `redis://127.0.0.1:6379` unless `IGSALES_TEST_REDIS` says otherwise (no database index).
+pub fn server() -> String {
+    std::env::var("IGSALES_TEST_REDIS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+pub struct TestRedis {
+    pub db: u8,
+    lease_key: String,
+    token: String,
+}
+
+impl TestRedis {
+    pub async fn lease() -> TestRedis {
+        let client = redis::Client::open(format!("{}/0", server())).expect("redis url");
+        let mut admin = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test Redis");
+        let token = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4());
+        for _attempt in 0..600 {
+            for db in 1..=15u8 {
+                let lease_key = format!("igsales:test-lease:{db}");
+                let won: Option<String> = redis::cmd("SET")
+                    .arg(&lease_key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(LEASE_SECS)
+                    .query_async(&mut admin)
+                    .await
+                    .expect("lease");
+                if won.is_some() {
+                    let leased = TestRedis {
+                        db,
+                        lease_key,
+                        token,
+                    };
+                    let mut conn = leased.connection().await;
+                    let _: () = redis::cmd("FLUSHDB")
+                        .query_async(&mut conn)
+                        .await
+                        .expect("flushdb");
+                    return leased;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no free test Redis database within a minute");
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", server(), self.db)
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test Redis")
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        // Only our own lease is released (compare-and-delete).
+        let script = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+        if let Ok(client) = redis::Client::open(format!("{}/0", server()))
+            && let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2))
+        {
+            let _: Result<i32, _> = redis::cmd("EVAL")
+                .arg(script)
+                .arg(1)
+                .arg(&self.lease_key)
+                .arg(&self.token)
+                .query(&mut conn);
+        }
+    }
+}
+
+/// A Redis server of the test's own, on a free port, that the test can stop and start again
+/// (the shared server must stay up for every other test).
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut r = PrivateRedis { port, child: None };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the server (again) on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let up = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok();
+            if up {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private redis did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (as a crash would) and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
