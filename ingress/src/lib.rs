@@ -59,6 +59,8 @@ impl Deref for AppState {
 impl AppState {
     /// Wires the handles around connections that are already established.
     pub fn new(settings: IngressSettings, db: Db, redis: ConnectionManager) -> AppState {
+        // Metrics recorded before the recorder exists are lost: install it first (once).
+        metrics::handle();
         let mut secrets = vec![settings.ig_app_secret.expose().to_owned()];
         if let Some(s) = &settings.meta_app_secret {
             secrets.push(s.expose().to_owned());
@@ -184,7 +186,6 @@ pub fn main() -> ExitCode {
 /// SIGTERM or Ctrl-C. Shutdown stops accepting, lets in-flight requests finish, and gives up
 /// after `SHUTDOWN_TIMEOUT_MS`.
 pub async fn serve(settings: IngressSettings) -> anyhow::Result<()> {
-    metrics::handle();
     let redis = igsales_jobs::redis_conn::connect(&settings.redis, settings.app_env).await?;
     let db = Db::connect(&settings.db).await?;
     let port = settings.port;

@@ -2,6 +2,8 @@
 //! problem named, no secret printed); unreachable dependencies and RLS-bypassing roles exit 1;
 //! a good configuration serves health and readiness and stops cleanly on SIGTERM.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -252,8 +254,7 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn live_env(db: &TestDb, db_url: String, port: u16) -> Vec<(&'static str, String)> {
-    let _ = db;
+fn live_env(db_url: String, port: u16) -> Vec<(&'static str, String)> {
     let mut env = with(&full_env(), "REDIS_URL", "redis://127.0.0.1:6379");
     env = with(&env, "DATABASE_URL", &db_url);
     with(&env, "PORT", &port.to_string())
@@ -287,7 +288,7 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 async fn starts_as_the_app_role_serves_readiness_and_stops_on_sigterm() {
     let db = TestDb::migrated().await;
     let port = free_port();
-    let mut child = spawn(&live_env(&db, db.app_url(), port));
+    let mut child = spawn(&live_env(db.app_url(), port));
     let deadline = Instant::now() + Duration::from_secs(15);
     let ready = loop {
         if let Some(r) = get(port, "/readyz") {
@@ -328,7 +329,7 @@ async fn refuses_to_start_as_a_superuser_a_bypassrls_role_or_the_table_owner() {
         (db.superuser_url(), "is a superuser"),
         (db.owner_url(), "owns the tenant tables"),
     ] {
-        let out = run(BIN, &[], &live_env(&db, url, free_port()));
+        let out = run(BIN, &[], &live_env(url, free_port()));
         out.assert_code(1);
         assert!(out.stderr.contains("row-level security"), "{}", out.stderr);
         assert!(out.stderr.contains(why), "{}", out.stderr);
@@ -534,4 +535,122 @@ fn production_refuses_a_redis_that_may_evict_keys() {
         out.stderr
     );
     assert!(out.stderr.contains("noeviction"), "{}", out.stderr);
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_an_in_flight_request_finish_and_stops_accepting() {
+    use igsales_tests::fake_meta::{Endpoint, Failure};
+    let db = TestDb::migrated().await;
+    let redis = igsales_tests::TestRedis::lease().await;
+    let fake = common::fake_meta().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut env = live_env(db.app_url(), port);
+    env = with(&env, "REDIS_URL", &redis.url());
+    env = with(&env, "API_BASE_URL", &base);
+    env = with(&env, "META_APP_ID", common::APP_ID);
+    env = with(&env, "IG_APP_SECRET", common::IG_SECRET);
+    env = with(&env, "GRAPH_API_BASE_URL", &fake.base_url());
+    env = with(&env, "IG_OAUTH_BASE_URL", &fake.base_url());
+    env = with(
+        &env,
+        "IG_AUTHORIZE_URL",
+        &format!("{}/oauth/authorize", fake.base_url()),
+    );
+    let mut child = spawn(&env);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(port, "/healthz").is_none() {
+        assert!(Instant::now() < deadline, "ingress did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A merchant, and a connect flow whose code exchange Meta answers slowly.
+    let merchant = igsales_schema::MerchantId::new_random();
+    db.app_db(1)
+        .await
+        .as_merchant(
+            merchant,
+            async move |c: &mut diesel_async::AsyncPgConnection| {
+                igsales_schema::merchants::create(c, merchant, "Shop", None)
+                    .await
+                    .map_err(igsales_schema::DbError::from)
+            },
+        )
+        .await
+        .expect("merchant");
+    let auth = vec![("Authorization".to_owned(), format!("Bearer {ADMIN_TOKEN}"))];
+    let started = common::post(
+        format!("{base}/v1/merchants/{merchant}/instagram/connect"),
+        String::new(),
+        auth,
+    )
+    .await;
+    assert_eq!(started.status, 201, "{}", started.body);
+    let start_url = started.json()["start_url"]
+        .as_str()
+        .expect("start_url")
+        .to_owned();
+    let start = common::get(start_url, vec![]).await;
+    let cookie = start
+        .header("set-cookie")
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_owned();
+    let back = common::get(
+        start.header("location").expect("location").to_owned(),
+        vec![],
+    )
+    .await;
+    let callback = back
+        .header("location")
+        .expect("location")
+        .split('#')
+        .next()
+        .expect("url")
+        .to_owned();
+    fake.fail_next(
+        Endpoint::CodeExchange,
+        Failure::hang(Duration::from_millis(1500)),
+    );
+    let in_flight = tokio::spawn(common::get(callback, vec![("Cookie".to_owned(), cookie)]));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        fake.requests_to(Endpoint::CodeExchange).len(),
+        1,
+        "the callback is in flight"
+    );
+
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        get(port, "/healthz").is_none(),
+        "new requests are refused after SIGTERM"
+    );
+    let finished = in_flight.await.expect("join");
+    assert_eq!(finished.status, 302);
+    assert!(
+        finished
+            .header("location")
+            .is_some_and(|l| l.starts_with("http://dashboard.local/ok")),
+        "{finished:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "ingress did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0));
 }
