@@ -145,6 +145,8 @@ fn invalid_values_are_named_with_the_expected_form() {
     );
     env = with(&env, "OAUTH_SUCCESS_REDIRECT_URL", "/relative");
     env = with(&env, "WEBHOOK_MAX_BODY_BYTES", "-1");
+    env = with(&env, "ACCOUNT_CACHE_HIT_SECS", "61");
+    env = with(&env, "ACCOUNT_CACHE_MISS_SECS", "6");
     let out = run(BIN, &[], &env);
     out.assert_code(2);
     for (var, form) in [
@@ -155,6 +157,8 @@ fn invalid_values_are_named_with_the_expected_form() {
         ("CORS_ALLOWED_ORIGINS", "origins"),
         ("OAUTH_SUCCESS_REDIRECT_URL", "http(s)://"),
         ("WEBHOOK_MAX_BODY_BYTES", "bytes"),
+        ("ACCOUNT_CACHE_HIT_SECS", "1–60"),
+        ("ACCOUNT_CACHE_MISS_SECS", "1–5"),
     ] {
         out.assert_invalid(var, form);
     }
