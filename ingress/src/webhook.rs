@@ -250,6 +250,7 @@ async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError>
             entry_time_ms: event.entry_time_ms,
             received_at,
             event: event.raw,
+            delivery: igsales_jobs::Delivery::default(),
         });
     }
     if jobs.is_empty() {

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::delivery::Delivery;
 use crate::queue::Job;
 
 /// One webhook event for one merchant, as the ingress received it.
@@ -21,10 +22,18 @@ pub struct InboundEventV1 {
     pub received_at: DateTime<Utc>,
     /// The event exactly as Meta sent it (one `messaging[]` or `changes[]` item).
     pub event: Box<RawValue>,
+    #[serde(default, skip_serializing_if = "Delivery::is_fresh")]
+    pub delivery: Delivery,
 }
 
 impl Job for InboundEventV1 {
     const NAME: &'static str = "inbound_event";
+    fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+    fn delivery_mut(&mut self) -> &mut Delivery {
+        &mut self.delivery
+    }
 }
 
 #[cfg(test)]
@@ -46,6 +55,7 @@ mod tests {
                     .into(),
             )
             .expect("raw"),
+            delivery: Delivery::default(),
         }
     }
 

@@ -5,9 +5,13 @@
 //! versioned serde structs: a compatible change adds a `#[serde(default)]` field; a breaking
 //! change is a new job (`…_v2`) so ingress and workers can be deployed apart.
 
+mod canary;
+pub mod delivery;
 mod inbound;
 pub mod queue;
 pub mod redis_conn;
 
+pub use canary::{CanaryFailure, CanaryV1};
+pub use delivery::{DeadLetter, DeadReason, Delivery, dlq_key};
 pub use inbound::InboundEventV1;
 pub use queue::{Job, JobQueue};

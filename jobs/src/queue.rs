@@ -1,14 +1,20 @@
 //! Pushing typed jobs to their apalis queues.
 
-use apalis::prelude::TaskSink;
+use std::time::SystemTime;
+
+use apalis::prelude::{TaskBuilder, TaskSink};
 use apalis_redis::{Config, RedisStorage};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// A job type: its payload and its stable queue name.
-pub trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
+use crate::delivery::Delivery;
+
+/// A job type: its payload, its stable queue name, and its delivery bookkeeping.
+pub trait Job: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static {
     const NAME: &'static str;
+    fn delivery(&self) -> &Delivery;
+    fn delivery_mut(&mut self) -> &mut Delivery;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,18 @@ impl<J: Job> JobQueue<J> {
             queue: J::NAME,
             reason: e.to_string(),
         })
+    }
+
+    /// Pushes a job that must not run before `run_at` (a re-scheduled retry or wait).
+    pub async fn push_at(&self, job: J, run_at: SystemTime) -> Result<(), EnqueueError> {
+        let mut storage = self.storage.clone();
+        storage
+            .push_task(TaskBuilder::new(job).run_at_time(run_at).build())
+            .await
+            .map_err(|e| EnqueueError {
+                queue: J::NAME,
+                reason: e.to_string(),
+            })
     }
 
     /// Pushes several jobs in one round trip; returns once Redis has acknowledged all of them.

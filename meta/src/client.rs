@@ -473,3 +473,125 @@ mod tests {
         ));
     }
 }
+
+/// What a failed call means for the caller (SPEC §5.3): key on Graph's `error.code` and
+/// `error_subcode`, not on the HTTP status, which Meta uses loosely for throttling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Rate limited (codes 4, 17, 32, 613, 80002, 80006 or HTTP 429): wait, do not count an
+    /// attempt. `regain_after` from `X-Business-Use-Case-Usage` when Meta said.
+    Throttled { regain_after: Option<Duration> },
+    /// Worth retrying with backoff: 5xx, transport failures, Meta's transient errors.
+    Transient,
+    /// Timed out after the request may have reached Meta: the outcome is unknown.
+    Unknown,
+    /// The token is invalid or expired (190): the account needs re-authorisation.
+    Reauth,
+    /// Outside the 24-hour messaging window (10 / 2534022).
+    WindowExpired,
+    /// Any other client error: retrying will not help.
+    Permanent,
+}
+
+const THROTTLE_CODES: &[i64] = &[4, 17, 32, 613, 80002, 80006];
+
+impl MetaError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            MetaError::Timeout => ErrorClass::Unknown,
+            MetaError::Transport(_) | MetaError::Closed | MetaError::Decode(_) => {
+                ErrorClass::Transient
+            }
+            MetaError::Graph {
+                status,
+                error,
+                regain_after,
+            } => {
+                if THROTTLE_CODES.contains(&error.code) || *status == 429 {
+                    ErrorClass::Throttled {
+                        regain_after: *regain_after,
+                    }
+                } else if error.code == 190 {
+                    ErrorClass::Reauth
+                } else if error.code == 10 && error.error_subcode == Some(2534022)
+                    || error.error_subcode == Some(2534022)
+                {
+                    ErrorClass::WindowExpired
+                } else if *status >= 500
+                    || error.is_transient == Some(true)
+                    || matches!(error.code, 1 | 2)
+                {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Permanent
+                }
+            }
+            MetaError::Http { status } | MetaError::OAuth { status, .. } => {
+                if *status == 429 {
+                    ErrorClass::Throttled { regain_after: None }
+                } else if *status >= 500 {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Permanent
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::*;
+
+    fn graph(status: u16, code: i64, subcode: Option<i64>) -> MetaError {
+        MetaError::Graph {
+            status,
+            error: GraphError {
+                message: String::new(),
+                kind: None,
+                code,
+                error_subcode: subcode,
+                is_transient: None,
+                fbtrace_id: None,
+            },
+            regain_after: None,
+        }
+    }
+
+    #[test]
+    fn errors_are_classified_by_code_not_status() {
+        assert_eq!(
+            graph(400, 80002, None).class(),
+            ErrorClass::Throttled { regain_after: None }
+        );
+        assert_eq!(
+            graph(403, 613, None).class(),
+            ErrorClass::Throttled { regain_after: None }
+        );
+        assert_eq!(
+            graph(403, 4, None).class(),
+            ErrorClass::Throttled { regain_after: None }
+        );
+        assert_eq!(
+            graph(429, 1, None).class(),
+            ErrorClass::Throttled { regain_after: None }
+        );
+        assert_eq!(graph(400, 190, Some(463)).class(), ErrorClass::Reauth);
+        assert_eq!(
+            graph(400, 10, Some(2534022)).class(),
+            ErrorClass::WindowExpired
+        );
+        assert_eq!(graph(400, 10, None).class(), ErrorClass::Permanent);
+        assert_eq!(graph(500, 2, None).class(), ErrorClass::Transient);
+        assert_eq!(graph(400, 100, None).class(), ErrorClass::Permanent);
+        assert_eq!(
+            MetaError::Http { status: 503 }.class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            MetaError::Http { status: 429 }.class(),
+            ErrorClass::Throttled { regain_after: None }
+        );
+        assert_eq!(MetaError::Timeout.class(), ErrorClass::Unknown);
+    }
+}

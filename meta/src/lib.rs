@@ -9,7 +9,8 @@ pub mod signed_request;
 pub mod webhook;
 
 pub use client::{
-    GraphError, LongLivedToken, Me, MetaClient, MetaClientConfig, MetaError, ShortLivedToken,
+    ErrorClass, GraphError, LongLivedToken, Me, MetaClient, MetaClientConfig, MetaError,
+    ShortLivedToken,
 };
 pub use ids::IdString;
 pub use signature::{SignatureError, WebhookVerifier};

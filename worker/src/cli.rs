@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use igsales_config::{
-    Checker, Common, CommonArgs, ConfigError, DbArgs, DbSettings, KeyArgs, KeyRing, PgUrl, must,
+    Checker, Common, CommonArgs, ConfigError, DbArgs, DbSettings, KeyArgs, KeyRing, PgUrl,
+    RedisArgs, RedisSettings, must,
 };
 use igsales_schema::MerchantId;
 use igsales_schema::merchants::MerchantChanges;
@@ -42,6 +43,75 @@ pub enum Command {
     Catalog {
         #[command(subcommand)]
         action: CatalogCommand,
+    },
+    /// Dead-letter lists (`dlq:{job}`): inspect, replay, drain.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqCommand,
+    },
+}
+
+/// Job names whose dead letters the CLI knows (`webhook_invalid` holds unreadable webhooks).
+const DLQ_QUEUES: &[&str] = &[
+    "inbound_event",
+    "send_message",
+    "refresh_token",
+    "token_refresh_sweep",
+    "housekeeping",
+    "canary",
+    "webhook_invalid",
+];
+
+fn dlq_queue(s: &str) -> Result<String, String> {
+    if s.starts_with("dlq:") {
+        return Err("give the job name (e.g. send_message), not the dlq:… key".into());
+    }
+    if DLQ_QUEUES.contains(&s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("expected one of: {}", DLQ_QUEUES.join(", ")))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show dead letters, newest first (message text redacted unless --show-payload).
+    List {
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[arg(long, value_parser = dlq_queue)]
+        queue: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        show_payload: bool,
+    },
+    /// Push dead letters back to their queue as new jobs, then remove them.
+    #[command(group(ArgGroup::new("which").required(true).args(["all", "id"])))]
+    Replay {
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[arg(long, value_parser = dlq_queue)]
+        queue: String,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Delete dead letters (all, or those older than --older-than); needs --yes.
+    Drain {
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[arg(long, value_parser = dlq_queue)]
+        queue: String,
+        /// 30s, 30m, 12h, 7d.
+        #[arg(long, value_parser = crate::dlq::parse_age)]
+        older_than: Option<Duration>,
+        #[arg(long, required = true)]
+        yes: bool,
     },
 }
 
@@ -166,6 +236,23 @@ pub enum Action {
         merchant: MerchantId,
         file: PathBuf,
     },
+    DlqList {
+        redis: RedisSettings,
+        queue: String,
+        limit: usize,
+        json: bool,
+        show_payload: bool,
+    },
+    DlqReplay {
+        redis: RedisSettings,
+        queue: String,
+        id: Option<String>,
+    },
+    DlqDrain {
+        redis: RedisSettings,
+        queue: String,
+        older_than: Option<Duration>,
+    },
 }
 
 impl Cli {
@@ -224,6 +311,53 @@ impl Cli {
                 }
                 db.check(&mut c)
                     .map(|db| Action::CatalogImport { db, merchant, file })
+            }
+            Command::Dlq { action } => {
+                let env = common.as_ref().map(|c| c.app_env);
+                match action {
+                    DlqCommand::List {
+                        redis,
+                        queue,
+                        limit,
+                        json,
+                        show_payload,
+                    } => redis.check(&mut c, env).map(|redis| Action::DlqList {
+                        redis,
+                        queue,
+                        limit,
+                        json,
+                        show_payload,
+                    }),
+                    DlqCommand::Replay {
+                        redis,
+                        queue,
+                        all: _,
+                        id,
+                    } => {
+                        if !crate::dlq::REPLAYABLE.contains(&queue.as_str()) {
+                            c.invalid(
+                                "--queue",
+                                format!(
+                                    "a queue whose jobs can be replayed: {}",
+                                    crate::dlq::REPLAYABLE.join(", ")
+                                ),
+                            );
+                        }
+                        redis
+                            .check(&mut c, env)
+                            .map(|redis| Action::DlqReplay { redis, queue, id })
+                    }
+                    DlqCommand::Drain {
+                        redis,
+                        queue,
+                        older_than,
+                        yes: _,
+                    } => redis.check(&mut c, env).map(|redis| Action::DlqDrain {
+                        redis,
+                        queue,
+                        older_than,
+                    }),
+                }
             }
         };
         c.finish()?;

@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod cli;
 mod commands;
+pub mod dlq;
 mod keys;
 
 use std::process::ExitCode;
@@ -37,5 +38,18 @@ async fn run(action: Action) -> anyhow::Result<()> {
         Action::CatalogImport { db, merchant, file } => {
             commands::catalog_import(&db, merchant, &file).await
         }
+        Action::DlqList {
+            redis,
+            queue,
+            limit,
+            json,
+            show_payload,
+        } => dlq::list(&redis, &queue, limit, json, show_payload).await,
+        Action::DlqReplay { redis, queue, id } => dlq::replay(&redis, &queue, id.as_deref()).await,
+        Action::DlqDrain {
+            redis,
+            queue,
+            older_than,
+        } => dlq::drain(&redis, &queue, older_than).await,
     }
 }
