@@ -1,4 +1,5 @@
-//! Environment configuration shared by `ingress` and `worker`.
+//! Environment configuration and process setup (logging, metrics recorder, exit codes) shared
+//! by `ingress` and `worker`.
 //!
 //! clap reads every variable (`env = …`) as a raw string; this crate turns the raw strings into
 //! typed values and collects *every* problem before reporting, so one run names all missing and
@@ -56,6 +57,30 @@ where
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+    std::sync::OnceLock::new();
+
+/// The process-wide Prometheus recorder, installed on first use (metrics recorded before it
+/// exists are lost, so processes call this at start).
+pub fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PROMETHEUS
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0, 30.0,
+                    ],
+                )
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
 }
 
 /// Installs the global tracing subscriber; `RUST_LOG` was validated by [`CommonArgs::check`].

@@ -1,12 +1,11 @@
 //! Metric names (all prefixed `igsales_`), the Prometheus recorder, and the request counter.
 
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const HTTP_REQUESTS: &str = "igsales_http_requests_total";
 pub const WEBHOOK_EVENTS: &str = "igsales_webhook_events_total";
@@ -18,24 +17,9 @@ pub const INVALID_PARKED: &str = "igsales_webhook_invalid_parked_total";
 pub const OAUTH_RESULTS: &str = "igsales_oauth_callbacks_total";
 pub const META_CALLBACKS: &str = "igsales_meta_callbacks_total";
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-/// Installs the process-wide recorder once (later calls reuse it).
+/// The process-wide recorder (installed once).
 pub fn handle() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Suffix("_seconds".into()),
-                    &[
-                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                    ],
-                )
-                .ok()?
-                .install_recorder()
-                .ok()
-        })
-        .as_ref()
+    igsales_config::prometheus()
 }
 
 /// Counts every request by its route pattern (never the raw path, which holds ids) and status.

@@ -10,8 +10,10 @@ pub mod delivery;
 mod inbound;
 pub mod queue;
 pub mod redis_conn;
+mod tokens;
 
 pub use canary::{CanaryFailure, CanaryV1};
 pub use delivery::{DeadLetter, DeadReason, Delivery, dlq_key};
 pub use inbound::InboundEventV1;
 pub use queue::{Job, JobQueue};
+pub use tokens::{HousekeepingV1, RefreshTokenV1, TokenRefreshSweepV1};

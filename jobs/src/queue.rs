@@ -54,6 +54,27 @@ impl<J: Job> JobQueue<J> {
         })
     }
 
+    /// A queue whose pushes can carry an idempotency key, remembered for `ttl` (cron ticks).
+    pub fn with_idempotency(conn: ConnectionManager, ttl: std::time::Duration) -> Self {
+        JobQueue {
+            storage: RedisStorage::new(conn)
+                .with_config(Config::default().queue(J::NAME).idempotency_ttl(Some(ttl))),
+        }
+    }
+
+    /// Pushes unless a push with the same key happened within the queue's idempotency TTL
+    /// (atomic in Redis, so replicas racing on one cron tick make one job).
+    pub async fn push_once(&self, job: J, key: String) -> Result<(), EnqueueError> {
+        let mut storage = self.storage.clone();
+        storage
+            .push_task(TaskBuilder::new(job).idempotency_key(key).build())
+            .await
+            .map_err(|e| EnqueueError {
+                queue: J::NAME,
+                reason: e.to_string(),
+            })
+    }
+
     /// Pushes a job that must not run before `run_at` (a re-scheduled retry or wait).
     pub async fn push_at(&self, job: J, run_at: SystemTime) -> Result<(), EnqueueError> {
         let mut storage = self.storage.clone();

@@ -225,3 +225,50 @@ pub async fn rotate_tokens(
     }
     Ok(counts)
 }
+
+/// Stores a refreshed token (encrypted for its row) and its new expiry. `false` when the
+/// account was disconnected meanwhile (its token is then not brought back).
+pub async fn store_refreshed(
+    conn: &mut AsyncPgConnection,
+    vault: &Vault,
+    merchant: MerchantId,
+    instagram_page_id: &str,
+    token: &Secret,
+    expires_at: DateTime<Utc>,
+) -> Result<bool, AccountError> {
+    let ciphertext = vault.encrypt(
+        TokenRow {
+            merchant,
+            instagram_page_id,
+        },
+        token.expose(),
+    )?;
+    let now = Utc::now();
+    let n = diesel::update(
+        ia::table
+            .filter(ia::instagram_page_id.eq(instagram_page_id))
+            .filter(ia::token_ciphertext.is_not_null()),
+    )
+    .set((
+        ia::token_ciphertext.eq(&ciphertext),
+        ia::token_expires_at.eq(expires_at),
+        ia::token_refreshed_at.eq(now),
+        ia::needs_reauth.eq(false),
+        ia::updated_at.eq(now),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(n > 0)
+}
+
+/// Marks the account as needing a new authorisation (its token was rejected with 190).
+pub async fn mark_needs_reauth(
+    conn: &mut AsyncPgConnection,
+    instagram_page_id: &str,
+) -> QueryResult<()> {
+    diesel::update(ia::table.filter(ia::instagram_page_id.eq(instagram_page_id)))
+        .set((ia::needs_reauth.eq(true), ia::updated_at.eq(diesel::dsl::now)))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}

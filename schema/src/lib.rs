@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod conversations;
 mod db;
 pub mod deletion;
+pub mod events;
 pub mod merchants;
 pub mod migrate;
 pub mod products;

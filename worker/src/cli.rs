@@ -27,6 +27,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the worker pool: every queue and the crons, until SIGTERM.
+    Run(Box<crate::runtime::RunArgs>),
     /// Apply pending database migrations as the owner role.
     Migrate(MigrateArgs),
     /// Token encryption keys: what the stored tokens are under, and re-encryption.
@@ -208,6 +210,7 @@ fn bounded_text(min: usize, max: usize) -> impl Fn(&str) -> Result<String, Strin
 /// A command with every setting validated.
 #[derive(Debug)]
 pub enum Action {
+    Run(Box<crate::runtime::RunSettings>),
     Migrate {
         url: PgUrl,
         var: &'static str,
@@ -260,6 +263,10 @@ impl Cli {
         let mut c = Checker::new();
         let common = self.common.check(&mut c);
         let action = match self.command {
+            Command::Run(args) => {
+                let env = common.as_ref().map(|c| c.app_env);
+                args.check(&mut c, env).map(|s| Action::Run(Box::new(s)))
+            }
             Command::Migrate(args) => check_migrate(&mut c, args),
             Command::Keys { action } => {
                 let (args, rotate) = match action {

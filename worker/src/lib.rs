@@ -1,10 +1,12 @@
-//! The `worker` binary: the job pool (from a later step) and the operators' command line.
+//! The `worker` binary: the job pool (`worker run`) and the operators' command line.
 
 pub mod catalog;
 pub mod cli;
 mod commands;
 pub mod dlq;
+mod handlers;
 mod keys;
+pub mod runtime;
 
 use std::process::ExitCode;
 
@@ -20,6 +22,7 @@ pub fn main() -> ExitCode {
 
 async fn run(action: Action) -> anyhow::Result<()> {
     match action {
+        Action::Run(settings) => runtime::run(*settings).await,
         Action::Migrate {
             url,
             var,

@@ -1,0 +1,60 @@
+//! Received webhook events: the worker's half of the dedupe. Every function runs inside
+//! [`crate::Db::as_merchant`].
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::db::MerchantId;
+use crate::schema::webhook_events as we;
+
+/// One event to record.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub event_id: &'a str,
+    pub kind: &'a str,
+    pub instagram_page_id: &'a str,
+    pub event_time: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Records the event; `false` when `(merchant_id, event_id)` was already recorded (a duplicate
+/// delivery that slipped past the ingress's claim).
+pub async fn record(
+    conn: &mut AsyncPgConnection,
+    merchant: MerchantId,
+    e: &NewEvent<'_>,
+) -> QueryResult<bool> {
+    let n = diesel::insert_into(we::table)
+        .values((
+            we::merchant_id.eq(merchant.0),
+            we::event_id.eq(e.event_id),
+            we::kind.eq(e.kind),
+            we::instagram_page_id.eq(e.instagram_page_id),
+            we::event_time.eq(e.event_time),
+            we::received_at.eq(e.received_at),
+        ))
+        .on_conflict((we::merchant_id, we::event_id))
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}
+
+pub async fn mark_processed(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<()> {
+    diesel::update(we::table.filter(we::event_id.eq(event_id)))
+        .set(we::processed_at.eq(diesel::dsl::now))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Retention: deletes this merchant's events received before `cutoff`.
+pub async fn delete_received_before(
+    conn: &mut AsyncPgConnection,
+    cutoff: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::delete(we::table.filter(we::received_at.lt(cutoff)))
+        .execute(conn)
+        .await
+}

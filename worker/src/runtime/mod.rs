@@ -1,0 +1,357 @@
+//! `worker run`: one apalis worker per queue, the crons, and the worker's HTTP endpoints.
+//!
+//! What apalis 1.0 does not do, and where it is handled here (see `../shared/notes/apalis.md`):
+//! - a poll strategy that really wakes, and fetches only while there is room — `poll`;
+//! - a backlog of ≥ 8,000 due jobs that stalls fetching — `conn`;
+//! - retries, waits and dead letters on our terms, never its hidden backend retry — `executor`;
+//! - unique worker names per process and restart (a repeated name keeps a crashed twin's jobs
+//!   from ever being recovered), and restarts that are bounded, after which the whole process
+//!   stops and exits 1 so the orchestrator starts a fresh one;
+//! - crons that tick in every replica but make one job per tick (an idempotency key per tick).
+
+mod conn;
+pub mod executor;
+mod http;
+pub mod metrics;
+pub mod outcome;
+mod poll;
+pub mod settings;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use apalis::prelude::{
+    BackendExt, BoxDynError, Data, Monitor, ParallelizeExt, TaskId, WorkerBuilder,
+    WorkerBuilderExt, WorkerContext,
+};
+use apalis_cron::{CronScheduler, Tick};
+use apalis_redis::{Config, RedisStorage};
+use chrono::Utc;
+use futures::future::BoxFuture;
+use igsales_config::AppEnv;
+use igsales_jobs::{
+    CanaryV1, HousekeepingV1, InboundEventV1, Job, JobQueue, RefreshTokenV1, TokenRefreshSweepV1,
+};
+use igsales_meta::{MetaClient, MetaClientConfig};
+use igsales_schema::{Db, Vault};
+use redis::aio::ConnectionManager;
+use tokio::sync::{Semaphore, watch};
+
+use self::executor::{Policy, RunContext};
+use self::outcome::JobError;
+pub use self::settings::{RunArgs, RunSettings};
+
+/// Every queue a worker process serves.
+pub const QUEUES: &[&str] = &[
+    InboundEventV1::NAME,
+    RefreshTokenV1::NAME,
+    TokenRefreshSweepV1::NAME,
+    HousekeepingV1::NAME,
+    CanaryV1::NAME,
+];
+
+/// What every handler may use; one per process.
+pub struct Shared {
+    pub db: Db,
+    pub redis: ConnectionManager,
+    pub vault: Vault,
+    pub meta: MetaClient,
+    pub settings: RunSettings,
+}
+
+type Handler<J> = Arc<dyn Fn(J, Arc<Shared>) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
+
+/// One queue's worker state, shared by its runs (and kept across restarts).
+struct Queue<J: Job> {
+    shared: Arc<Shared>,
+    policy: Policy,
+    permits: Arc<Semaphore>,
+    handler: Handler<J>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<J: Job> Clone for Queue<J> {
+    fn clone(&self) -> Self {
+        Queue {
+            shared: self.shared.clone(),
+            policy: self.policy.clone(),
+            permits: self.permits.clone(),
+            handler: self.handler.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+/// The apalis handler of every queue: take a run permit, then run under our policy.
+async fn run_job<J: Job>(
+    job: J,
+    id: TaskId,
+    worker: WorkerContext,
+    queue: Data<Queue<J>>,
+) -> Result<(), BoxDynError> {
+    let _permit = queue.permits.clone().acquire_owned().await?;
+    let running = ::metrics::gauge!(self::metrics::RUNNING, "job" => J::NAME);
+    running.increment(1.0);
+    let ctx = RunContext {
+        worker: worker.name().to_owned(),
+        redis: queue.shared.redis.clone(),
+        shutdown: queue.shutdown.clone(),
+    };
+    let (handler, shared) = (queue.handler.clone(), queue.shared.clone());
+    let call = Arc::new(move |j: J| handler(j, shared.clone()));
+    let result = executor::execute(job, id.to_string(), &queue.policy, &ctx, Utc::now(), call).await;
+    running.decrement(1.0);
+    result.map(|_| ()).map_err(Into::into)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".to_owned())
+}
+
+/// `{queue}-{host}-{pid}-{boot}-{restarts}`: unique per process and per restart.
+fn worker_name(queue: &str, boot: &str, restarts: usize) -> String {
+    format!("{queue}-{}-{}-{boot}-{restarts}", hostname(), std::process::id())
+}
+
+fn storage_config<J: Job>(settings: &RunSettings) -> Config {
+    // A worker whose heartbeat is older than heartbeat × missed is dead: its jobs run again
+    // elsewhere. Heartbeats come every third of the orphan timeout.
+    let heartbeat = (settings.orphan_timeout / 3).max(Duration::from_secs(1));
+    Config::default()
+        .queue(J::NAME)
+        .batch_size(settings.prefetch)
+        .heartbeat_interval(heartbeat)
+        .missed_heartbeats(3)
+}
+
+/// Registers the worker of one queue.
+fn register<J: Job>(
+    monitor: Monitor,
+    queue: Queue<J>,
+    redis: ConnectionManager,
+    boot: String,
+) -> Monitor {
+    monitor.register(move |restarts| {
+        let settings = &queue.shared.settings;
+        let config = storage_config::<J>(settings);
+        let conn = conn::QueueConn::new(redis.clone(), &config);
+        let storage: RedisStorage<J, conn::QueueConn> = RedisStorage::new(conn).with_config(config);
+        let poll = poll::Gated::new(settings.poll_interval, queue.permits.clone());
+        WorkerBuilder::new(worker_name(J::NAME, &boot, restarts))
+            .backend(storage.poll_with_strategy(poll))
+            .parallelize(tokio::spawn)
+            // Above our own permit count so fetched jobs never wait in apalis's buffer.
+            .concurrency(settings.concurrency + settings.prefetch)
+            .data(queue.clone())
+            .build(run_job::<J>)
+    })
+}
+
+/// A cron that, in every replica, pushes one job per tick; the tick's idempotency key makes
+/// the replicas' pushes one job.
+#[derive(Clone)]
+struct Cron<J: Job> {
+    queue: JobQueue<J>,
+    make: fn(i64) -> J,
+}
+
+async fn on_tick<J: Job>(tick: Tick, cron: Data<Cron<J>>) -> Result<(), BoxDynError> {
+    let ts = i64::try_from(tick.get_timestamp()).unwrap_or(i64::MAX);
+    cron.queue
+        .push_once((cron.make)(ts), format!("{}:{ts}", J::NAME))
+        .await?;
+    ::metrics::counter!(self::metrics::CRON_TICKS, "cron" => J::NAME).increment(1);
+    Ok(())
+}
+
+fn register_cron<J: Job>(
+    monitor: Monitor,
+    schedule: cron::Schedule,
+    redis: ConnectionManager,
+    make: fn(i64) -> J,
+    boot: String,
+) -> Monitor {
+    let cron = Cron {
+        queue: JobQueue::<J>::with_idempotency(redis, Duration::from_secs(7 * 86_400)),
+        make,
+    };
+    monitor.register(move |restarts| {
+        WorkerBuilder::new(worker_name(&format!("cron-{}", J::NAME), &boot, restarts))
+            .backend(CronScheduler::new(schedule.clone()))
+            .data(cron.clone())
+            .build(on_tick::<J>)
+    })
+}
+
+fn boxed<J: Job, F, Fut>(f: F) -> Handler<J>
+where
+    F: Fn(J, Arc<Shared>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    Arc::new(move |job, shared| Box::pin(f(job, shared)))
+}
+
+/// Runs the pool until SIGTERM/Ctrl-C (clean exit) or until a worker keeps dying (exit 1).
+pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
+    igsales_config::prometheus();
+    let redis = igsales_jobs::redis_conn::connect(&settings.redis, AppEnv::Development).await?;
+    let db = Db::connect(&settings.db).await?;
+    let meta = MetaClient::new(MetaClientConfig {
+        oauth_base: String::new(),
+        graph_base: settings.graph_api_base_url.base().to_owned(),
+        version: settings.graph_api_version.as_str().to_owned(),
+        client_id: String::new(),
+        client_secret: settings.ig_app_secret.clone(),
+        timeout: settings.meta_http_timeout,
+        max_concurrency: settings.meta_http_max_concurrency,
+    });
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.metrics_port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on METRICS_PORT {}: {e}", settings.metrics_port))?;
+    let shared = Arc::new(Shared {
+        vault: Vault::new(&settings.keys),
+        db,
+        redis: redis.clone(),
+        meta,
+        settings,
+    });
+    let settings = &shared.settings;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let boot = format!("{:04x}", SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) & 0xffff);
+
+    tokio::spawn(http::serve(listener, shared.clone()));
+    tokio::spawn(self::metrics::sample_queues(redis.clone(), QUEUES.to_vec(), Duration::from_secs(5)));
+
+    let policy = |max_attempts: u32| Policy {
+        max_attempts,
+        backoff_base: settings.backoff_base,
+        backoff_max: settings.backoff_max,
+        inprocess_wait_max: settings.inprocess_wait_max,
+        timeout: settings.job_timeout,
+        dlq_max_len: settings.dlq_max_len,
+    };
+    let queue = |max_attempts: u32| {
+        (
+            shared.clone(),
+            policy(max_attempts),
+            Arc::new(Semaphore::new(settings.concurrency)),
+            stop_rx.clone(),
+        )
+    };
+    fn make<J: Job>(
+        (shared, policy, permits, shutdown): (Arc<Shared>, Policy, Arc<Semaphore>, watch::Receiver<bool>),
+        handler: Handler<J>,
+    ) -> Queue<J> {
+        Queue {
+            shared,
+            policy,
+            permits,
+            handler,
+            shutdown,
+        }
+    }
+
+    let mut monitor = Monitor::new();
+    monitor = register(
+        monitor,
+        make(queue(settings.max_attempts_inbound_event), boxed(|j, s: Arc<Shared>| async move { crate::handlers::inbound::run(j, &s).await })),
+        redis.clone(),
+        boot.clone(),
+    );
+    monitor = register(
+        monitor,
+        make(queue(settings.max_attempts_refresh_token), boxed(|j, s: Arc<Shared>| async move { crate::handlers::tokens::refresh(j, &s).await })),
+        redis.clone(),
+        boot.clone(),
+    );
+    monitor = register(
+        monitor,
+        make(queue(settings.max_attempts), boxed(|j, s: Arc<Shared>| async move { crate::handlers::tokens::sweep(j, &s).await })),
+        redis.clone(),
+        boot.clone(),
+    );
+    monitor = register(
+        monitor,
+        make(queue(settings.max_attempts), boxed(|j, s: Arc<Shared>| async move { crate::handlers::housekeeping::run(j, &s).await })),
+        redis.clone(),
+        boot.clone(),
+    );
+    monitor = register(
+        monitor,
+        make(queue(settings.max_attempts), boxed(|j, s: Arc<Shared>| async move { crate::handlers::canary::run(j, &s).await })),
+        redis.clone(),
+        boot.clone(),
+    );
+    let token_cron = settings.token_refresh_cron.parse::<cron::Schedule>()?;
+    let housekeeping_cron = settings.housekeeping_cron.parse::<cron::Schedule>()?;
+    monitor = register_cron(monitor, token_cron, redis.clone(), |tick| TokenRefreshSweepV1 { tick, delivery: Default::default() }, boot.clone());
+    monitor = register_cron(monitor, housekeeping_cron, redis.clone(), |tick| HousekeepingV1 { tick, delivery: Default::default() }, boot.clone());
+
+    // A worker that keeps dying (Redis gone for good, a poisoned queue) stops the whole
+    // process: a live process with a dead worker would look healthy and do nothing.
+    let gave_up = Arc::new(AtomicBool::new(false));
+    let restarts_seen = Arc::new(AtomicUsize::new(0));
+    let max_restarts = settings.max_restarts as usize;
+    let (fatal_tx, mut fatal_rx) = watch::channel(false);
+    let monitor = {
+        let gave_up = gave_up.clone();
+        let restarts_seen = restarts_seen.clone();
+        monitor
+            .should_restart(move |ctx, err| {
+                restarts_seen.fetch_add(1, Ordering::SeqCst);
+                ::metrics::counter!(self::metrics::WORKER_RESTARTS).increment(1);
+                if ctx.restarts() < max_restarts {
+                    tracing::warn!(worker = ctx.name(), restarts = ctx.restarts(), error = %err, "worker died; restarting it");
+                    true
+                } else {
+                    tracing::error!(worker = ctx.name(), restarts = ctx.restarts(), error = %err, "worker keeps dying; stopping the process");
+                    gave_up.store(true, Ordering::SeqCst);
+                    let _ = fatal_tx.send(true);
+                    false
+                }
+            })
+            .shutdown_timeout(settings.shutdown_timeout)
+    };
+    let signal = async move {
+        tokio::select! {
+            () = shutdown_signal() => {},
+            _ = fatal_rx.wait_for(|f| *f) => {},
+        }
+        // In-process waits end now; their jobs are handed back for later.
+        let _ = stop_tx.send(true);
+        Ok(())
+    };
+    tracing::info!(queues = ?QUEUES, concurrency = settings.concurrency, "worker pool running");
+    let outcome = monitor.run_with_signal(signal).await;
+    if gave_up.load(Ordering::SeqCst) {
+        anyhow::bail!(
+            "a worker died {} time(s), more than WORKER_MAX_RESTARTS allows; exiting for a fresh start",
+            restarts_seen.load(Ordering::SeqCst)
+        );
+    }
+    outcome.map_err(|e| anyhow::anyhow!("worker pool failed: {e}"))?;
+    tracing::info!("worker pool stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing running jobs");
+}
