@@ -21,8 +21,18 @@ fn full_env() -> Vec<(&'static str, String)> {
         ),
         ("ENCRYPTION_KEY", key_entry(1, 0x5a)),
         ("DATABASE_CONNECT_TIMEOUT_MS", "500".to_owned()),
+        (
+            "REDIS_URL",
+            format!("redis://:{PLANTED_PASSWORD}@127.0.0.1:1/0"),
+        ),
+        ("REDIS_CONNECT_TIMEOUT_MS", "300".to_owned()),
+        ("IG_APP_SECRET", PLANTED_SECRET.to_owned()),
+        ("OPENAI_API_KEY", PLANTED_SECRET.to_owned()),
+        ("GRAPH_API_VERSION", "v26.0".to_owned()),
     ]
 }
+
+const PLANTED_SECRET: &str = "planted-app-secret-c41d";
 
 fn planted_key() -> String {
     key_entry(1, 0x5a)
@@ -56,6 +66,25 @@ const CASES: &[Case] = &[
     Case {
         args: &["catalog", "import", "--merchant", MERCHANT, "products.csv"],
         required: &["DATABASE_URL"],
+    },
+    Case {
+        args: &["run"],
+        required: &[
+            "DATABASE_URL",
+            "REDIS_URL",
+            "ENCRYPTION_KEY",
+            "IG_APP_SECRET",
+            "GRAPH_API_VERSION",
+            "OPENAI_API_KEY",
+        ],
+    },
+    Case {
+        args: &["dlq", "list", "--queue", "send_message"],
+        required: &["REDIS_URL"],
+    },
+    Case {
+        args: &["dlq", "drain", "--queue", "send_message", "--yes"],
+        required: &["REDIS_URL"],
     },
 ];
 
@@ -214,6 +243,7 @@ fn no_output_ever_contains_a_planted_secret() {
     for out in &runs {
         let text = out.output();
         assert!(!text.contains(PLANTED_PASSWORD), "password leaked: {text}");
+        assert!(!text.contains(PLANTED_SECRET), "secret leaked: {text}");
         assert!(!text.contains(&key), "key leaked: {text}");
     }
 }
@@ -240,4 +270,37 @@ fn usage_errors_exit_2() {
     out.assert_code(2);
     assert!(out.stderr.contains("FILE is invalid"), "{}", out.stderr);
     run(BIN, &["no-such-command"], &full_env()).assert_code(2);
+}
+
+#[test]
+fn worker_run_names_invalid_knobs_and_unreachable_redis() {
+    let mut env = full_env();
+    for (var, value) in [
+        ("WORKER_CONCURRENCY", "0"),
+        ("JOB_MAX_ATTEMPTS", "many"),
+        ("TOKEN_REFRESH_CRON", "every hour"),
+        ("GRAPH_API_VERSION", "26"),
+        ("JOB_MAX_ATTEMPTS_SEND_MESSAGE", "-1"),
+        ("METRICS_PORT", "abc"),
+    ] {
+        env.retain(|(k, _)| *k != var);
+        env.push((var, value.to_owned()));
+    }
+    let out = run(BIN, &["run"], &env);
+    out.assert_code(2);
+    out.assert_invalid("WORKER_CONCURRENCY", "1–1024");
+    out.assert_invalid("JOB_MAX_ATTEMPTS", "1–100");
+    out.assert_invalid("TOKEN_REFRESH_CRON", "cron expression");
+    out.assert_invalid("GRAPH_API_VERSION", "vNN.N");
+    out.assert_invalid("JOB_MAX_ATTEMPTS_SEND_MESSAGE", "1–100");
+    out.assert_invalid("METRICS_PORT", "1–65535");
+
+    let out = run(BIN, &["run"], &full_env());
+    out.assert_code(1);
+    assert!(
+        out.stderr
+            .contains("Redis is unreachable at 127.0.0.1:1 (REDIS_URL)"),
+        "{}",
+        out.stderr
+    );
 }

@@ -42,7 +42,9 @@ pub async fn run(job: CanaryV1, shared: &Shared) -> Result<(), JobError> {
         return Err(match job.fail_as {
             CanaryFailure::Retry => JobError::Retry(why),
             CanaryFailure::Permanent => JobError::permanent(why),
-            CanaryFailure::Wait => JobError::Wait(Duration::from_secs(job.wait_secs), "canary asked to wait"),
+            CanaryFailure::Wait => {
+                JobError::Wait(Duration::from_secs(job.wait_secs), "canary asked to wait")
+            }
         });
     }
     Ok(())

@@ -27,8 +27,8 @@ return removed
 ";
 
 pub async fn run(job: HousekeepingV1, shared: &Shared) -> Result<(), JobError> {
-    let retention = chrono::Duration::from_std(shared.settings.retention)
-        .map_err(JobError::permanent)?;
+    let retention =
+        chrono::Duration::from_std(shared.settings.retention).map_err(JobError::permanent)?;
     let cutoff = Utc::now() - retention;
 
     let mut events_deleted = 0;
@@ -59,11 +59,16 @@ pub async fn run(job: HousekeepingV1, shared: &Shared) -> Result<(), JobError> {
                     .map_err(JobError::retry)?;
                 if !ids.is_empty() {
                     let mut inv = script.key(&set);
-                    inv.key(cfg.job_data_hash()).key(cfg.job_meta_hash()).arg(cutoff.timestamp());
+                    inv.key(cfg.job_data_hash())
+                        .key(cfg.job_meta_hash())
+                        .arg(cutoff.timestamp());
                     for id in &ids {
                         inv.arg(id);
                     }
-                    let n: u64 = inv.invoke_async(&mut redis).await.map_err(JobError::retry)?;
+                    let n: u64 = inv
+                        .invoke_async(&mut redis)
+                        .await
+                        .map_err(JobError::retry)?;
                     jobs_forgotten += n;
                 }
                 if next == 0 {
@@ -79,7 +84,10 @@ pub async fn run(job: HousekeepingV1, shared: &Shared) -> Result<(), JobError> {
     for queue in crate::runtime::QUEUES.iter().chain(&["webhook_invalid"]) {
         pipe.ltrim(dlq_key(queue), 0, cap - 1).ignore();
     }
-    let () = pipe.query_async(&mut redis).await.map_err(JobError::retry)?;
+    let () = pipe
+        .query_async(&mut redis)
+        .await
+        .map_err(JobError::retry)?;
     tracing::info!(
         cron.tick = job.tick,
         events_deleted,

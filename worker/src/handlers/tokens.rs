@@ -39,7 +39,11 @@ pub async fn sweep(job: TokenRefreshSweepV1, shared: &Shared) -> Result<(), JobE
         .push_all(jobs)
         .await
         .map_err(JobError::retry)?;
-    tracing::info!(cron.tick = job.tick, accounts = n, "token refresh sweep enqueued refreshes");
+    tracing::info!(
+        cron.tick = job.tick,
+        accounts = n,
+        "token refresh sweep enqueued refreshes"
+    );
     Ok(())
 }
 

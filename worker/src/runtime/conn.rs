@@ -62,9 +62,13 @@ impl QueueConn {
             redis::Arg::Simple(b) => Some(b),
             _ => None,
         });
-        let (Some(name), Some(_script), Some(numkeys), Some(first), Some(second)) =
-            (args.next(), args.next(), args.next(), args.next(), args.next())
-        else {
+        let (Some(name), Some(_script), Some(numkeys), Some(first), Some(second)) = (
+            args.next(),
+            args.next(),
+            args.next(),
+            args.next(),
+            args.next(),
+        ) else {
             return false;
         };
         (name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL"))

@@ -77,7 +77,8 @@ where
                 policy.timeout
             ))),
         };
-        metrics::histogram!(m::JOB_SECONDS, "job" => J::NAME).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::JOB_SECONDS, "job" => J::NAME)
+            .record(started.elapsed().as_secs_f64());
         let (delay, uses_attempt, error) = match result {
             Ok(()) => {
                 metrics::counter!(m::JOBS, "job" => J::NAME, "outcome" => "done").increment(1);
@@ -85,7 +86,17 @@ where
             }
             Err(JobError::Dead(reason, e)) => {
                 let attempts = job.delivery().attempt + 1;
-                return dead_letter(&job, &task_id, ctx, policy, reason, &e, attempts, first_enqueued_at).await;
+                return dead_letter(
+                    &job,
+                    &task_id,
+                    ctx,
+                    policy,
+                    reason,
+                    &e,
+                    attempts,
+                    first_enqueued_at,
+                )
+                .await;
             }
             Err(JobError::Wait(d, why)) => {
                 metrics::counter!(m::JOBS, "job" => J::NAME, "outcome" => "waited").increment(1);
@@ -100,13 +111,29 @@ where
             job.delivery_mut().attempt = used;
             let e = error.unwrap_or_else(|| anyhow::anyhow!("retry"));
             if used >= policy.max_attempts {
-                return dead_letter(&job, &task_id, ctx, policy, DeadReason::Exhausted, &e, used, first_enqueued_at).await;
+                return dead_letter(
+                    &job,
+                    &task_id,
+                    ctx,
+                    policy,
+                    DeadReason::Exhausted,
+                    &e,
+                    used,
+                    first_enqueued_at,
+                )
+                .await;
             }
             metrics::counter!(m::JOBS, "job" => J::NAME, "outcome" => "retried").increment(1);
             tracing::warn!(job.name = J::NAME, job.id = %task_id, job.attempt = used, error = %e, "job failed; will retry");
         }
         let wait = if uses_attempt {
-            backoff(policy.backoff_base, policy.backoff_max, job.delivery().attempt, unit_random()).max(delay)
+            backoff(
+                policy.backoff_base,
+                policy.backoff_max,
+                job.delivery().attempt,
+                unit_random(),
+            )
+            .max(delay)
         } else {
             delay
         };

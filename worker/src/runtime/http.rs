@@ -27,9 +27,12 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<serde_json::Value>) {
     let timeout = Duration::from_secs(2);
     let mut redis = shared.redis.clone();
-    let redis_ok = tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut redis))
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let redis_ok = tokio::time::timeout(
+        timeout,
+        redis::cmd("PING").query_async::<String>(&mut redis),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
     let db_ok = tokio::time::timeout(timeout, shared.db.ping())
         .await
         .is_ok_and(|r| r.is_ok());
@@ -39,12 +42,23 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<serde_js
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "redis": word(redis_ok), "postgres": word(db_ok) })))
+    (
+        status,
+        Json(json!({ "redis": word(redis_ok), "postgres": word(db_ok) })),
+    )
 }
 
 async fn metrics() -> Response {
     match igsales_config::prometheus() {
-        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable").into_response(),
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable",
+        )
+            .into_response(),
     }
 }

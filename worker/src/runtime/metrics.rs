@@ -19,7 +19,11 @@ pub const WORKER_RESTARTS: &str = "igsales_worker_restarts_total";
 
 /// Samples queue depths every `every` until the process ends. Reads keys directly: apalis's
 /// own introspection is unreliable in 1.0.
-pub async fn sample_queues(mut redis: ConnectionManager, queues: Vec<&'static str>, every: Duration) {
+pub async fn sample_queues(
+    mut redis: ConnectionManager,
+    queues: Vec<&'static str>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;

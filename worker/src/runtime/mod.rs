@@ -60,7 +60,8 @@ pub struct Shared {
     pub settings: RunSettings,
 }
 
-type Handler<J> = Arc<dyn Fn(J, Arc<Shared>) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
+type Handler<J> =
+    Arc<dyn Fn(J, Arc<Shared>) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
 
 /// One queue's worker state, shared by its runs (and kept across restarts).
 struct Queue<J: Job> {
@@ -100,7 +101,8 @@ async fn run_job<J: Job>(
     };
     let (handler, shared) = (queue.handler.clone(), queue.shared.clone());
     let call = Arc::new(move |j: J| handler(j, shared.clone()));
-    let result = executor::execute(job, id.to_string(), &queue.policy, &ctx, Utc::now(), call).await;
+    let result =
+        executor::execute(job, id.to_string(), &queue.policy, &ctx, Utc::now(), call).await;
     running.decrement(1.0);
     result.map(|_| ()).map_err(Into::into)
 }
@@ -116,7 +118,11 @@ fn hostname() -> String {
 
 /// `{queue}-{host}-{pid}-{boot}-{restarts}`: unique per process and per restart.
 fn worker_name(queue: &str, boot: &str, restarts: usize) -> String {
-    format!("{queue}-{}-{}-{boot}-{restarts}", hostname(), std::process::id())
+    format!(
+        "{queue}-{}-{}-{boot}-{restarts}",
+        hostname(),
+        std::process::id()
+    )
 }
 
 fn storage_config<J: Job>(settings: &RunSettings) -> Config {
@@ -213,7 +219,12 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     });
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.metrics_port))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on METRICS_PORT {}: {e}", settings.metrics_port))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on METRICS_PORT {}: {e}",
+                settings.metrics_port
+            )
+        })?;
     let shared = Arc::new(Shared {
         vault: Vault::new(&settings.keys),
         db,
@@ -223,10 +234,20 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     });
     let settings = &shared.settings;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let boot = format!("{:04x}", SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) & 0xffff);
+    let boot = format!(
+        "{:04x}",
+        SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            & 0xffff
+    );
 
     tokio::spawn(http::serve(listener, shared.clone()));
-    tokio::spawn(self::metrics::sample_queues(redis.clone(), QUEUES.to_vec(), Duration::from_secs(5)));
+    tokio::spawn(self::metrics::sample_queues(
+        redis.clone(),
+        QUEUES.to_vec(),
+        Duration::from_secs(5),
+    ));
 
     let policy = |max_attempts: u32| Policy {
         max_attempts,
@@ -245,7 +266,12 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         )
     };
     fn make<J: Job>(
-        (shared, policy, permits, shutdown): (Arc<Shared>, Policy, Arc<Semaphore>, watch::Receiver<bool>),
+        (shared, policy, permits, shutdown): (
+            Arc<Shared>,
+            Policy,
+            Arc<Semaphore>,
+            watch::Receiver<bool>,
+        ),
         handler: Handler<J>,
     ) -> Queue<J> {
         Queue {
@@ -260,38 +286,73 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let mut monitor = Monitor::new();
     monitor = register(
         monitor,
-        make(queue(settings.max_attempts_inbound_event), boxed(|j, s: Arc<Shared>| async move { crate::handlers::inbound::run(j, &s).await })),
+        make(
+            queue(settings.max_attempts_inbound_event),
+            boxed(|j, s: Arc<Shared>| async move { crate::handlers::inbound::run(j, &s).await }),
+        ),
         redis.clone(),
         boot.clone(),
     );
     monitor = register(
         monitor,
-        make(queue(settings.max_attempts_refresh_token), boxed(|j, s: Arc<Shared>| async move { crate::handlers::tokens::refresh(j, &s).await })),
+        make(
+            queue(settings.max_attempts_refresh_token),
+            boxed(|j, s: Arc<Shared>| async move { crate::handlers::tokens::refresh(j, &s).await }),
+        ),
         redis.clone(),
         boot.clone(),
     );
     monitor = register(
         monitor,
-        make(queue(settings.max_attempts), boxed(|j, s: Arc<Shared>| async move { crate::handlers::tokens::sweep(j, &s).await })),
+        make(
+            queue(settings.max_attempts),
+            boxed(|j, s: Arc<Shared>| async move { crate::handlers::tokens::sweep(j, &s).await }),
+        ),
         redis.clone(),
         boot.clone(),
     );
     monitor = register(
         monitor,
-        make(queue(settings.max_attempts), boxed(|j, s: Arc<Shared>| async move { crate::handlers::housekeeping::run(j, &s).await })),
+        make(
+            queue(settings.max_attempts),
+            boxed(
+                |j, s: Arc<Shared>| async move { crate::handlers::housekeeping::run(j, &s).await },
+            ),
+        ),
         redis.clone(),
         boot.clone(),
     );
     monitor = register(
         monitor,
-        make(queue(settings.max_attempts), boxed(|j, s: Arc<Shared>| async move { crate::handlers::canary::run(j, &s).await })),
+        make(
+            queue(settings.max_attempts),
+            boxed(|j, s: Arc<Shared>| async move { crate::handlers::canary::run(j, &s).await }),
+        ),
         redis.clone(),
         boot.clone(),
     );
     let token_cron = settings.token_refresh_cron.parse::<cron::Schedule>()?;
     let housekeeping_cron = settings.housekeeping_cron.parse::<cron::Schedule>()?;
-    monitor = register_cron(monitor, token_cron, redis.clone(), |tick| TokenRefreshSweepV1 { tick, delivery: Default::default() }, boot.clone());
-    monitor = register_cron(monitor, housekeeping_cron, redis.clone(), |tick| HousekeepingV1 { tick, delivery: Default::default() }, boot.clone());
+    monitor = register_cron(
+        monitor,
+        token_cron,
+        redis.clone(),
+        |tick| TokenRefreshSweepV1 {
+            tick,
+            delivery: Default::default(),
+        },
+        boot.clone(),
+    );
+    monitor = register_cron(
+        monitor,
+        housekeeping_cron,
+        redis.clone(),
+        |tick| HousekeepingV1 {
+            tick,
+            delivery: Default::default(),
+        },
+        boot.clone(),
+    );
 
     // A worker that keeps dying (Redis gone for good, a poisoned queue) stops the whole
     // process: a live process with a dead worker would look healthy and do nothing.

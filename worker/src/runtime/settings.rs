@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 use igsales_config::{
-    Checker, DbArgs, DbSettings, GraphVersion, HttpUrl, KeyArgs, KeyRing, RedisArgs,
-    RedisSettings, Secret,
+    Checker, DbArgs, DbSettings, GraphVersion, HttpUrl, KeyArgs, KeyRing, RedisArgs, RedisSettings,
+    Secret,
 };
 
 #[derive(Debug, Args)]
@@ -22,21 +22,51 @@ pub struct RunArgs {
     ig_app_secret: Option<String>,
     #[arg(long, env = "GRAPH_API_VERSION", hide_env_values = true)]
     graph_api_version: Option<String>,
-    #[arg(long, env = "GRAPH_API_BASE_URL", default_value = "https://graph.instagram.com", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GRAPH_API_BASE_URL",
+        default_value = "https://graph.instagram.com",
+        hide_env_values = true
+    )]
     graph_api_base_url: String,
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     openai_api_key: Option<String>,
-    #[arg(long, env = "OPENAI_BASE_URL", default_value = "https://api.openai.com/v1", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "OPENAI_BASE_URL",
+        default_value = "https://api.openai.com/v1",
+        hide_env_values = true
+    )]
     openai_base_url: String,
-    #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "OPENAI_MODEL",
+        default_value = "gpt-4o-mini",
+        hide_env_values = true
+    )]
     openai_model: String,
     /// The worker's /metrics, /healthz and /readyz.
-    #[arg(long, env = "METRICS_PORT", default_value = "10001", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "METRICS_PORT",
+        default_value = "10001",
+        hide_env_values = true
+    )]
     metrics_port: String,
     /// Jobs run at once, per queue and per process.
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value = "32", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WORKER_CONCURRENCY",
+        default_value = "32",
+        hide_env_values = true
+    )]
     worker_concurrency: String,
-    #[arg(long, env = "JOB_MAX_ATTEMPTS", default_value = "8", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "JOB_MAX_ATTEMPTS",
+        default_value = "8",
+        hide_env_values = true
+    )]
     job_max_attempts: String,
     #[arg(long, env = "JOB_MAX_ATTEMPTS_INBOUND_EVENT", hide_env_values = true)]
     job_max_attempts_inbound_event: Option<String>,
@@ -44,52 +74,147 @@ pub struct RunArgs {
     job_max_attempts_send_message: Option<String>,
     #[arg(long, env = "JOB_MAX_ATTEMPTS_REFRESH_TOKEN", hide_env_values = true)]
     job_max_attempts_refresh_token: Option<String>,
-    #[arg(long, env = "JOB_BACKOFF_BASE_MS", default_value = "1000", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "JOB_BACKOFF_BASE_MS",
+        default_value = "1000",
+        hide_env_values = true
+    )]
     job_backoff_base_ms: String,
-    #[arg(long, env = "JOB_BACKOFF_MAX_MS", default_value = "300000", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "JOB_BACKOFF_MAX_MS",
+        default_value = "300000",
+        hide_env_values = true
+    )]
     job_backoff_max_ms: String,
     /// Waits up to this long are slept inside the worker; longer ones are re-scheduled.
-    #[arg(long, env = "JOB_INPROCESS_WAIT_MAX_MS", default_value = "2000", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "JOB_INPROCESS_WAIT_MAX_MS",
+        default_value = "2000",
+        hide_env_values = true
+    )]
     job_inprocess_wait_max_ms: String,
     /// The longest one run of a job may take.
-    #[arg(long, env = "JOB_TIMEOUT_SECS", default_value = "120", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "JOB_TIMEOUT_SECS",
+        default_value = "120",
+        hide_env_values = true
+    )]
     job_timeout_secs: String,
     /// A crashed worker's jobs run again elsewhere after this.
-    #[arg(long, env = "WORKER_ORPHAN_TIMEOUT_SECS", default_value = "30", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WORKER_ORPHAN_TIMEOUT_SECS",
+        default_value = "30",
+        hide_env_values = true
+    )]
     worker_orphan_timeout_secs: String,
     /// Jobs one fetch takes (kept small: fetched jobs wait behind running ones).
-    #[arg(long, env = "WORKER_PREFETCH", default_value = "8", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WORKER_PREFETCH",
+        default_value = "8",
+        hide_env_values = true
+    )]
     worker_prefetch: String,
     /// How often idle workers look for due jobs.
-    #[arg(long, env = "WORKER_POLL_INTERVAL_MS", default_value = "100", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WORKER_POLL_INTERVAL_MS",
+        default_value = "100",
+        hide_env_values = true
+    )]
     worker_poll_interval_ms: String,
     /// How long running jobs get to finish after SIGTERM.
-    #[arg(long, env = "WORKER_SHUTDOWN_TIMEOUT_MS", default_value = "10000", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WORKER_SHUTDOWN_TIMEOUT_MS",
+        default_value = "10000",
+        hide_env_values = true
+    )]
     worker_shutdown_timeout_ms: String,
     /// Restarts of a dead worker (e.g. after a Redis restart) before the process exits 1.
-    #[arg(long, env = "WORKER_MAX_RESTARTS", default_value = "5", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WORKER_MAX_RESTARTS",
+        default_value = "5",
+        hide_env_values = true
+    )]
     worker_max_restarts: String,
     /// Six-field cron (with seconds), UTC.
-    #[arg(long, env = "TOKEN_REFRESH_CRON", default_value = "0 0 * * * *", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TOKEN_REFRESH_CRON",
+        default_value = "0 0 * * * *",
+        hide_env_values = true
+    )]
     token_refresh_cron: String,
-    #[arg(long, env = "TOKEN_REFRESH_WINDOW_DAYS", default_value = "10", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TOKEN_REFRESH_WINDOW_DAYS",
+        default_value = "10",
+        hide_env_values = true
+    )]
     token_refresh_window_days: String,
-    #[arg(long, env = "HOUSEKEEPING_CRON", default_value = "0 30 3 * * *", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HOUSEKEEPING_CRON",
+        default_value = "0 30 3 * * *",
+        hide_env_values = true
+    )]
     housekeeping_cron: String,
-    #[arg(long, env = "GRAPH_SEND_RATE_PER_SEC", default_value = "50", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GRAPH_SEND_RATE_PER_SEC",
+        default_value = "50",
+        hide_env_values = true
+    )]
     graph_send_rate_per_sec: String,
-    #[arg(long, env = "HUMAN_TAKEOVER_MINUTES", default_value = "720", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HUMAN_TAKEOVER_MINUTES",
+        default_value = "720",
+        hide_env_values = true
+    )]
     human_takeover_minutes: String,
-    #[arg(long, env = "ECHO_CONFIRM_SECS", default_value = "60", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "ECHO_CONFIRM_SECS",
+        default_value = "60",
+        hide_env_values = true
+    )]
     echo_confirm_secs: String,
-    #[arg(long, env = "RETENTION_DAYS", default_value = "30", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "RETENTION_DAYS",
+        default_value = "30",
+        hide_env_values = true
+    )]
     retention_days: String,
     /// Records each `dlq:*` list keeps at most (housekeeping trims the oldest).
-    #[arg(long, env = "DLQ_MAX_LEN", default_value = "10000", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DLQ_MAX_LEN",
+        default_value = "10000",
+        hide_env_values = true
+    )]
     dlq_max_len: String,
-    #[arg(long, env = "META_HTTP_TIMEOUT_MS", default_value = "10000", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "META_HTTP_TIMEOUT_MS",
+        default_value = "10000",
+        hide_env_values = true
+    )]
     meta_http_timeout_ms: String,
-    #[arg(long, env = "META_HTTP_MAX_CONCURRENCY", default_value = "64", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "META_HTTP_MAX_CONCURRENCY",
+        default_value = "64",
+        hide_env_values = true
+    )]
     meta_http_max_concurrency: String,
 }
 
@@ -149,44 +274,209 @@ fn cron(s: &str) -> Result<String, String> {
 const CRON_FORM: &str = "a cron expression with seconds, e.g. 0 0 * * * * (hourly)";
 
 impl RunArgs {
-    pub fn check(self, c: &mut Checker, env: Option<igsales_config::AppEnv>) -> Option<RunSettings> {
+    pub fn check(
+        self,
+        c: &mut Checker,
+        env: Option<igsales_config::AppEnv>,
+    ) -> Option<RunSettings> {
         let db = self.db.check(c);
         let redis = self.redis.check(c, env);
         let keys = self.keys.check(c);
-        let ig_app_secret = c.required("IG_APP_SECRET", self.ig_app_secret.as_deref(), "the app secret", |s| Ok(Secret::new(s)));
-        let graph_api_version = c.required("GRAPH_API_VERSION", self.graph_api_version.as_deref(), GraphVersion::FORM, GraphVersion::parse);
-        let graph_api_base_url = c.value("GRAPH_API_BASE_URL", &self.graph_api_base_url, HttpUrl::FORM, HttpUrl::parse);
-        let openai_api_key = c.required("OPENAI_API_KEY", self.openai_api_key.as_deref(), "the LLM API key", |s| Ok(Secret::new(s)));
-        let openai_base_url = c.value("OPENAI_BASE_URL", &self.openai_base_url, HttpUrl::FORM, HttpUrl::parse);
-        let openai_model = c.value("OPENAI_MODEL", &self.openai_model, "a model name", |s| Ok(s.to_owned()));
-        let metrics_port = c.value("METRICS_PORT", &self.metrics_port, "an integer 1–65535", int(1u16, u16::MAX));
-        let concurrency = c.value("WORKER_CONCURRENCY", &self.worker_concurrency, "an integer 1–1024", int(1usize, 1024));
-        let prefetch = c.value("WORKER_PREFETCH", &self.worker_prefetch, "an integer 1–256", int(1usize, 256));
-        let max_attempts = c.value("JOB_MAX_ATTEMPTS", &self.job_max_attempts, "an integer 1–100", int(1u32, 100));
+        let ig_app_secret = c.required(
+            "IG_APP_SECRET",
+            self.ig_app_secret.as_deref(),
+            "the app secret",
+            |s| Ok(Secret::new(s)),
+        );
+        let graph_api_version = c.required(
+            "GRAPH_API_VERSION",
+            self.graph_api_version.as_deref(),
+            GraphVersion::FORM,
+            GraphVersion::parse,
+        );
+        let graph_api_base_url = c.value(
+            "GRAPH_API_BASE_URL",
+            &self.graph_api_base_url,
+            HttpUrl::FORM,
+            HttpUrl::parse,
+        );
+        let openai_api_key = c.required(
+            "OPENAI_API_KEY",
+            self.openai_api_key.as_deref(),
+            "the LLM API key",
+            |s| Ok(Secret::new(s)),
+        );
+        let openai_base_url = c.value(
+            "OPENAI_BASE_URL",
+            &self.openai_base_url,
+            HttpUrl::FORM,
+            HttpUrl::parse,
+        );
+        let openai_model = c.value("OPENAI_MODEL", &self.openai_model, "a model name", |s| {
+            Ok(s.to_owned())
+        });
+        let metrics_port = c.value(
+            "METRICS_PORT",
+            &self.metrics_port,
+            "an integer 1–65535",
+            int(1u16, u16::MAX),
+        );
+        let concurrency = c.value(
+            "WORKER_CONCURRENCY",
+            &self.worker_concurrency,
+            "an integer 1–1024",
+            int(1usize, 1024),
+        );
+        let prefetch = c.value(
+            "WORKER_PREFETCH",
+            &self.worker_prefetch,
+            "an integer 1–256",
+            int(1usize, 256),
+        );
+        let max_attempts = c.value(
+            "JOB_MAX_ATTEMPTS",
+            &self.job_max_attempts,
+            "an integer 1–100",
+            int(1u32, 100),
+        );
         let per_job = |c: &mut Checker, var: &'static str, raw: Option<&str>| {
             c.optional(var, raw, "an integer 1–100", int(1u32, 100))
         };
-        let inbound = per_job(c, "JOB_MAX_ATTEMPTS_INBOUND_EVENT", self.job_max_attempts_inbound_event.as_deref());
-        let send = per_job(c, "JOB_MAX_ATTEMPTS_SEND_MESSAGE", self.job_max_attempts_send_message.as_deref());
-        let refresh = per_job(c, "JOB_MAX_ATTEMPTS_REFRESH_TOKEN", self.job_max_attempts_refresh_token.as_deref());
-        let backoff_base = c.millis("JOB_BACKOFF_BASE_MS", &self.job_backoff_base_ms, 1, 3_600_000);
-        let backoff_max = c.millis("JOB_BACKOFF_MAX_MS", &self.job_backoff_max_ms, 1, 86_400_000);
-        let inprocess = c.millis("JOB_INPROCESS_WAIT_MAX_MS", &self.job_inprocess_wait_max_ms, 0, 60_000);
-        let job_timeout = c.value("JOB_TIMEOUT_SECS", &self.job_timeout_secs, "seconds, 1–3600", int(1u64, 3600)).map(Duration::from_secs);
-        let orphan = c.value("WORKER_ORPHAN_TIMEOUT_SECS", &self.worker_orphan_timeout_secs, "seconds, 3–3600", int(3u64, 3600)).map(Duration::from_secs);
-        let poll = c.millis("WORKER_POLL_INTERVAL_MS", &self.worker_poll_interval_ms, 10, 60_000);
-        let shutdown = c.millis("WORKER_SHUTDOWN_TIMEOUT_MS", &self.worker_shutdown_timeout_ms, 1, 600_000);
-        let restarts = c.value("WORKER_MAX_RESTARTS", &self.worker_max_restarts, "an integer 0–100", int(0u32, 100));
-        let token_cron = c.value("TOKEN_REFRESH_CRON", &self.token_refresh_cron, CRON_FORM, cron);
-        let window = c.value("TOKEN_REFRESH_WINDOW_DAYS", &self.token_refresh_window_days, "days, 1–59", int(1u64, 59)).map(|d| Duration::from_secs(d * 86_400));
-        let housekeeping_cron = c.value("HOUSEKEEPING_CRON", &self.housekeeping_cron, CRON_FORM, cron);
-        let rate = c.value("GRAPH_SEND_RATE_PER_SEC", &self.graph_send_rate_per_sec, "an integer 1–100", int(1u32, 100));
-        let takeover = c.value("HUMAN_TAKEOVER_MINUTES", &self.human_takeover_minutes, "minutes, 1–43200", int(1u64, 43_200)).map(|m| Duration::from_secs(m * 60));
-        let echo = c.value("ECHO_CONFIRM_SECS", &self.echo_confirm_secs, "seconds, 1–3600", int(1u64, 3600)).map(Duration::from_secs);
-        let retention = c.value("RETENTION_DAYS", &self.retention_days, "days, 1–3650", int(1u64, 3650)).map(|d| Duration::from_secs(d * 86_400));
-        let dlq_max = c.value("DLQ_MAX_LEN", &self.dlq_max_len, "a count, 1–1000000", int(1usize, 1_000_000));
-        let meta_timeout = c.millis("META_HTTP_TIMEOUT_MS", &self.meta_http_timeout_ms, 1, 120_000);
-        let meta_concurrency = c.value("META_HTTP_MAX_CONCURRENCY", &self.meta_http_max_concurrency, "a count, 1–1024", int(1usize, 1024));
+        let inbound = per_job(
+            c,
+            "JOB_MAX_ATTEMPTS_INBOUND_EVENT",
+            self.job_max_attempts_inbound_event.as_deref(),
+        );
+        let send = per_job(
+            c,
+            "JOB_MAX_ATTEMPTS_SEND_MESSAGE",
+            self.job_max_attempts_send_message.as_deref(),
+        );
+        let refresh = per_job(
+            c,
+            "JOB_MAX_ATTEMPTS_REFRESH_TOKEN",
+            self.job_max_attempts_refresh_token.as_deref(),
+        );
+        let backoff_base = c.millis(
+            "JOB_BACKOFF_BASE_MS",
+            &self.job_backoff_base_ms,
+            1,
+            3_600_000,
+        );
+        let backoff_max = c.millis(
+            "JOB_BACKOFF_MAX_MS",
+            &self.job_backoff_max_ms,
+            1,
+            86_400_000,
+        );
+        let inprocess = c.millis(
+            "JOB_INPROCESS_WAIT_MAX_MS",
+            &self.job_inprocess_wait_max_ms,
+            0,
+            60_000,
+        );
+        let job_timeout = c
+            .value(
+                "JOB_TIMEOUT_SECS",
+                &self.job_timeout_secs,
+                "seconds, 1–3600",
+                int(1u64, 3600),
+            )
+            .map(Duration::from_secs);
+        let orphan = c
+            .value(
+                "WORKER_ORPHAN_TIMEOUT_SECS",
+                &self.worker_orphan_timeout_secs,
+                "seconds, 3–3600",
+                int(3u64, 3600),
+            )
+            .map(Duration::from_secs);
+        let poll = c.millis(
+            "WORKER_POLL_INTERVAL_MS",
+            &self.worker_poll_interval_ms,
+            10,
+            60_000,
+        );
+        let shutdown = c.millis(
+            "WORKER_SHUTDOWN_TIMEOUT_MS",
+            &self.worker_shutdown_timeout_ms,
+            1,
+            600_000,
+        );
+        let restarts = c.value(
+            "WORKER_MAX_RESTARTS",
+            &self.worker_max_restarts,
+            "an integer 0–100",
+            int(0u32, 100),
+        );
+        let token_cron = c.value(
+            "TOKEN_REFRESH_CRON",
+            &self.token_refresh_cron,
+            CRON_FORM,
+            cron,
+        );
+        let window = c
+            .value(
+                "TOKEN_REFRESH_WINDOW_DAYS",
+                &self.token_refresh_window_days,
+                "days, 1–59",
+                int(1u64, 59),
+            )
+            .map(|d| Duration::from_secs(d * 86_400));
+        let housekeeping_cron = c.value(
+            "HOUSEKEEPING_CRON",
+            &self.housekeeping_cron,
+            CRON_FORM,
+            cron,
+        );
+        let rate = c.value(
+            "GRAPH_SEND_RATE_PER_SEC",
+            &self.graph_send_rate_per_sec,
+            "an integer 1–100",
+            int(1u32, 100),
+        );
+        let takeover = c
+            .value(
+                "HUMAN_TAKEOVER_MINUTES",
+                &self.human_takeover_minutes,
+                "minutes, 1–43200",
+                int(1u64, 43_200),
+            )
+            .map(|m| Duration::from_secs(m * 60));
+        let echo = c
+            .value(
+                "ECHO_CONFIRM_SECS",
+                &self.echo_confirm_secs,
+                "seconds, 1–3600",
+                int(1u64, 3600),
+            )
+            .map(Duration::from_secs);
+        let retention = c
+            .value(
+                "RETENTION_DAYS",
+                &self.retention_days,
+                "days, 1–3650",
+                int(1u64, 3650),
+            )
+            .map(|d| Duration::from_secs(d * 86_400));
+        let dlq_max = c.value(
+            "DLQ_MAX_LEN",
+            &self.dlq_max_len,
+            "a count, 1–1000000",
+            int(1usize, 1_000_000),
+        );
+        let meta_timeout = c.millis(
+            "META_HTTP_TIMEOUT_MS",
+            &self.meta_http_timeout_ms,
+            1,
+            120_000,
+        );
+        let meta_concurrency = c.value(
+            "META_HTTP_MAX_CONCURRENCY",
+            &self.meta_http_max_concurrency,
+            "a count, 1–1024",
+            int(1usize, 1024),
+        );
         if let (Some(base), Some(max)) = (backoff_base, backoff_max)
             && base > max
         {

@@ -1,0 +1,581 @@
+//! `worker run` as a real process against real Redis and Postgres, driven with canary jobs.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use igsales_jobs::{CanaryFailure, CanaryV1, DeadLetter, JobQueue};
+use igsales_tests::cli::{key_entry, run};
+use igsales_tests::{PrivateRedis, TestDb, TestRedis};
+use redis::AsyncCommands;
+
+const BIN: &str = env!("CARGO_BIN_EXE_worker");
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Settings shrunk for tests; each test overrides what it exercises.
+fn env(db: &TestDb, redis_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", db.app_url()),
+        ("REDIS_URL", redis_url.to_owned()),
+        ("ENCRYPTION_KEY", key_entry(1, 1)),
+        ("IG_APP_SECRET", "test-secret".into()),
+        ("GRAPH_API_VERSION", "v26.0".into()),
+        ("GRAPH_API_BASE_URL", "http://127.0.0.1:9".into()),
+        ("OPENAI_API_KEY", "test-key".into()),
+        ("METRICS_PORT", free_port().to_string()),
+        ("WORKER_CONCURRENCY", "4".into()),
+        ("JOB_MAX_ATTEMPTS", "3".into()),
+        ("JOB_BACKOFF_BASE_MS", "50".into()),
+        ("JOB_BACKOFF_MAX_MS", "200".into()),
+        ("JOB_INPROCESS_WAIT_MAX_MS", "1000".into()),
+        ("WORKER_ORPHAN_TIMEOUT_SECS", "3".into()),
+        ("WORKER_POLL_INTERVAL_MS", "50".into()),
+        ("WORKER_SHUTDOWN_TIMEOUT_MS", "2000".into()),
+        ("WORKER_MAX_RESTARTS", "3".into()),
+        // Crons far away unless a test wants them.
+        ("TOKEN_REFRESH_CRON", "0 0 0 1 1 *".into()),
+        ("HOUSEKEEPING_CRON", "0 0 0 1 1 *".into()),
+        ("RUST_LOG", "info,apalis=warn".into()),
+    ]
+}
+
+fn with(
+    env: &[(&'static str, String)],
+    var: &'static str,
+    value: &str,
+) -> Vec<(&'static str, String)> {
+    let mut e: Vec<_> = env.iter().filter(|(k, _)| *k != var).cloned().collect();
+    e.push((var, value.to_owned()));
+    e
+}
+
+struct Worker {
+    child: Child,
+    metrics_port: u16,
+}
+
+impl Worker {
+    fn start(env: &[(&'static str, String)]) -> Worker {
+        let metrics_port = env
+            .iter()
+            .find(|(k, _)| *k == "METRICS_PORT")
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("METRICS_PORT");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Ok(path) = std::env::var("PATH") {
+            cmd.env("PATH", path);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut w = Worker {
+            child: cmd.spawn().expect("spawn worker"),
+            metrics_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !w.ready() {
+            assert!(
+                w.child.try_wait().expect("poll").is_none(),
+                "worker exited at start"
+            );
+            assert!(Instant::now() < deadline, "worker did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        w
+    }
+
+    fn ready(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).is_ok()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok);
+    }
+
+    /// Waits for the process to end; its exit code (None: killed by a signal).
+    fn wait(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connection(url: &str) -> redis::aio::ConnectionManager {
+    redis::Client::open(url)
+        .expect("url")
+        .get_connection_manager()
+        .await
+        .expect("redis")
+}
+
+async fn push(url: &str, canary: CanaryV1) {
+    JobQueue::<CanaryV1>::new(connection(url).await)
+        .push(canary)
+        .await
+        .expect("push canary");
+}
+
+fn canary(id: &str) -> CanaryV1 {
+    CanaryV1 {
+        id: id.into(),
+        pushed_ms: now_ms(),
+        ..CanaryV1::default()
+    }
+}
+
+async fn runs(url: &str, id: &str) -> u32 {
+    let mut c = connection(url).await;
+    c.get::<_, Option<u32>>(format!("canary:{id}:runs"))
+        .await
+        .expect("runs")
+        .unwrap_or(0)
+}
+
+async fn started_ms(url: &str, id: &str) -> Vec<i64> {
+    let mut c = connection(url).await;
+    c.lrange(format!("canary:{id}:started_ms"), 0, -1)
+        .await
+        .expect("starts")
+}
+
+/// Polls until `runs(id) >= n` or the deadline; returns the count seen.
+async fn wait_runs(url: &str, id: &str, n: u32, within: Duration) -> u32 {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = runs(url, id).await;
+        if r >= n || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn dead_letters(url: &str) -> Vec<DeadLetter> {
+    let mut c = connection(url).await;
+    let raws: Vec<String> = c.lrange("dlq:canary", 0, -1).await.expect("dlq");
+    raws.iter()
+        .map(|r| serde_json::from_str(r).expect("record"))
+        .collect()
+}
+
+/// Jobs of the canary queue apalis considers finished successfully.
+async fn done_count(url: &str) -> usize {
+    let mut c = connection(url).await;
+    c.scard("canary:done").await.expect("done")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_worker_picks_up_a_pushed_job_within_half_a_second() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let _w = Worker::start(&env(&db, &redis.url()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let id = format!("pickup-{i}");
+        let c = canary(&id);
+        let pushed = c.pushed_ms;
+        push(&redis.url(), c).await;
+        assert_eq!(
+            wait_runs(&redis.url(), &id, 1, Duration::from_secs(5)).await,
+            1
+        );
+        latencies.push(started_ms(&redis.url(), &id).await[0] - pushed);
+    }
+    latencies.sort_unstable();
+    eprintln!("pickup latencies (ms): {latencies:?}");
+    // The benchmark measures the real distribution; here a generous bound on the median.
+    assert!(latencies[2] <= 500, "pickup latencies (ms): {latencies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_exhaustion_permanent_failures_and_waits_follow_the_policy() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let url = redis.url();
+    let _w = Worker::start(&with(&env(&db, &url), "WORKER_CONCURRENCY", "1"));
+
+    // Fails twice, then succeeds: three runs, done, no dead letter.
+    push(
+        &url,
+        CanaryV1 {
+            fail_first: 2,
+            ..canary("twice")
+        },
+    )
+    .await;
+    assert_eq!(
+        wait_runs(&url, "twice", 3, Duration::from_secs(10)).await,
+        3
+    );
+
+    // Always fails: exactly JOB_MAX_ATTEMPTS (3) runs and one record with every field.
+    push(
+        &url,
+        CanaryV1 {
+            fail_first: 1000,
+            ..canary("always")
+        },
+    )
+    .await;
+    assert_eq!(
+        wait_runs(&url, "always", 3, Duration::from_secs(10)).await,
+        3
+    );
+
+    // Permanent: one run.
+    push(
+        &url,
+        CanaryV1 {
+            fail_first: 1000,
+            fail_as: CanaryFailure::Permanent,
+            ..canary("perm")
+        },
+    )
+    .await;
+    assert_eq!(wait_runs(&url, "perm", 1, Duration::from_secs(10)).await, 1);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let letters = loop {
+        let l = dead_letters(&url).await;
+        if l.len() >= 2 || Instant::now() > deadline {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(runs(&url, "twice").await, 3, "no run after success");
+    assert_eq!(
+        runs(&url, "always").await,
+        3,
+        "no run beyond JOB_MAX_ATTEMPTS"
+    );
+    assert_eq!(runs(&url, "perm").await, 1, "a permanent failure runs once");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let always = letters
+        .iter()
+        .find(|l| l.payload["id"] == "always")
+        .expect("exhausted record");
+    assert_eq!((always.job.as_str(), always.attempts), ("canary", 3));
+    assert_eq!(always.reason, igsales_jobs::DeadReason::Exhausted);
+    assert!(
+        always.error.contains("asked to fail run 3"),
+        "{}",
+        always.error
+    );
+    assert!(always.worker.starts_with("canary-") && !always.id.is_empty());
+    assert!(always.first_enqueued_at <= always.failed_at);
+    let perm = letters
+        .iter()
+        .find(|l| l.payload["id"] == "perm")
+        .expect("permanent record");
+    assert_eq!(
+        (perm.reason, perm.attempts),
+        (igsales_jobs::DeadReason::Permanent, 1)
+    );
+    assert!(
+        done_count(&url).await >= 3,
+        "finished tasks are done in apalis too"
+    );
+
+    // "Wait 60 s": re-scheduled a minute out, no attempt used, no slot held.
+    push(
+        &url,
+        CanaryV1 {
+            fail_first: 1,
+            fail_as: CanaryFailure::Wait,
+            wait_secs: 60,
+            ..canary("wait")
+        },
+    )
+    .await;
+    assert_eq!(wait_runs(&url, "wait", 1, Duration::from_secs(5)).await, 1);
+    push(&url, canary("behind-the-wait")).await;
+    assert_eq!(
+        wait_runs(&url, "behind-the-wait", 1, Duration::from_secs(3)).await,
+        1,
+        "the only slot must be free while the other job waits"
+    );
+    let mut c = connection(&url).await;
+    let scheduled: Vec<(String, f64)> = c
+        .zrange_withscores("canary:scheduled", 0, -1)
+        .await
+        .expect("zrange");
+    let now_s = now_ms() as f64 / 1000.0;
+    let later: Vec<&(String, f64)> = scheduled
+        .iter()
+        .filter(|(_, at)| *at > now_s + 50.0)
+        .collect();
+    assert_eq!(later.len(), 1, "{scheduled:?}");
+    let data: String = c.hget("canary:data", &later[0].0).await.expect("payload");
+    let job: CanaryV1 = serde_json::from_str(&data).expect("canary");
+    assert_eq!(
+        (job.id.as_str(), job.delivery.attempt),
+        ("wait", 0),
+        "a wait uses no attempt"
+    );
+    assert!(job.delivery.first_enqueued_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_job_is_finished_by_another_within_the_orphan_timeout() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let url = redis.url();
+    let mut a = Worker::start(&env(&db, &url));
+    push(
+        &url,
+        CanaryV1 {
+            sleep_ms: 3000,
+            ..canary("orphan")
+        },
+    )
+    .await;
+    assert_eq!(
+        wait_runs(&url, "orphan", 1, Duration::from_secs(5)).await,
+        1
+    );
+    a.signal("-KILL");
+    a.wait(Duration::from_secs(5));
+    let killed_at = now_ms();
+    let _b = Worker::start(&env(&db, &url));
+    assert_eq!(
+        wait_runs(&url, "orphan", 2, Duration::from_secs(15)).await,
+        2,
+        "re-run elsewhere"
+    );
+    let rerun_after = started_ms(&url, "orphan").await[1] - killed_at;
+    eprintln!("orphaned job re-ran {rerun_after} ms after the kill");
+    // Orphan timeout 3 s + one heartbeat (1 s) + whole-second rounding in apalis.
+    assert!(
+        rerun_after <= 5_000,
+        "re-run {rerun_after} ms after the kill"
+    );
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while done_count(&url).await < 1 {
+        assert!(Instant::now() < deadline, "the re-run did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_retry_wait_exits_promptly_and_the_job_runs_later() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let url = redis.url();
+    let e = with(&env(&db, &url), "JOB_INPROCESS_WAIT_MAX_MS", "10000");
+    let mut a = Worker::start(&e);
+    // A wait short enough to be slept in process.
+    push(
+        &url,
+        CanaryV1 {
+            fail_first: 1,
+            fail_as: CanaryFailure::Wait,
+            wait_secs: 8,
+            ..canary("sleeper")
+        },
+    )
+    .await;
+    assert_eq!(
+        wait_runs(&url, "sleeper", 1, Duration::from_secs(5)).await,
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    a.signal("-TERM");
+    assert_eq!(a.wait(Duration::from_secs(5)), Some(0));
+    assert!(
+        t.elapsed() <= Duration::from_millis(2_500),
+        "exit took {:?}",
+        t.elapsed()
+    );
+    // Handed back, not lost: a new worker runs it once its time comes.
+    let _b = Worker::start(&e);
+    assert_eq!(
+        wait_runs(&url, "sleeper", 2, Duration::from_secs(15)).await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_redis_restart_new_jobs_run_or_the_process_exits_non_zero() {
+    let db = TestDb::migrated().await;
+    let mut private = PrivateRedis::start();
+    let url = private.url();
+    let mut w = Worker::start(&with(&env(&db, &url), "WORKER_MAX_RESTARTS", "5"));
+    private.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    private.restart();
+    push(&url, canary("after-restart")).await;
+    let ran = wait_runs(&url, "after-restart", 1, Duration::from_secs(20)).await == 1;
+    let exited = w.child.try_wait().expect("poll").map(|s| s.code());
+    eprintln!("after the Redis restart: ran={ran}, exited={exited:?}");
+    match (ran, exited) {
+        (true, None) => {}
+        (false, Some(code)) => assert_ne!(code, Some(0), "exited, but with success"),
+        other => panic!(
+            "a live process with dead workers: ran={}, exited={:?}",
+            other.0, other.1
+        ),
+    }
+    assert!(w.ready() || exited.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_running_the_crons_make_one_sweep_per_tick() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let url = redis.url();
+    let e = with(&env(&db, &url), "TOKEN_REFRESH_CRON", "*/2 * * * * *");
+    let _a = Worker::start(&e);
+    let _b = Worker::start(&with(&e, "METRICS_PORT", &free_port().to_string()));
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let mut c = connection(&url).await;
+    let payloads: Vec<String> = c.hvals("token_refresh_sweep:data").await.expect("jobs");
+    let mut ticks: Vec<i64> = payloads
+        .iter()
+        .map(|p| {
+            serde_json::from_str::<serde_json::Value>(p).expect("json")["tick"]
+                .as_i64()
+                .expect("tick")
+        })
+        .collect();
+    ticks.sort_unstable();
+    let distinct = {
+        let mut d = ticks.clone();
+        d.dedup();
+        d
+    };
+    eprintln!("cron ticks: {ticks:?}");
+    assert!(ticks.len() >= 2, "ticks: {ticks:?}");
+    assert_eq!(ticks, distinct, "one sweep per tick");
+    assert!(ticks.iter().all(|t| t % 2 == 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dlq_cli_lists_redacted_replays_and_drains() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let url = redis.url();
+    let mut w = Worker::start(&env(&db, &url));
+    for id in ["dead-1", "dead-2"] {
+        push(
+            &url,
+            CanaryV1 {
+                fail_first: 1,
+                fail_as: CanaryFailure::Permanent,
+                ..canary(id)
+            },
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dead_letters(&url).await.len() < 2 {
+        assert!(Instant::now() < deadline, "no dead letters");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A dead letter whose payload holds message text, to check redaction.
+    let mut c = connection(&url).await;
+    let mut record = dead_letters(&url).await[0].clone();
+    record.id = "text-record".into();
+    record.payload["event"] =
+        serde_json::json!({"message": {"mid": "m1", "text": "my home address"}});
+    let _: () = c
+        .lpush("dlq:canary", serde_json::to_string(&record).expect("json"))
+        .await
+        .expect("lpush");
+
+    let cli = |args: &[&str]| run(BIN, args, &[("REDIS_URL", url.clone())]);
+    let listed = cli(&["dlq", "list", "--queue", "canary", "--json"]);
+    listed.assert_code(0);
+    let all: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).expect("one JSON array");
+    assert_eq!(all.len(), 3);
+    assert!(!listed.stdout.contains("my home address"));
+    assert!(listed.stdout.contains("[redacted]"));
+    let shown = cli(&[
+        "dlq",
+        "list",
+        "--queue",
+        "canary",
+        "--json",
+        "--show-payload",
+    ]);
+    assert!(shown.stdout.contains("my home address"));
+    let table = cli(&["dlq", "list", "--queue", "canary"]);
+    table.assert_code(0);
+    assert!(table.stdout.contains("permanent"));
+
+    // Replay one by id: it runs again (now succeeding: its fail_first is spent) and leaves.
+    let target = dead_letters(&url)
+        .await
+        .into_iter()
+        .find(|l| l.payload["id"] == "dead-1")
+        .expect("dead-1");
+    let replayed = cli(&["dlq", "replay", "--queue", "canary", "--id", &target.id]);
+    replayed.assert_code(0);
+    assert!(
+        replayed.stdout.contains("replayed 1"),
+        "{}",
+        replayed.stdout
+    );
+    assert_eq!(
+        wait_runs(&url, "dead-1", 2, Duration::from_secs(5)).await,
+        2
+    );
+    assert!(dead_letters(&url).await.iter().all(|l| l.id != target.id));
+    assert_eq!(dead_letters(&url).await.len(), 2);
+    assert_eq!(
+        cli(&["dlq", "replay", "--queue", "canary", "--id", "nope"]).code,
+        Some(1)
+    );
+
+    // Drain what is older than a second, only with --yes.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        cli(&["dlq", "drain", "--queue", "canary", "--older-than", "1s"]).code,
+        Some(2)
+    );
+    let drained = cli(&[
+        "dlq",
+        "drain",
+        "--queue",
+        "canary",
+        "--older-than",
+        "1s",
+        "--yes",
+    ]);
+    drained.assert_code(0);
+    assert!(drained.stdout.contains("drained 2"), "{}", drained.stdout);
+    assert!(dead_letters(&url).await.is_empty());
+    w.signal("-TERM");
+    assert_eq!(w.wait(Duration::from_secs(5)), Some(0));
+}
