@@ -267,7 +267,10 @@ pub async fn mark_needs_reauth(
     instagram_page_id: &str,
 ) -> QueryResult<()> {
     diesel::update(ia::table.filter(ia::instagram_page_id.eq(instagram_page_id)))
-        .set((ia::needs_reauth.eq(true), ia::updated_at.eq(diesel::dsl::now)))
+        .set((
+            ia::needs_reauth.eq(true),
+            ia::updated_at.eq(diesel::dsl::now),
+        ))
         .execute(conn)
         .await
         .map(|_| ())
