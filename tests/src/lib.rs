@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod db;
 pub mod fake_meta;
+pub mod process;
 pub mod redis;
 
 pub use db::TestDb;

@@ -1,10 +1,10 @@
 //! `worker run` as a real process against real Redis and Postgres, driven with canary jobs.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use igsales_jobs::{CanaryFailure, CanaryV1, DeadLetter, JobQueue};
 use igsales_tests::cli::{key_entry, run};
+use igsales_tests::process::{Process, free_port};
 use igsales_tests::{PrivateRedis, TestDb, TestRedis};
 use redis::AsyncCommands;
 
@@ -14,13 +14,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Settings shrunk for tests; each test overrides what it exercises.
@@ -60,79 +53,14 @@ fn with(
     e
 }
 
-struct Worker {
-    child: Child,
-    metrics_port: u16,
-}
-
-impl Worker {
-    fn start(env: &[(&'static str, String)]) -> Worker {
-        let metrics_port = env
-            .iter()
-            .find(|(k, _)| *k == "METRICS_PORT")
-            .and_then(|(_, v)| v.parse().ok())
-            .expect("METRICS_PORT");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("run")
-            .env_clear()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Ok(path) = std::env::var("PATH") {
-            cmd.env("PATH", path);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut w = Worker {
-            child: cmd.spawn().expect("spawn worker"),
-            metrics_port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !w.ready() {
-            assert!(
-                w.child.try_wait().expect("poll").is_none(),
-                "worker exited at start"
-            );
-            assert!(Instant::now() < deadline, "worker did not become ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        w
-    }
-
-    fn ready(&self) -> bool {
-        std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).is_ok()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok);
-    }
-
-    /// Waits for the process to end; its exit code (None: killed by a signal).
-    fn wait(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `worker run` with these settings, up once its metrics port answers.
+fn start_worker(env: &[(&'static str, String)]) -> Process {
+    let port = env
+        .iter()
+        .find(|(k, _)| *k == "METRICS_PORT")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("METRICS_PORT");
+    Process::start(BIN, &["run"], env, port)
 }
 
 async fn connection(url: &str) -> redis::aio::ConnectionManager {
@@ -202,7 +130,7 @@ async fn done_count(url: &str) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_worker_picks_up_a_pushed_job_within_half_a_second() {
     let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
-    let _w = Worker::start(&env(&db, &redis.url()));
+    let _w = start_worker(&env(&db, &redis.url()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut latencies = Vec::new();
     for i in 0..5 {
@@ -226,7 +154,7 @@ async fn an_idle_worker_picks_up_a_pushed_job_within_half_a_second() {
 async fn retries_exhaustion_permanent_failures_and_waits_follow_the_policy() {
     let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
     let url = redis.url();
-    let _w = Worker::start(&with(&env(&db, &url), "WORKER_CONCURRENCY", "1"));
+    let _w = start_worker(&with(&env(&db, &url), "WORKER_CONCURRENCY", "1"));
 
     // Fails twice, then succeeds: three runs, done, no dead letter.
     push(
@@ -354,7 +282,7 @@ async fn retries_exhaustion_permanent_failures_and_waits_follow_the_policy() {
 async fn a_killed_workers_job_is_finished_by_another_within_the_orphan_timeout() {
     let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
     let url = redis.url();
-    let mut a = Worker::start(&env(&db, &url));
+    let mut a = start_worker(&env(&db, &url));
     push(
         &url,
         CanaryV1 {
@@ -370,7 +298,7 @@ async fn a_killed_workers_job_is_finished_by_another_within_the_orphan_timeout()
     a.signal("-KILL");
     a.wait(Duration::from_secs(5));
     let killed_at = now_ms();
-    let _b = Worker::start(&env(&db, &url));
+    let _b = start_worker(&env(&db, &url));
     assert_eq!(
         wait_runs(&url, "orphan", 2, Duration::from_secs(15)).await,
         2,
@@ -395,7 +323,7 @@ async fn sigterm_during_a_retry_wait_exits_promptly_and_the_job_runs_later() {
     let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
     let url = redis.url();
     let e = with(&env(&db, &url), "JOB_INPROCESS_WAIT_MAX_MS", "10000");
-    let mut a = Worker::start(&e);
+    let mut a = start_worker(&e);
     // A wait short enough to be slept in process.
     push(
         &url,
@@ -421,7 +349,7 @@ async fn sigterm_during_a_retry_wait_exits_promptly_and_the_job_runs_later() {
         t.elapsed()
     );
     // Handed back, not lost: a new worker runs it once its time comes.
-    let _b = Worker::start(&e);
+    let _b = start_worker(&e);
     assert_eq!(
         wait_runs(&url, "sleeper", 2, Duration::from_secs(15)).await,
         2
@@ -433,13 +361,13 @@ async fn after_a_redis_restart_new_jobs_run_or_the_process_exits_non_zero() {
     let db = TestDb::migrated().await;
     let mut private = PrivateRedis::start();
     let url = private.url();
-    let mut w = Worker::start(&with(&env(&db, &url), "WORKER_MAX_RESTARTS", "5"));
+    let mut w = start_worker(&with(&env(&db, &url), "WORKER_MAX_RESTARTS", "5"));
     private.stop();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     private.restart();
     push(&url, canary("after-restart")).await;
     let ran = wait_runs(&url, "after-restart", 1, Duration::from_secs(20)).await == 1;
-    let exited = w.child.try_wait().expect("poll").map(|s| s.code());
+    let exited = w.exited();
     eprintln!("after the Redis restart: ran={ran}, exited={exited:?}");
     match (ran, exited) {
         (true, None) => {}
@@ -457,8 +385,8 @@ async fn two_processes_running_the_crons_make_one_sweep_per_tick() {
     let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
     let url = redis.url();
     let e = with(&env(&db, &url), "TOKEN_REFRESH_CRON", "*/2 * * * * *");
-    let _a = Worker::start(&e);
-    let _b = Worker::start(&with(&e, "METRICS_PORT", &free_port().to_string()));
+    let _a = start_worker(&e);
+    let _b = start_worker(&with(&e, "METRICS_PORT", &free_port().to_string()));
     tokio::time::sleep(Duration::from_millis(6500)).await;
     let mut c = connection(&url).await;
     let payloads: Vec<String> = c.hvals("token_refresh_sweep:data").await.expect("jobs");
@@ -486,7 +414,7 @@ async fn two_processes_running_the_crons_make_one_sweep_per_tick() {
 async fn the_dlq_cli_lists_redacted_replays_and_drains() {
     let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
     let url = redis.url();
-    let mut w = Worker::start(&env(&db, &url));
+    let mut w = start_worker(&env(&db, &url));
     for id in ["dead-1", "dead-2"] {
         push(
             &url,
@@ -578,4 +506,241 @@ async fn the_dlq_cli_lists_redacted_replays_and_drains() {
     assert!(dead_letters(&url).await.is_empty());
     w.signal("-TERM");
     assert_eq!(w.wait(Duration::from_secs(5)), Some(0));
+}
+
+async fn superuser_exec(db: &TestDb, sql: &str) {
+    use diesel_async::SimpleAsyncConnection;
+    db.superuser_conn()
+        .await
+        .batch_execute(sql)
+        .await
+        .expect("superuser sql");
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct AccountRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    needs_reauth: bool,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    expires_in_days: f64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    refreshed_secs_ago: f64,
+}
+
+async fn account_rows(db: &TestDb) -> Vec<AccountRow> {
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query(
+        "SELECT needs_reauth,
+                coalesce(extract(epoch FROM token_expires_at - now()) / 86400, -1)::float8 AS expires_in_days,
+                extract(epoch FROM now() - token_refreshed_at)::float8 AS refreshed_secs_ago
+         FROM instagram_accounts ORDER BY instagram_page_id",
+    )
+    .load(&mut db.superuser_conn().await)
+    .await
+    .expect("accounts")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_sweep_refreshes_due_tokens_and_flags_rejected_ones_for_reauth() {
+    use igsales_config::Secret;
+    use igsales_schema::accounts::{self, Connection};
+    use igsales_tests::fake_meta::{FakeAccount, FakeMeta, FakeMetaConfig};
+
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let url = redis.url();
+    let fake = FakeMeta::start(FakeMetaConfig::default()).await;
+    let app = db.app_db(2).await;
+    let vault = igsales_schema::Vault::new(
+        &igsales_config::parse_key_ring(&key_entry(1, 1)).expect("ring"),
+    );
+    let mut tokens = Vec::new();
+    for (page, name) in [
+        ("17841400000000001", "due"),
+        ("17841400000000002", "rejected"),
+        ("17841400000000003", "fresh"),
+    ] {
+        let account = FakeAccount {
+            user_id: page.into(),
+            app_scoped_id: "1".into(),
+            username: name.into(),
+        };
+        let token = fake.issue_long_lived_token(&account);
+        let m = igsales_schema::MerchantId::new_random();
+        let (v, t, p) = (&vault, Secret::new(token.clone()), page.to_owned());
+        app.as_merchant(m, async move |c: &mut diesel_async::AsyncPgConnection| {
+            igsales_schema::merchants::create(c, m, "Shop", None)
+                .await
+                .map_err(igsales_schema::DbError::from)?;
+            accounts::connect(
+                c,
+                v,
+                m,
+                &Connection {
+                    instagram_page_id: &p,
+                    instagram_user_id: None,
+                    username: "shop",
+                    token: &t,
+                    expires_at: chrono::Utc::now() + chrono::Duration::days(5),
+                },
+            )
+            .await
+        })
+        .await
+        .expect("seed account");
+        tokens.push((m, page.to_owned(), token));
+    }
+    fake.expire_token(&tokens[1].2);
+    // Two of them were last refreshed two days ago; the third just now (too young to refresh).
+    superuser_exec(&db, "UPDATE instagram_accounts SET token_refreshed_at = now() - interval '2 days', connected_at = now() - interval '30 days'
+                        WHERE instagram_page_id IN ('17841400000000001', '17841400000000002')").await;
+
+    let e = with(
+        &with(&env(&db, &url), "TOKEN_REFRESH_CRON", "* * * * * *"),
+        "GRAPH_API_BASE_URL",
+        &fake.base_url(),
+    );
+    let _w = start_worker(&e);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let rows = loop {
+        let rows = account_rows(&db).await;
+        if (rows[0].expires_in_days > 50.0 && rows[1].needs_reauth) || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        rows[0].expires_in_days > 59.0 && !rows[0].needs_reauth,
+        "{rows:?}"
+    );
+    assert!(rows[0].refreshed_secs_ago < 30.0, "{rows:?}");
+    assert!(rows[1].needs_reauth, "{rows:?}");
+    assert!(
+        rows[2].expires_in_days < 6.0 && !rows[2].needs_reauth,
+        "too young to refresh: {rows:?}"
+    );
+
+    // The stored token is the one Meta issued on refresh, encrypted.
+    let (m, page, old) = tokens[0].clone();
+    let v = &vault;
+    let now_token = app
+        .as_merchant(m, async move |c: &mut diesel_async::AsyncPgConnection| {
+            accounts::token(c, v, m, &page).await
+        })
+        .await
+        .expect("decrypts");
+    assert_ne!(now_token.expose(), old);
+    assert!(
+        fake.issued_tokens()
+            .contains(&now_token.expose().to_owned())
+    );
+
+    let mut c = connection(&url).await;
+    let raws: Vec<String> = c.lrange("dlq:refresh_token", 0, -1).await.expect("dlq");
+    let letters: Vec<DeadLetter> = raws
+        .iter()
+        .map(|r| serde_json::from_str(r).expect("record"))
+        .collect();
+    assert!(
+        !letters.is_empty(),
+        "the rejected token leaves a dead letter"
+    );
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.reason == igsales_jobs::DeadReason::NeedsReauth && l.attempts == 1)
+    );
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.payload["instagram_account_id"] == "17841400000000002")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn housekeeping_applies_retention_and_caps_the_dead_letter_lists() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let url = redis.url();
+    let m = uuid::Uuid::new_v4();
+    superuser_exec(&db, &format!(
+        "INSERT INTO merchants (id, name) VALUES ('{m}', 'Shop');
+         INSERT INTO webhook_events (merchant_id, event_id, kind, instagram_page_id, received_at) VALUES
+           ('{m}', 'message:old', 'message', '1', now() - interval '3 days'),
+           ('{m}', 'message:new', 'message', '1', now());"
+    )).await;
+    let mut c = connection(&url).await;
+    for i in 0..5 {
+        let _: () = c
+            .lpush("dlq:canary", format!("{{\"n\":{i}}}"))
+            .await
+            .expect("lpush");
+    }
+    let long_ago = now_ms() / 1000 - 3 * 86_400;
+    let _: () = redis::pipe()
+        .sadd("canary:done", "old-task")
+        .ignore()
+        .hset("canary:data", "old-task", "{}")
+        .ignore()
+        .hset("canary:meta:old-task", "done_at", long_ago)
+        .ignore()
+        .sadd("canary:done", "new-task")
+        .ignore()
+        .hset("canary:data", "new-task", "{}")
+        .ignore()
+        .hset("canary:meta:new-task", "done_at", now_ms() / 1000)
+        .ignore()
+        .query_async(&mut c)
+        .await
+        .expect("seed apalis sets");
+
+    let mut e = with(&env(&db, &url), "HOUSEKEEPING_CRON", "* * * * * *");
+    e = with(&e, "RETENTION_DAYS", "1");
+    e = with(&e, "DLQ_MAX_LEN", "2");
+    let _w = start_worker(&e);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let len: usize = c.llen("dlq:canary").await.expect("llen");
+        let old: bool = c.hexists("canary:data", "old-task").await.expect("hexists");
+        if (len == 2 && !old) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        c.llen::<_, usize>("dlq:canary").await.expect("llen"),
+        2,
+        "capped at DLQ_MAX_LEN, newest kept"
+    );
+    let newest: String = c.lindex("dlq:canary", 0).await.expect("lindex");
+    assert_eq!(newest, "{\"n\":4}");
+    assert!(
+        !c.hexists::<_, _, bool>("canary:data", "old-task")
+            .await
+            .expect("hexists")
+    );
+    assert!(
+        !c.sismember::<_, _, bool>("canary:done", "old-task")
+            .await
+            .expect("sismember")
+    );
+    assert!(
+        c.hexists::<_, _, bool>("canary:data", "new-task")
+            .await
+            .expect("hexists"),
+        "recent results stay"
+    );
+
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        event_id: String,
+    }
+    use diesel_async::RunQueryDsl;
+    let left: Vec<Id> = diesel::sql_query("SELECT event_id FROM webhook_events")
+        .load(&mut db.superuser_conn().await)
+        .await
+        .expect("events");
+    assert_eq!(
+        left.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(),
+        ["message:new"]
+    );
 }

@@ -344,6 +344,21 @@ impl FakeMeta {
     }
 
     /// Every access token handed out, short- and long-lived, in order.
+    /// A long-lived token for `account` with the messaging permissions, as if it had connected
+    /// earlier: tests that start from a connected account store this one.
+    pub fn issue_long_lived_token(&self, account: &FakeAccount) -> String {
+        let mut state = self.inner.shared.state();
+        server::issue(
+            &mut state,
+            TokenKind::LongLived,
+            account,
+            &[
+                "instagram_business_basic".to_owned(),
+                "instagram_business_manage_messages".to_owned(),
+            ],
+        )
+    }
+
     pub fn issued_tokens(&self) -> Vec<String> {
         self.state().issued.clone()
     }

@@ -415,7 +415,7 @@ fn bare_integer(id: &str) -> String {
     }
 }
 
-fn issue(
+pub(crate) fn issue(
     state: &mut State,
     kind: TokenKind,
     account: &FakeAccount,

@@ -1,0 +1,88 @@
+//! A service binary (ingress, worker) running as a child process for a test.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Process {
+    pub child: Child,
+    /// The port that answers once the process is up.
+    pub port: u16,
+}
+
+impl Process {
+    /// Starts `bin args` with exactly `env` (plus PATH) and waits until `port` accepts.
+    pub fn start(bin: &str, args: &[&str], env: &[(&'static str, String)], port: u16) -> Process {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Ok(path) = std::env::var("PATH") {
+            cmd.env("PATH", path);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut p = Process {
+            child: cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}")),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !p.ready() {
+            assert!(
+                p.child.try_wait().expect("poll").is_none(),
+                "{bin} exited at start"
+            );
+            assert!(Instant::now() < deadline, "{bin} did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
+    pub fn ready(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
+    /// `kill -TERM` / `kill -KILL` …
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// Waits for the process to end; its exit code (None: ended by a signal).
+    pub fn wait(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().expect("poll").map(|s| s.code())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
