@@ -10,10 +10,12 @@ pub mod delivery;
 mod inbound;
 pub mod queue;
 pub mod redis_conn;
+mod send;
 mod tokens;
 
 pub use canary::{CanaryFailure, CanaryV1};
 pub use delivery::{DeadLetter, DeadReason, Delivery, dlq_key};
 pub use inbound::InboundEventV1;
 pub use queue::{Job, JobQueue};
+pub use send::SendMessageV1;
 pub use tokens::{HousekeepingV1, RefreshTokenV1, TokenRefreshSweepV1};

@@ -117,6 +117,11 @@ struct Answer {
 
 fn transport(e: ureq::Error) -> MetaError {
     match e {
+        // Before the request was written nothing reached Meta: safe to retry. Any later
+        // timeout leaves the outcome unknown.
+        ureq::Error::Timeout(ureq::Timeout::Resolve | ureq::Timeout::Connect) => {
+            MetaError::Transport("connect timeout".to_owned())
+        }
         ureq::Error::Timeout(_) => MetaError::Timeout,
         // The error text names the host at most, never the query (which holds tokens).
         ureq::Error::Io(io) => MetaError::Transport(io.kind().to_string()),
@@ -224,6 +229,7 @@ impl MetaClient {
     pub fn new(cfg: MetaClientConfig) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(cfg.timeout))
+            .timeout_connect(Some(cfg.timeout.min(Duration::from_secs(3))))
             .http_status_as_error(false)
             .max_redirects(0)
             .user_agent("igsales/1")
@@ -365,6 +371,37 @@ impl MetaClient {
                     .send_empty(),
             )?;
             success(decode(a)?)
+        })
+        .await
+    }
+
+    /// Sends one text message through the Send API; Meta's `message_id` on success.
+    pub async fn send_text(
+        &self,
+        token: &Secret,
+        recipient: &str,
+        text: &str,
+    ) -> Result<String, MetaError> {
+        #[derive(Deserialize)]
+        struct Sent {
+            message_id: String,
+        }
+        let token = token.clone();
+        let body = serde_json::json!({
+            "recipient": { "id": recipient },
+            "message": { "text": text },
+        });
+        self.call(move |agent, cfg| {
+            let url = format!("{}/{}/me/messages", cfg.graph_base, cfg.version);
+            let a = answer(
+                agent
+                    .post(&url)
+                    .header("Authorization", &format!("Bearer {}", token.expose()))
+                    .header("Content-Type", "application/json")
+                    .send(body.to_string().as_bytes()),
+            )?;
+            let sent: Sent = decode(a)?;
+            Ok(sent.message_id)
         })
         .await
     }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod ids;
+pub mod media;
 pub mod signature;
 pub mod signed_request;
 pub mod webhook;

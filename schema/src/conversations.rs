@@ -3,7 +3,11 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use crate::schema::conversations;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::db::MerchantId;
+use crate::schema::{conversations, messages};
 
 /// Deletes every conversation of one connected account (messages and outbound rows go with
 /// them, by cascade). Returns how many conversations went.
@@ -25,5 +29,211 @@ pub async fn delete_for_customer(
 ) -> QueryResult<usize> {
     diesel::delete(conversations::table.filter(conversations::customer_igsid.eq(customer_igsid)))
         .execute(conn)
+        .await
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = conversations)]
+pub struct Conversation {
+    pub id: Uuid,
+    pub needs_human: bool,
+    pub paused_until: Option<DateTime<Utc>>,
+    pub last_customer_message_at: Option<DateTime<Utc>>,
+}
+
+/// The conversation between an account and a customer, created on first contact.
+pub async fn upsert(
+    conn: &mut AsyncPgConnection,
+    merchant: MerchantId,
+    account: &str,
+    customer: &str,
+) -> QueryResult<Conversation> {
+    diesel::insert_into(conversations::table)
+        .values((
+            conversations::merchant_id.eq(merchant.0),
+            conversations::instagram_page_id.eq(account),
+            conversations::customer_igsid.eq(customer),
+        ))
+        .on_conflict((
+            conversations::merchant_id,
+            conversations::instagram_page_id,
+            conversations::customer_igsid,
+        ))
+        .do_update()
+        .set(conversations::updated_at.eq(diesel::dsl::now))
+        .returning(Conversation::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Moves the conversation's clock by an event's own time (never backwards: events may arrive
+/// out of order).
+pub async fn note_customer_message(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    at: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "UPDATE conversations SET
+           last_customer_message_at = greatest(coalesce(last_customer_message_at, $2), $2),
+           last_event_at = greatest(coalesce(last_event_at, $2), $2),
+           updated_at = now()
+         WHERE id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .bind::<diesel::sql_types::Timestamptz, _>(at)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Flags the conversation for a person; `true` only for the call that flipped it (so the
+/// hand-off message goes out once).
+pub async fn set_needs_human(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
+    let n = diesel::update(
+        conversations::table
+            .find(id)
+            .filter(conversations::needs_human.eq(false)),
+    )
+    .set((
+        conversations::needs_human.eq(true),
+        conversations::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+/// A person answered from the Instagram app: the assistant stays quiet until `until`.
+pub async fn pause(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    until: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(conversations::table.find(id))
+        .set((
+            conversations::paused_until.eq(until),
+            conversations::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Hands the conversation back to the assistant: clears `needs_human` and any pause.
+pub async fn resume(conn: &mut AsyncPgConnection, customer: &str) -> QueryResult<usize> {
+    diesel::update(conversations::table.filter(conversations::customer_igsid.eq(customer)))
+        .set((
+            conversations::needs_human.eq(false),
+            conversations::paused_until.eq(None::<DateTime<Utc>>),
+            conversations::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await
+}
+
+/// One stored message.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    pub conversation: Uuid,
+    pub mid: &'a str,
+    pub direction: &'a str,
+    pub author: &'a str,
+    pub text: Option<&'a str>,
+    pub attachments: serde_json::Value,
+    pub sent_at: DateTime<Utc>,
+}
+
+pub async fn add_message(
+    conn: &mut AsyncPgConnection,
+    merchant: MerchantId,
+    m: &NewMessage<'_>,
+) -> QueryResult<bool> {
+    let n = diesel::insert_into(messages::table)
+        .values((
+            messages::merchant_id.eq(merchant.0),
+            messages::conversation_id.eq(m.conversation),
+            messages::mid.eq(m.mid),
+            messages::direction.eq(m.direction),
+            messages::author.eq(m.author),
+            messages::text.eq(m.text),
+            messages::attachments.eq(&m.attachments),
+            messages::sent_at.eq(m.sent_at),
+        ))
+        .on_conflict((messages::merchant_id, messages::mid))
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}
+
+/// The customer deleted a message: its text goes too.
+pub async fn delete_message(conn: &mut AsyncPgConnection, mid: &str) -> QueryResult<()> {
+    diesel::update(messages::table.filter(messages::mid.eq(mid)))
+        .set((
+            messages::is_deleted.eq(true),
+            messages::text.eq(None::<String>),
+            messages::attachments.eq(serde_json::json!([])),
+            messages::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// An edit replaces the text, unless a later edit is already stored.
+pub async fn edit_message(
+    conn: &mut AsyncPgConnection,
+    mid: &str,
+    text: &str,
+    num_edit: i32,
+) -> QueryResult<()> {
+    diesel::update(
+        messages::table
+            .filter(messages::mid.eq(mid))
+            .filter(messages::edit_count.lt(num_edit))
+            .filter(messages::is_deleted.eq(false)),
+    )
+    .set((
+        messages::text.eq(text),
+        messages::edit_count.eq(num_edit),
+        messages::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// The last `limit` messages with text, oldest first, as (author, text, sent_at).
+pub async fn recent_messages(
+    conn: &mut AsyncPgConnection,
+    conversation: Uuid,
+    limit: i64,
+) -> QueryResult<Vec<(String, String, DateTime<Utc>)>> {
+    let mut rows: Vec<(String, Option<String>, DateTime<Utc>)> = messages::table
+        .filter(messages::conversation_id.eq(conversation))
+        .filter(messages::is_deleted.eq(false))
+        .filter(messages::text.is_not_null())
+        .order(messages::sent_at.desc())
+        .limit(limit)
+        .select((messages::author, messages::text, messages::sent_at))
+        .load(conn)
+        .await?;
+    rows.reverse();
+    Ok(rows
+        .into_iter()
+        .filter_map(|(a, t, s)| t.map(|t| (a, t, s)))
+        .collect())
+}
+
+/// The newest customer message time of the conversation (by the events' own timestamps).
+pub async fn latest_customer_message(
+    conn: &mut AsyncPgConnection,
+    conversation: Uuid,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    conversations::table
+        .find(conversation)
+        .select(conversations::last_customer_message_at)
+        .first(conn)
         .await
 }

@@ -58,3 +58,15 @@ pub async fn delete_received_before(
         .execute(conn)
         .await
 }
+
+/// Whether a recorded event was fully handled (a crash between recording and finishing leaves
+/// it unprocessed, and the retry then finishes it).
+pub async fn is_processed(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<bool> {
+    let at: Option<Option<DateTime<Utc>>> = we::table
+        .filter(we::event_id.eq(event_id))
+        .select(we::processed_at)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(matches!(at, Some(Some(_))))
+}

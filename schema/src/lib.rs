@@ -10,6 +10,7 @@ pub mod deletion;
 pub mod events;
 pub mod merchants;
 pub mod migrate;
+pub mod outbound;
 pub mod products;
 pub mod schema;
 pub mod vault;

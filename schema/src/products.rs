@@ -88,3 +88,47 @@ pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Product>> {
         .load(conn)
         .await
 }
+
+pub async fn count(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    products::table.count().get_result(conn).await
+}
+
+/// Products relevant to `words`: the most matches in name and SKU (then description) first.
+pub async fn search(
+    conn: &mut AsyncPgConnection,
+    words: &[String],
+    limit: i64,
+) -> QueryResult<Vec<Product>> {
+    if words.is_empty() {
+        return Ok(Vec::new());
+    }
+    let patterns: Vec<String> = words
+        .iter()
+        .map(|w| {
+            format!(
+                "%{}%",
+                w.replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            )
+        })
+        .collect();
+    // The same score expression filters, orders and limits in Postgres: a large catalog is
+    // never loaded whole.
+    let score = || {
+        diesel::dsl::sql::<diesel::sql_types::Integer>(
+            "(SELECT coalesce(sum(CASE WHEN products.name ILIKE p OR products.sku ILIKE p THEN 2
+                                      WHEN products.description ILIKE p THEN 1 ELSE 0 END), 0)::int
+              FROM unnest(",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(patterns.clone())
+        .sql(") AS p)")
+    };
+    products::table
+        .filter(score().gt(0))
+        .order((score().desc(), products::sku))
+        .limit(limit)
+        .select(Product::as_select())
+        .load(conn)
+        .await
+}

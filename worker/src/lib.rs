@@ -4,8 +4,11 @@ pub mod catalog;
 pub mod cli;
 mod commands;
 pub mod dlq;
+mod graph;
 mod handlers;
 mod keys;
+pub mod llm;
+pub mod reply;
 pub mod runtime;
 
 use std::process::ExitCode;

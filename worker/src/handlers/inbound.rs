@@ -1,32 +1,127 @@
-//! `inbound_event`: records the event under its merchant (the UNIQUE `(merchant_id, event_id)`
-//! absorbs a duplicate the ingress's claim let through).
+//! `inbound_event`: record the event, update the conversation, and answer when it is ours to
+//! answer (SPEC §5.1–5.3).
+//!
+//! Idempotent: the event row (UNIQUE `(merchant_id, event_id)`) is written in the same
+//! transaction as the conversation changes, and marked processed only once its reply parts are
+//! stored and their sends enqueued. A re-run of a processed event does nothing; a re-run of an
+//! unfinished one reuses the parts already stored (so the model is not asked twice) and pushes
+//! their sends again, which the parts' own status makes harmless.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use diesel_async::AsyncPgConnection;
-use igsales_jobs::InboundEventV1;
+use igsales_jobs::{DeadReason, InboundEventV1, JobQueue, SendMessageV1};
+use igsales_meta::IdString;
+use igsales_meta::webhook::EventKind;
+use igsales_schema::conversations::{self, Conversation, NewMessage};
 use igsales_schema::events::{self, NewEvent};
-use igsales_schema::{DbError, MerchantId};
+use igsales_schema::outbound::{self, Outbound};
+use igsales_schema::{DbError, MerchantId, merchants, products};
+use serde::Deserialize;
+use uuid::Uuid;
 
+use crate::reply::{self, HANDOFF_MARKER};
 use crate::runtime::Shared;
 use crate::runtime::outcome::JobError;
 
-/// The event's own time (`timestamp`, ms), which orders a conversation — not arrival.
-fn event_time(job: &InboundEventV1) -> Option<DateTime<Utc>> {
-    #[derive(serde::Deserialize)]
-    struct Stamp {
-        timestamp: Option<i64>,
-    }
-    let ms = serde_json::from_str::<Stamp>(job.event.get())
-        .ok()
-        .and_then(|s| s.timestamp)
-        .or(job.entry_time_ms)?;
-    DateTime::from_timestamp_millis(ms)
+pub const REPLIES: &str = "igsales_replies_total";
+/// Meta's messaging window after the customer's last message.
+const WINDOW: ChronoDuration = ChronoDuration::hours(24);
+const HISTORY: i64 = 12;
+
+#[derive(Deserialize)]
+struct Party {
+    id: IdString,
+}
+
+#[derive(Deserialize, Default)]
+struct Message {
+    #[serde(default)]
+    mid: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    attachments: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Postback {
+    #[serde(default)]
+    mid: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    payload: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Edit {
+    mid: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    num_edit: Option<i32>,
+}
+
+/// The parts of a messaging event this handler reads.
+#[derive(Deserialize)]
+struct Event {
+    #[serde(default)]
+    sender: Option<Party>,
+    #[serde(default)]
+    recipient: Option<Party>,
+    #[serde(default)]
+    timestamp: Option<i64>,
+    #[serde(default)]
+    message: Option<Message>,
+    #[serde(default)]
+    postback: Option<Postback>,
+    #[serde(default)]
+    message_edit: Option<Edit>,
+}
+
+/// What the transaction decided should happen next.
+enum Next {
+    Nothing,
+    /// Send the merchant's hand-off message (the conversation just got flagged).
+    Handoff {
+        conversation: Uuid,
+        customer: String,
+        text: String,
+        at: DateTime<Utc>,
+    },
+    /// Ask the model, then send its answer.
+    Reply(Box<ReplyPlan>),
+    /// The customer's message is older than the 24-hour window: never answered.
+    WindowExpired,
+}
+
+struct ReplyPlan {
+    conversation: Uuid,
+    customer: String,
+    at: DateTime<Utc>,
+    persona: String,
+    products: Vec<products::Product>,
+    history: Vec<(String, String)>,
+    text: String,
+}
+
+fn when(job: &InboundEventV1, ev: &Event) -> DateTime<Utc> {
+    ev.timestamp
+        .or(job.entry_time_ms)
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or(job.received_at)
 }
 
 pub async fn run(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
     let merchant = MerchantId(job.merchant_id);
-    let when = event_time(&job);
-    let recorded = shared
+    let ev: Event = serde_json::from_str(job.event.get())
+        .map_err(|e| JobError::permanent(anyhow::anyhow!("unreadable event: {e}")))?;
+    let at = when(&job, &ev);
+    let now = Utc::now();
+    let takeover = ChronoDuration::from_std(shared.settings.human_takeover)
+        .unwrap_or(ChronoDuration::hours(12));
+
+    let next = shared
         .db
         .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
             let fresh = events::record(
@@ -36,19 +131,314 @@ pub async fn run(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
                     event_id: &job.event_id,
                     kind: job.kind.as_str(),
                     instagram_page_id: &job.instagram_account_id,
-                    event_time: when,
+                    event_time: Some(at),
                     received_at: job.received_at,
                 },
             )
             .await?;
-            if fresh {
+            if !fresh && events::is_processed(c, &job.event_id).await? {
+                return Ok::<_, DbError>(None);
+            }
+            let account = job.instagram_account_id.as_str();
+            let customer_of = |p: &Option<Party>| p.as_ref().map(|p| p.id.0.clone());
+            let next = match job.kind {
+                EventKind::Message | EventKind::Postback => {
+                    let Some(customer) = customer_of(&ev.sender).filter(|c| c != account) else {
+                        return Ok(Some(Next::Nothing));
+                    };
+                    let (mid, text, attachments) = match (&ev.message, &ev.postback) {
+                        (Some(m), _) => (
+                            m.mid.clone().unwrap_or_else(|| job.event_id.clone()),
+                            m.text.clone(),
+                            m.attachments.clone(),
+                        ),
+                        (None, Some(p)) => (
+                            p.mid.clone().unwrap_or_else(|| job.event_id.clone()),
+                            p.title.clone().or_else(|| p.payload.clone()),
+                            None,
+                        ),
+                        (None, None) => return Ok(Some(Next::Nothing)),
+                    };
+                    let conv: Conversation = conversations::upsert(c, merchant, account, &customer).await?;
+                    conversations::add_message(
+                        c,
+                        merchant,
+                        &NewMessage {
+                            conversation: conv.id,
+                            mid: &mid,
+                            direction: "inbound",
+                            author: "customer",
+                            text: text.as_deref(),
+                            attachments: attachments.unwrap_or_else(|| serde_json::json!([])),
+                            sent_at: at,
+                        },
+                    )
+                    .await?;
+                    conversations::note_customer_message(c, conv.id, at).await?;
+                    let Some(shop) = merchants::find(c, merchant).await? else {
+                        return Ok(Some(Next::Nothing));
+                    };
+                    let text = text.unwrap_or_default();
+                    if reply::asks_for_human(&text) {
+                        if conversations::set_needs_human(c, conv.id).await? {
+                            Next::Handoff { conversation: conv.id, customer, text: shop.handoff_message, at }
+                        } else {
+                            Next::Nothing
+                        }
+                    } else if !shop.ai_enabled
+                        || conv.needs_human
+                        || conv.paused_until.is_some_and(|p| p > now)
+                        || text.trim().is_empty()
+                    {
+                        Next::Nothing
+                    } else if now - at > WINDOW {
+                        Next::WindowExpired
+                    } else if conv.last_customer_message_at.is_some_and(|latest| latest > at) {
+                        // A newer message exists: that one gets the answer.
+                        Next::Nothing
+                    } else {
+                        let count = products::count(c).await?;
+                        let products = if count <= reply::SMALL_CATALOG {
+                            products::list(c).await?
+                        } else {
+                            products::search(c, &reply::search_words(&text), reply::RELEVANT_PRODUCTS).await?
+                        };
+                        let history: Vec<(String, String)> = conversations::recent_messages(c, conv.id, HISTORY + 1)
+                            .await?
+                            .into_iter()
+                            .filter(|(_, _, sent)| *sent < at)
+                            .map(|(a, t, _)| (a, t))
+                            .collect();
+                        Next::Reply(Box::new(ReplyPlan {
+                            conversation: conv.id,
+                            customer,
+                            at,
+                            persona: shop.persona,
+                            products,
+                            history,
+                            text,
+                        }))
+                    }
+                }
+                EventKind::Echo => {
+                    let Some(customer) = customer_of(&ev.recipient) else {
+                        return Ok(Some(Next::Nothing));
+                    };
+                    let message = ev.message.as_ref();
+                    let mid = message.and_then(|m| m.mid.clone()).unwrap_or_else(|| job.event_id.clone());
+                    let text = message.and_then(|m| m.text.clone());
+                    let conv = conversations::upsert(c, merchant, account, &customer).await?;
+                    let ours = outbound::confirm_echo(c, &customer, &mid, text.as_deref()).await?;
+                    conversations::add_message(
+                        c,
+                        merchant,
+                        &NewMessage {
+                            conversation: conv.id,
+                            mid: &mid,
+                            direction: "outbound",
+                            author: if ours { "assistant" } else { "human" },
+                            text: text.as_deref(),
+                            attachments: message
+                                .and_then(|m| m.attachments.clone())
+                                .unwrap_or_else(|| serde_json::json!([])),
+                            sent_at: at,
+                        },
+                    )
+                    .await?;
+                    if !ours {
+                        // Someone answered from the Instagram app: the assistant steps back.
+                        conversations::pause(c, conv.id, now + takeover).await?;
+                        tracing::info!(merchant.id = %merchant, conversation.id = %conv.id, "human took over the conversation");
+                    }
+                    Next::Nothing
+                }
+                EventKind::Deleted => {
+                    if let Some(mid) = ev.message.as_ref().and_then(|m| m.mid.as_deref()) {
+                        conversations::delete_message(c, mid).await?;
+                    }
+                    Next::Nothing
+                }
+                EventKind::Edit => {
+                    if let Some(e) = &ev.message_edit {
+                        conversations::edit_message(c, &e.mid, e.text.as_deref().unwrap_or(""), e.num_edit.unwrap_or(1)).await?;
+                    }
+                    Next::Nothing
+                }
+                _ => Next::Nothing,
+            };
+            if matches!(next, Next::Nothing | Next::WindowExpired) {
                 events::mark_processed(c, &job.event_id).await?;
             }
-            Ok::<_, DbError>(fresh)
+            Ok(Some(next))
         })
         .await?;
-    if !recorded {
-        tracing::debug!(merchant.id = %merchant, event.kind = job.kind.as_str(), "duplicate event absorbed");
+
+    match next {
+        None => Ok(()),
+        Some(Next::Nothing) => Ok(()),
+        Some(Next::WindowExpired) => {
+            metrics::counter!(REPLIES, "result" => "window_expired").increment(1);
+            Err(JobError::Dead(
+                DeadReason::WindowExpired,
+                anyhow::anyhow!("the customer's message is older than the 24-hour window"),
+            ))
+        }
+        Some(Next::Handoff {
+            conversation,
+            customer,
+            text,
+            at,
+        }) => {
+            metrics::counter!(REPLIES, "result" => "handoff").increment(1);
+            deliver(
+                shared,
+                &job,
+                merchant,
+                conversation,
+                &customer,
+                at,
+                vec![text],
+            )
+            .await
+        }
+        Some(Next::Reply(plan)) => answer(shared, &job, merchant, *plan).await,
     }
+}
+
+/// Asks the model (unless a previous run already stored the answer) and sends it.
+async fn answer(
+    shared: &Shared,
+    job: &InboundEventV1,
+    merchant: MerchantId,
+    plan: ReplyPlan,
+) -> Result<(), JobError> {
+    let event_id = job.event_id.clone();
+    let stored = shared
+        .db
+        .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
+            Ok::<_, DbError>(outbound::for_event(c, &event_id).await?)
+        })
+        .await?;
+    if !stored.is_empty() {
+        return enqueue(shared, job, merchant, &plan.customer, plan.at, stored).await;
+    }
+    let messages = reply::prompt(&plan.persona, &plan.products, &plan.history, &plan.text);
+    let text = shared
+        .llm
+        .complete(messages)
+        .await
+        .map_err(crate::llm::LlmError::into_job_error)?;
+    if text.contains(HANDOFF_MARKER) {
+        let conversation = plan.conversation;
+        let handoff = shared
+            .db
+            .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
+                let flipped = conversations::set_needs_human(c, conversation).await?;
+                let shop = merchants::find(c, merchant).await?;
+                Ok::<_, DbError>(flipped.then_some(shop.map(|s| s.handoff_message)).flatten())
+            })
+            .await?;
+        metrics::counter!(REPLIES, "result" => "handoff").increment(1);
+        return match handoff {
+            Some(t) => {
+                deliver(
+                    shared,
+                    job,
+                    merchant,
+                    conversation,
+                    &plan.customer,
+                    plan.at,
+                    vec![t],
+                )
+                .await
+            }
+            None => finish(shared, merchant, &job.event_id).await,
+        };
+    }
+    let parts = reply::split(&text);
+    if parts.is_empty() {
+        metrics::counter!(REPLIES, "result" => "empty").increment(1);
+        return finish(shared, merchant, &job.event_id).await;
+    }
+    metrics::counter!(REPLIES, "result" => "answered").increment(1);
+    deliver(
+        shared,
+        job,
+        merchant,
+        plan.conversation,
+        &plan.customer,
+        plan.at,
+        parts,
+    )
+    .await
+}
+
+/// Stores the parts (idempotently) and enqueues their sends.
+async fn deliver(
+    shared: &Shared,
+    job: &InboundEventV1,
+    merchant: MerchantId,
+    conversation: Uuid,
+    customer: &str,
+    at: DateTime<Utc>,
+    parts: Vec<String>,
+) -> Result<(), JobError> {
+    let (event_id, account) = (job.event_id.clone(), job.instagram_account_id.clone());
+    let customer_id = customer.to_owned();
+    let rows = shared
+        .db
+        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+            Ok::<_, DbError>(
+                outbound::create_parts(
+                    c,
+                    merchant,
+                    conversation,
+                    &event_id,
+                    &account,
+                    &customer_id,
+                    &parts,
+                )
+                .await?,
+            )
+        })
+        .await?;
+    enqueue(shared, job, merchant, customer, at, rows).await
+}
+
+async fn enqueue(
+    shared: &Shared,
+    job: &InboundEventV1,
+    merchant: MerchantId,
+    customer: &str,
+    at: DateTime<Utc>,
+    rows: Vec<Outbound>,
+) -> Result<(), JobError> {
+    let sends: Vec<SendMessageV1> = rows
+        .into_iter()
+        .filter(|r| r.status != "sent")
+        .map(|r| SendMessageV1 {
+            merchant_id: merchant.0,
+            instagram_account_id: job.instagram_account_id.clone(),
+            recipient_igsid: customer.to_owned(),
+            idempotency_key: r.idempotency_key,
+            window_closes_at: at + WINDOW,
+            delivery: Default::default(),
+        })
+        .collect();
+    JobQueue::<SendMessageV1>::new(shared.redis.clone())
+        .push_all(sends)
+        .await
+        .map_err(JobError::retry)?;
+    finish(shared, merchant, &job.event_id).await
+}
+
+async fn finish(shared: &Shared, merchant: MerchantId, event_id: &str) -> Result<(), JobError> {
+    let id = event_id.to_owned();
+    shared
+        .db
+        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+            Ok::<_, DbError>(events::mark_processed(c, &id).await?)
+        })
+        .await?;
     Ok(())
 }

@@ -31,7 +31,8 @@ use chrono::Utc;
 use futures::future::BoxFuture;
 use igsales_config::AppEnv;
 use igsales_jobs::{
-    CanaryV1, HousekeepingV1, InboundEventV1, Job, JobQueue, RefreshTokenV1, TokenRefreshSweepV1,
+    CanaryV1, HousekeepingV1, InboundEventV1, Job, JobQueue, RefreshTokenV1, SendMessageV1,
+    TokenRefreshSweepV1,
 };
 use igsales_meta::{MetaClient, MetaClientConfig};
 use igsales_schema::{Db, Vault};
@@ -45,6 +46,7 @@ pub use self::settings::{RunArgs, RunSettings};
 /// Every queue a worker process serves.
 pub const QUEUES: &[&str] = &[
     InboundEventV1::NAME,
+    SendMessageV1::NAME,
     RefreshTokenV1::NAME,
     TokenRefreshSweepV1::NAME,
     HousekeepingV1::NAME,
@@ -57,6 +59,8 @@ pub struct Shared {
     pub redis: ConnectionManager,
     pub vault: Vault,
     pub meta: MetaClient,
+    pub llm: crate::llm::LlmClient,
+    pub gate: crate::graph::GraphGate,
     pub settings: RunSettings,
 }
 
@@ -225,11 +229,21 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
                 settings.metrics_port
             )
         })?;
+    let llm = crate::llm::LlmClient::new(crate::llm::LlmConfig {
+        base_url: settings.openai_base_url.base().to_owned(),
+        model: settings.openai_model.clone(),
+        api_key: settings.openai_api_key.clone(),
+        max_tokens: settings.openai_max_tokens,
+        timeout: settings.openai_timeout,
+        max_concurrency: settings.openai_max_concurrency,
+    });
     let shared = Arc::new(Shared {
         vault: Vault::new(&settings.keys),
+        gate: crate::graph::GraphGate::new(redis.clone(), settings.graph_send_rate_per_sec),
         db,
         redis: redis.clone(),
         meta,
+        llm,
         settings,
     });
     let settings = &shared.settings;
@@ -289,6 +303,15 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         make(
             queue(settings.max_attempts_inbound_event),
             boxed(|j, s: Arc<Shared>| async move { crate::handlers::inbound::run(j, &s).await }),
+        ),
+        redis.clone(),
+        boot.clone(),
+    );
+    monitor = register(
+        monitor,
+        make(
+            queue(settings.max_attempts_send_message),
+            boxed(|j, s: Arc<Shared>| async move { crate::handlers::send::run(j, &s).await }),
         ),
         redis.clone(),
         boot.clone(),

@@ -45,6 +45,44 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     openai_model: String,
+    #[arg(
+        long,
+        env = "OPENAI_TIMEOUT_MS",
+        default_value = "30000",
+        hide_env_values = true
+    )]
+    openai_timeout_ms: String,
+    /// Model calls in flight at once (each holds a blocking thread while it waits).
+    #[arg(
+        long,
+        env = "OPENAI_MAX_CONCURRENCY",
+        default_value = "256",
+        hide_env_values = true
+    )]
+    openai_max_concurrency: String,
+    #[arg(
+        long,
+        env = "OPENAI_MAX_TOKENS",
+        default_value = "400",
+        hide_env_values = true
+    )]
+    openai_max_tokens: String,
+    /// How long a throttled merchant waits when Meta gives no regain time.
+    #[arg(
+        long,
+        env = "GRAPH_THROTTLE_WAIT_SECS",
+        default_value = "60",
+        hide_env_values = true
+    )]
+    graph_throttle_wait_secs: String,
+    /// The longest pause a regain time from Meta can impose before calls are tried again.
+    #[arg(
+        long,
+        env = "GRAPH_MAX_PAUSE_SECS",
+        default_value = "3600",
+        hide_env_values = true
+    )]
+    graph_max_pause_secs: String,
     /// The worker's /metrics, /healthz and /readyz.
     #[arg(
         long,
@@ -229,6 +267,11 @@ pub struct RunSettings {
     pub openai_api_key: Secret,
     pub openai_base_url: HttpUrl,
     pub openai_model: String,
+    pub openai_timeout: Duration,
+    pub openai_max_concurrency: usize,
+    pub openai_max_tokens: u32,
+    pub graph_throttle_wait: Duration,
+    pub graph_max_pause: Duration,
     pub metrics_port: u16,
     pub concurrency: usize,
     pub prefetch: usize,
@@ -315,6 +358,35 @@ impl RunArgs {
         let openai_model = c.value("OPENAI_MODEL", &self.openai_model, "a model name", |s| {
             Ok(s.to_owned())
         });
+        let openai_timeout = c.millis("OPENAI_TIMEOUT_MS", &self.openai_timeout_ms, 1, 600_000);
+        let openai_concurrency = c.value(
+            "OPENAI_MAX_CONCURRENCY",
+            &self.openai_max_concurrency,
+            "a count, 1–4096",
+            int(1usize, 4096),
+        );
+        let openai_tokens = c.value(
+            "OPENAI_MAX_TOKENS",
+            &self.openai_max_tokens,
+            "tokens, 16–4096",
+            int(16u32, 4096),
+        );
+        let throttle_wait = c
+            .value(
+                "GRAPH_THROTTLE_WAIT_SECS",
+                &self.graph_throttle_wait_secs,
+                "seconds, 1–3600",
+                int(1u64, 3600),
+            )
+            .map(Duration::from_secs);
+        let max_pause = c
+            .value(
+                "GRAPH_MAX_PAUSE_SECS",
+                &self.graph_max_pause_secs,
+                "seconds, 1–86400",
+                int(1u64, 86_400),
+            )
+            .map(Duration::from_secs);
         let metrics_port = c.value(
             "METRICS_PORT",
             &self.metrics_port,
@@ -493,6 +565,11 @@ impl RunArgs {
             openai_api_key: openai_api_key?,
             openai_base_url: openai_base_url?,
             openai_model: openai_model?,
+            openai_timeout: openai_timeout?,
+            openai_max_concurrency: openai_concurrency?,
+            openai_max_tokens: openai_tokens?,
+            graph_throttle_wait: throttle_wait?,
+            graph_max_pause: max_pause?,
             metrics_port: metrics_port?,
             concurrency: concurrency?,
             prefetch: prefetch?,

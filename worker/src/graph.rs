@@ -1,0 +1,80 @@
+//! Meta's limits, shared by every replica through Redis: a sliding one-second window per
+//! merchant and endpoint, and a pause per merchant when Meta says when access comes back
+//! (`X-Business-Use-Case-Usage`). Time comes from Redis's clock, so replicas agree.
+
+use std::time::Duration;
+
+use igsales_schema::MerchantId;
+use redis::aio::ConnectionManager;
+
+/// KEYS: the window. ARGV: limit, a unique member. Returns 0 (go) or the ms to wait.
+const WINDOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 1000)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], 2000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + 1000 - now)
+";
+
+#[derive(Clone)]
+pub struct GraphGate {
+    redis: ConnectionManager,
+    rate_per_sec: u32,
+    window: std::sync::Arc<redis::Script>,
+}
+
+fn pause_key(merchant: MerchantId) -> String {
+    format!("graph:pause:{merchant}")
+}
+
+impl GraphGate {
+    pub fn new(redis: ConnectionManager, rate_per_sec: u32) -> Self {
+        GraphGate {
+            redis,
+            rate_per_sec,
+            window: std::sync::Arc::new(redis::Script::new(WINDOW)),
+        }
+    }
+
+    /// `Ok(None)`: go ahead (and the call is counted). `Ok(Some(d))`: wait `d` first.
+    pub async fn admit(
+        &self,
+        merchant: MerchantId,
+        endpoint: &str,
+    ) -> redis::RedisResult<Option<Duration>> {
+        let mut redis = self.redis.clone();
+        let paused: i64 = redis::cmd("PTTL")
+            .arg(pause_key(merchant))
+            .query_async(&mut redis)
+            .await?;
+        if paused > 0 {
+            return Ok(Some(Duration::from_millis(paused as u64)));
+        }
+        let member = uuid::Uuid::new_v4().to_string();
+        let wait_ms: u64 = self
+            .window
+            .key(format!("ratelimit:{merchant}:{endpoint}"))
+            .arg(self.rate_per_sec)
+            .arg(member)
+            .invoke_async(&mut redis)
+            .await?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+
+    /// Meta said this merchant's access returns after `d`: every replica holds off until then.
+    pub async fn pause(&self, merchant: MerchantId, d: Duration) -> redis::RedisResult<()> {
+        let mut redis = self.redis.clone();
+        redis::cmd("SET")
+            .arg(pause_key(merchant))
+            .arg(1)
+            .arg("PX")
+            .arg(d.as_millis().max(1) as u64)
+            .query_async(&mut redis)
+            .await
+    }
+}

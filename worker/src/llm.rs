@@ -1,0 +1,165 @@
+//! The OpenAI-compatible chat-completions client: ureq on the blocking pool, bounded by a
+//! semaphore (slow model calls run side by side, never one after another), with timeouts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use igsales_config::Secret;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::runtime::outcome::JobError;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatMessage {
+    pub role: &'static str,
+    pub content: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    /// `OPENAI_BASE_URL`, e.g. `https://api.openai.com/v1` (no trailing `/`).
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Secret,
+    pub max_tokens: u32,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("the model did not answer in time")]
+    Timeout,
+    #[error("the model API could not be reached ({0})")]
+    Transport(String),
+    #[error("the model API answered HTTP {status}")]
+    Http {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("unexpected answer from the model API: {0}")]
+    Decode(String),
+}
+
+impl LlmError {
+    /// Rate limits, server errors and timeouts are retried like Graph calls; other client
+    /// errors are permanent.
+    pub fn into_job_error(self) -> JobError {
+        match self {
+            LlmError::Http {
+                status: 429,
+                retry_after,
+            } => JobError::RetryAfter(retry_after.unwrap_or(Duration::from_secs(1)), self.into()),
+            LlmError::Http { status, .. } if status >= 500 => JobError::Retry(self.into()),
+            LlmError::Http { .. } => JobError::permanent(self),
+            LlmError::Timeout | LlmError::Transport(_) | LlmError::Decode(_) => {
+                JobError::Retry(self.into())
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct LlmClient {
+    cfg: Arc<LlmConfig>,
+    agent: ureq::Agent,
+    permits: Arc<Semaphore>,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage],
+    max_tokens: u32,
+    temperature: f32,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    choices: Vec<Choice>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: Message,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+impl LlmClient {
+    pub fn new(cfg: LlmConfig) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(cfg.timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into();
+        let permits = Arc::new(Semaphore::new(cfg.max_concurrency.max(1)));
+        LlmClient {
+            cfg: Arc::new(cfg),
+            agent,
+            permits,
+        }
+    }
+
+    /// One chat completion; the assistant's text.
+    pub async fn complete(&self, messages: Vec<ChatMessage>) -> Result<String, LlmError> {
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| LlmError::Transport("client closed".into()))?;
+        let (agent, cfg) = (self.agent.clone(), self.cfg.clone());
+        tokio::task::spawn_blocking(move || {
+            let body = serde_json::to_vec(&Request {
+                model: &cfg.model,
+                messages: &messages,
+                max_tokens: cfg.max_tokens,
+                temperature: 0.3,
+            })
+            .map_err(|e| LlmError::Decode(e.to_string()))?;
+            let url = format!("{}/chat/completions", cfg.base_url);
+            let mut resp = agent
+                .post(&url)
+                .header("Authorization", &format!("Bearer {}", cfg.api_key.expose()))
+                .header("Content-Type", "application/json")
+                .send(&body[..])
+                .map_err(|e| match e {
+                    ureq::Error::Timeout(_) => LlmError::Timeout,
+                    ureq::Error::Io(io) => LlmError::Transport(io.kind().to_string()),
+                    _ => LlmError::Transport("request failed".into()),
+                })?;
+            let status = resp.status().as_u16();
+            if !(200..300).contains(&status) {
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
+                return Err(LlmError::Http {
+                    status,
+                    retry_after,
+                });
+            }
+            let parsed: Response = resp
+                .body_mut()
+                .read_json()
+                .map_err(|e| LlmError::Decode(e.to_string()))?;
+            parsed
+                .choices
+                .into_iter()
+                .next()
+                .and_then(|c| c.message.content)
+                .ok_or_else(|| LlmError::Decode("no choices[0].message.content".into()))
+        })
+        .await
+        .map_err(|_| LlmError::Transport("worker thread failed".into()))?
+    }
+}
