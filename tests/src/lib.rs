@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod db;
+pub mod fake_llm;
 pub mod fake_meta;
 pub mod process;
 pub mod redis;
