@@ -46,10 +46,127 @@ pub enum Command {
         #[command(subcommand)]
         action: CatalogCommand,
     },
+    /// Instagram tokens.
+    Tokens {
+        #[command(subcommand)]
+        action: TokensCommand,
+    },
+    /// Connected Instagram accounts.
+    Accounts {
+        #[command(subcommand)]
+        action: AccountsCommand,
+    },
+    /// Conversations.
+    Conversation {
+        #[command(subcommand)]
+        action: ConversationCommand,
+    },
     /// Dead-letter lists (`dlq:{job}`): inspect, replay, drain.
     Dlq {
         #[command(subcommand)]
         action: DlqCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    #[arg(long, env = "GRAPH_API_VERSION", hide_env_values = true)]
+    graph_api_version: Option<String>,
+    #[arg(
+        long,
+        env = "GRAPH_API_BASE_URL",
+        default_value = "https://graph.instagram.com",
+        hide_env_values = true
+    )]
+    graph_api_base_url: String,
+    #[arg(long, env = "META_HTTP_TIMEOUT_MS", default_value = "10000", hide_env_values = true)]
+    meta_http_timeout_ms: String,
+}
+
+impl GraphArgs {
+    fn check(&self, c: &mut Checker) -> Option<crate::admin::GraphSettings> {
+        let version = c.required(
+            "GRAPH_API_VERSION",
+            self.graph_api_version.as_deref(),
+            igsales_config::GraphVersion::FORM,
+            igsales_config::GraphVersion::parse,
+        );
+        let base_url = c.value(
+            "GRAPH_API_BASE_URL",
+            &self.graph_api_base_url,
+            igsales_config::HttpUrl::FORM,
+            igsales_config::HttpUrl::parse,
+        );
+        let timeout = c.millis("META_HTTP_TIMEOUT_MS", &self.meta_http_timeout_ms, 1, 120_000);
+        Some(crate::admin::GraphSettings {
+            version: version?,
+            base_url: base_url?,
+            timeout: timeout?,
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Enqueue token refreshes for one merchant's accounts, or for every account due.
+    #[command(group(ArgGroup::new("which").required(true).args(["merchant", "due"])))]
+    Refresh {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[arg(long)]
+        merchant: Option<MerchantId>,
+        #[arg(long)]
+        due: bool,
+        #[arg(long, env = "TOKEN_REFRESH_WINDOW_DAYS", default_value = "10", hide_env_values = true)]
+        token_refresh_window_days: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Subscribe the webhooks again (after Meta disabled them).
+    #[command(group(ArgGroup::new("which").required(true).args(["merchant", "all"])))]
+    Resubscribe {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+        #[command(flatten)]
+        graph: GraphArgs,
+        #[arg(long)]
+        merchant: Option<MerchantId>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Unsubscribe an account and delete its token.
+    Disconnect {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+        #[command(flatten)]
+        graph: GraphArgs,
+        #[arg(long)]
+        merchant: MerchantId,
+        /// The Instagram account id.
+        #[arg(long)]
+        account: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConversationCommand {
+    /// Clear `needs_human` and any takeover pause: the assistant answers again.
+    Resume {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        merchant: MerchantId,
+        /// The customer's Instagram-scoped id.
+        #[arg(long)]
+        customer: String,
     },
 }
 
@@ -239,6 +356,30 @@ pub enum Action {
         merchant: MerchantId,
         file: PathBuf,
     },
+    TokensRefresh {
+        db: DbSettings,
+        redis: RedisSettings,
+        merchant: Option<MerchantId>,
+        window: Duration,
+    },
+    AccountsResubscribe {
+        db: DbSettings,
+        keys: KeyRing,
+        graph: crate::admin::GraphSettings,
+        merchant: Option<MerchantId>,
+    },
+    AccountsDisconnect {
+        db: DbSettings,
+        keys: KeyRing,
+        graph: crate::admin::GraphSettings,
+        merchant: MerchantId,
+        account: String,
+    },
+    ConversationResume {
+        db: DbSettings,
+        merchant: MerchantId,
+        customer: String,
+    },
     DlqList {
         redis: RedisSettings,
         queue: String,
@@ -319,6 +460,93 @@ impl Cli {
                 db.check(&mut c)
                     .map(|db| Action::CatalogImport { db, merchant, file })
             }
+            Command::Tokens {
+                action:
+                    TokensCommand::Refresh {
+                        db,
+                        redis,
+                        merchant,
+                        due: _,
+                        token_refresh_window_days,
+                    },
+            } => {
+                let env = common.as_ref().map(|c| c.app_env);
+                let db = db.check(&mut c);
+                let redis = redis.check(&mut c, env);
+                let window = c.value(
+                    "TOKEN_REFRESH_WINDOW_DAYS",
+                    &token_refresh_window_days,
+                    "days, 1–59",
+                    |s| {
+                        s.parse::<u64>()
+                            .ok()
+                            .filter(|d| (1..=59).contains(d))
+                            .map(|d| Duration::from_secs(d * 86_400))
+                            .ok_or_else(String::new)
+                    },
+                );
+                (|| {
+                    Some(Action::TokensRefresh {
+                        db: db?,
+                        redis: redis?,
+                        merchant,
+                        window: window?,
+                    })
+                })()
+            }
+            Command::Accounts {
+                action:
+                    AccountsCommand::Resubscribe {
+                        db,
+                        keys,
+                        graph,
+                        merchant,
+                        all: _,
+                    },
+            } => {
+                let (db, keys, graph) = (db.check(&mut c), keys.check(&mut c), graph.check(&mut c));
+                (|| {
+                    Some(Action::AccountsResubscribe {
+                        db: db?,
+                        keys: keys?,
+                        graph: graph?,
+                        merchant,
+                    })
+                })()
+            }
+            Command::Accounts {
+                action:
+                    AccountsCommand::Disconnect {
+                        db,
+                        keys,
+                        graph,
+                        merchant,
+                        account,
+                    },
+            } => {
+                let (db, keys, graph) = (db.check(&mut c), keys.check(&mut c), graph.check(&mut c));
+                (|| {
+                    Some(Action::AccountsDisconnect {
+                        db: db?,
+                        keys: keys?,
+                        graph: graph?,
+                        merchant,
+                        account,
+                    })
+                })()
+            }
+            Command::Conversation {
+                action:
+                    ConversationCommand::Resume {
+                        db,
+                        merchant,
+                        customer,
+                    },
+            } => db.check(&mut c).map(|db| Action::ConversationResume {
+                db,
+                merchant,
+                customer,
+            }),
             Command::Dlq { action } => {
                 let env = common.as_ref().map(|c| c.app_env);
                 match action {

@@ -1,5 +1,6 @@
 //! The `worker` binary: the job pool (`worker run`) and the operators' command line.
 
+mod admin;
 pub mod catalog;
 pub mod cli;
 mod commands;
@@ -44,6 +45,30 @@ async fn run(action: Action) -> anyhow::Result<()> {
         Action::CatalogImport { db, merchant, file } => {
             commands::catalog_import(&db, merchant, &file).await
         }
+        Action::TokensRefresh {
+            db,
+            redis,
+            merchant,
+            window,
+        } => admin::tokens_refresh(&db, &redis, merchant, window).await,
+        Action::AccountsResubscribe {
+            db,
+            keys,
+            graph,
+            merchant,
+        } => admin::accounts_resubscribe(&db, &keys, &graph, merchant).await,
+        Action::AccountsDisconnect {
+            db,
+            keys,
+            graph,
+            merchant,
+            account,
+        } => admin::accounts_disconnect(&db, &keys, &graph, merchant, &account).await,
+        Action::ConversationResume {
+            db,
+            merchant,
+            customer,
+        } => admin::conversation_resume(&db, merchant, &customer).await,
         Action::DlqList {
             redis,
             queue,

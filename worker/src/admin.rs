@@ -1,0 +1,186 @@
+//! Operators' commands for tokens, accounts and conversations.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use chrono::Utc;
+use diesel_async::AsyncPgConnection;
+use igsales_config::{AppEnv, DbSettings, GraphVersion, HttpUrl, KeyRing, RedisSettings, Secret};
+use igsales_jobs::{JobQueue, RefreshTokenV1};
+use igsales_meta::{MetaClient, MetaClientConfig};
+use igsales_schema::accounts::{self, AccountError};
+use igsales_schema::{Db, DbError, MerchantId, Vault, conversations};
+
+/// The fields subscribed when an account connects (SPEC §4.2).
+const SUBSCRIBED_FIELDS: &str = "messages,messaging_postbacks,messaging_seen,message_reactions";
+
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    pub version: GraphVersion,
+    pub base_url: HttpUrl,
+    pub timeout: Duration,
+}
+
+fn meta_client(graph: &GraphSettings) -> MetaClient {
+    MetaClient::new(MetaClientConfig {
+        oauth_base: String::new(),
+        graph_base: graph.base_url.base().to_owned(),
+        version: graph.version.as_str().to_owned(),
+        client_id: String::new(),
+        client_secret: Secret::new(""),
+        timeout: graph.timeout,
+        max_concurrency: 4,
+    })
+}
+
+/// `tokens refresh`: enqueues `refresh_token` for one merchant's accounts or for all due.
+pub async fn tokens_refresh(
+    db: &DbSettings,
+    redis: &RedisSettings,
+    merchant: Option<MerchantId>,
+    window: Duration,
+) -> anyhow::Result<()> {
+    let db = Db::connect(db).await?;
+    let redis = igsales_jobs::redis_conn::connect(redis, AppEnv::Development).await?;
+    let targets: Vec<(MerchantId, String)> = match merchant {
+        Some(m) => db
+            .as_merchant(m, async move |c: &mut AsyncPgConnection| {
+                Ok::<_, DbError>(accounts::list(c).await?)
+            })
+            .await?
+            .into_iter()
+            .filter(|a| a.token_expires_at.is_some())
+            .map(|a| (m, a.instagram_page_id))
+            .collect(),
+        None => {
+            let now = Utc::now();
+            let window = chrono::Duration::from_std(window).context("window")?;
+            db.accounts_due_for_token_refresh(now + window, now - chrono::Duration::hours(24))
+                .await?
+        }
+    };
+    let jobs: Vec<RefreshTokenV1> = targets
+        .iter()
+        .map(|(m, account)| RefreshTokenV1 {
+            merchant_id: m.0,
+            instagram_account_id: account.clone(),
+            delivery: Default::default(),
+        })
+        .collect();
+    let n = jobs.len();
+    JobQueue::<RefreshTokenV1>::new(redis).push_all(jobs).await?;
+    println!("enqueued {n} refresh_token job(s)");
+    Ok(())
+}
+
+async fn connected(db: &Db, merchant: MerchantId) -> anyhow::Result<Vec<String>> {
+    Ok(db
+        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+            Ok::<_, DbError>(accounts::list(c).await?)
+        })
+        .await?
+        .into_iter()
+        .filter(|a| a.token_expires_at.is_some())
+        .map(|a| a.instagram_page_id)
+        .collect())
+}
+
+/// `accounts resubscribe`: subscribes the webhooks again (after Meta disabled them).
+pub async fn accounts_resubscribe(
+    db: &DbSettings,
+    keys: &KeyRing,
+    graph: &GraphSettings,
+    merchant: Option<MerchantId>,
+) -> anyhow::Result<()> {
+    let db = Db::connect(db).await?;
+    let vault = Vault::new(keys);
+    let meta = meta_client(graph);
+    let merchants = match merchant {
+        Some(m) => vec![m],
+        None => db.merchant_ids().await?,
+    };
+    let (mut done, mut failed) = (0, Vec::new());
+    for m in merchants {
+        for account in connected(&db, m).await? {
+            let (v, a) = (&vault, account.clone());
+            let token = db
+                .as_merchant(m, async move |c: &mut AsyncPgConnection| accounts::token(c, v, m, &a).await)
+                .await;
+            let result = match token {
+                Ok(t) => meta.subscribe(&t, SUBSCRIBED_FIELDS).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(()) => {
+                    done += 1;
+                    eprintln!("merchant {m} account {account}: subscribed");
+                }
+                Err(e) => {
+                    eprintln!("merchant {m} account {account}: failed: {e}");
+                    failed.push(format!("{m}/{account}"));
+                }
+            }
+        }
+    }
+    println!("resubscribed {done} account(s); {} failed", failed.len());
+    if !failed.is_empty() {
+        bail!("could not resubscribe: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// `accounts disconnect`: unsubscribes (best effort) and forgets the token.
+pub async fn accounts_disconnect(
+    db: &DbSettings,
+    keys: &KeyRing,
+    graph: &GraphSettings,
+    merchant: MerchantId,
+    account: &str,
+) -> anyhow::Result<()> {
+    let db = Db::connect(db).await?;
+    let vault = Vault::new(keys);
+    let (v, a) = (&vault, account.to_owned());
+    match db
+        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| accounts::token(c, v, merchant, &a).await)
+        .await
+    {
+        Ok(token) => {
+            if let Err(e) = meta_client(graph).unsubscribe(&token).await {
+                eprintln!("warning: unsubscribing at Meta failed ({e}); the token is deleted anyway");
+            }
+        }
+        Err(AccountError::NotFound) => {}
+        Err(e) => eprintln!("warning: the stored token is unusable ({e}); deleting it"),
+    }
+    let a = account.to_owned();
+    let found = db
+        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+            Ok::<_, DbError>(accounts::disconnect(c, &a).await?)
+        })
+        .await?;
+    if !found {
+        bail!("merchant {merchant} has no account {account}");
+    }
+    println!("disconnected account {account} of merchant {merchant}");
+    Ok(())
+}
+
+/// `conversation resume`: hands a conversation back to the assistant.
+pub async fn conversation_resume(
+    db: &DbSettings,
+    merchant: MerchantId,
+    customer: &str,
+) -> anyhow::Result<()> {
+    let db = Db::connect(db).await?;
+    let c2 = customer.to_owned();
+    let n = db
+        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+            Ok::<_, DbError>(conversations::resume(c, &c2).await?)
+        })
+        .await?;
+    if n == 0 {
+        bail!("merchant {merchant} has no conversation with {customer}");
+    }
+    println!("resumed {n} conversation(s) with {customer}: the assistant answers again");
+    Ok(())
+}
