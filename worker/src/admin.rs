@@ -68,7 +68,9 @@ pub async fn tokens_refresh(
         })
         .collect();
     let n = jobs.len();
-    JobQueue::<RefreshTokenV1>::new(redis).push_all(jobs).await?;
+    JobQueue::<RefreshTokenV1>::new(redis)
+        .push_all(jobs)
+        .await?;
     println!("enqueued {n} refresh_token job(s)");
     Ok(())
 }
@@ -104,10 +106,15 @@ pub async fn accounts_resubscribe(
         for account in connected(&db, m).await? {
             let (v, a) = (&vault, account.clone());
             let token = db
-                .as_merchant(m, async move |c: &mut AsyncPgConnection| accounts::token(c, v, m, &a).await)
+                .as_merchant(m, async move |c: &mut AsyncPgConnection| {
+                    accounts::token(c, v, m, &a).await
+                })
                 .await;
             let result = match token {
-                Ok(t) => meta.subscribe(&t, SUBSCRIBED_FIELDS).await.map_err(|e| e.to_string()),
+                Ok(t) => meta
+                    .subscribe(&t, SUBSCRIBED_FIELDS)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match result {
@@ -141,12 +148,16 @@ pub async fn accounts_disconnect(
     let vault = Vault::new(keys);
     let (v, a) = (&vault, account.to_owned());
     match db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| accounts::token(c, v, merchant, &a).await)
+        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+            accounts::token(c, v, merchant, &a).await
+        })
         .await
     {
         Ok(token) => {
             if let Err(e) = meta_client(graph).unsubscribe(&token).await {
-                eprintln!("warning: unsubscribing at Meta failed ({e}); the token is deleted anyway");
+                eprintln!(
+                    "warning: unsubscribing at Meta failed ({e}); the token is deleted anyway"
+                );
             }
         }
         Err(AccountError::NotFound) => {}

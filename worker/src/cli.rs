@@ -79,7 +79,12 @@ pub struct GraphArgs {
         hide_env_values = true
     )]
     graph_api_base_url: String,
-    #[arg(long, env = "META_HTTP_TIMEOUT_MS", default_value = "10000", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "META_HTTP_TIMEOUT_MS",
+        default_value = "10000",
+        hide_env_values = true
+    )]
     meta_http_timeout_ms: String,
 }
 
@@ -97,7 +102,12 @@ impl GraphArgs {
             igsales_config::HttpUrl::FORM,
             igsales_config::HttpUrl::parse,
         );
-        let timeout = c.millis("META_HTTP_TIMEOUT_MS", &self.meta_http_timeout_ms, 1, 120_000);
+        let timeout = c.millis(
+            "META_HTTP_TIMEOUT_MS",
+            &self.meta_http_timeout_ms,
+            1,
+            120_000,
+        );
         Some(crate::admin::GraphSettings {
             version: version?,
             base_url: base_url?,
@@ -119,7 +129,12 @@ pub enum TokensCommand {
         merchant: Option<MerchantId>,
         #[arg(long)]
         due: bool,
-        #[arg(long, env = "TOKEN_REFRESH_WINDOW_DAYS", default_value = "10", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "TOKEN_REFRESH_WINDOW_DAYS",
+            default_value = "10",
+            hide_env_values = true
+        )]
         token_refresh_window_days: String,
     },
 }

@@ -9,13 +9,20 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use chrono::Utc;
 use igsales_config::{AppEnv, RedisSettings};
-use igsales_jobs::{CanaryV1, DeadLetter, InboundEventV1, Job, JobQueue, dlq_key};
+use igsales_jobs::{
+    CanaryV1, DeadLetter, InboundEventV1, Job, JobQueue, RefreshTokenV1, SendMessageV1, dlq_key,
+};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 
 /// Queues whose dead letters can be pushed back.
-pub const REPLAYABLE: &[&str] = &[InboundEventV1::NAME, CanaryV1::NAME];
+pub const REPLAYABLE: &[&str] = &[
+    InboundEventV1::NAME,
+    SendMessageV1::NAME,
+    RefreshTokenV1::NAME,
+    CanaryV1::NAME,
+];
 
 /// The record as stored (kept verbatim so it can be removed exactly) and parsed.
 struct Stored {
@@ -129,6 +136,8 @@ async fn push_back(conn: &ConnectionManager, queue: &str, payload: &Value) -> an
     }
     match queue {
         InboundEventV1::NAME => typed::<InboundEventV1>(conn, payload).await,
+        SendMessageV1::NAME => typed::<SendMessageV1>(conn, payload).await,
+        RefreshTokenV1::NAME => typed::<RefreshTokenV1>(conn, payload).await,
         CanaryV1::NAME => typed::<CanaryV1>(conn, payload).await,
         other => bail!("dead letters of {other} cannot be replayed"),
     }

@@ -112,6 +112,8 @@ pub struct Recorded {
     pub body: String,
     /// Decoded fields of a urlencoded or multipart body, in order; empty otherwise.
     pub form: Vec<(String, String)>,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Recorded {

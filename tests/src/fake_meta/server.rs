@@ -226,6 +226,7 @@ fn record(req: &Req, endpoint: Endpoint) -> Recorded {
             .collect(),
         body: String::from_utf8_lossy(&req.body).into_owned(),
         form: req.form.clone(),
+        at: std::time::Instant::now(),
     }
 }
 

@@ -112,7 +112,33 @@ fn when(job: &InboundEventV1, ev: &Event) -> DateTime<Utc> {
         .unwrap_or(job.received_at)
 }
 
+/// Two runs of one event at once (a duplicate delivery raced the first) would both ask the
+/// model: a short lease in Redis makes the second wait and then find the event processed.
 pub async fn run(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
+    let lease = format!("lease:inbound_event:{}:{}", job.merchant_id, job.event_id);
+    let mut redis = shared.redis.clone();
+    let ttl_ms = shared.settings.job_timeout.as_millis().max(1000) as u64;
+    let won: Option<String> = redis::cmd("SET")
+        .arg(&lease)
+        .arg(1)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl_ms)
+        .query_async(&mut redis)
+        .await
+        .map_err(JobError::retry)?;
+    if won.is_none() {
+        return Err(JobError::Wait(
+            std::time::Duration::from_millis(500),
+            "event is being handled by another run",
+        ));
+    }
+    let result = handle(job, shared).await;
+    let _: Result<(), _> = redis::cmd("DEL").arg(&lease).query_async(&mut redis).await;
+    result
+}
+
+async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
     let merchant = MerchantId(job.merchant_id);
     let ev: Event = serde_json::from_str(job.event.get())
         .map_err(|e| JobError::permanent(anyhow::anyhow!("unreadable event: {e}")))?;

@@ -1,0 +1,681 @@
+//! The sales pipeline end to end in a running worker: inbound events → model → Graph sends,
+//! against real Postgres and Redis, the fake Meta and the fake LLM.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chrono::Utc;
+use diesel_async::AsyncPgConnection;
+use igsales_config::{Secret, parse_key_ring};
+use igsales_jobs::{DeadLetter, DeadReason, InboundEventV1, JobQueue};
+use igsales_meta::webhook::EventKind;
+use igsales_schema::accounts::{self, Connection};
+use igsales_schema::products::Product;
+use igsales_schema::{DbError, MerchantId, Vault, merchants, products};
+use igsales_tests::cli::{key_entry, run};
+use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig};
+use igsales_tests::fake_meta::{
+    Endpoint, Failure, FakeAccount, FakeMeta, FakeMetaConfig, webhook as wh,
+};
+use igsales_tests::process::{Process, free_port};
+use igsales_tests::{TestDb, TestRedis};
+use redis::AsyncCommands;
+
+const BIN: &str = env!("CARGO_BIN_EXE_worker");
+const PERSONA: &str = "Você é a Loja Azul: simpática, breve e honesta.";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Pipeline {
+    db: TestDb,
+    redis: TestRedis,
+    fake: FakeMeta,
+    llm: FakeLlm,
+    merchant: MerchantId,
+    account: String,
+    _worker: Process,
+}
+
+fn base_env(
+    db: &TestDb,
+    redis: &TestRedis,
+    fake: &FakeMeta,
+    llm: &FakeLlm,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", db.app_url()),
+        ("REDIS_URL", redis.url()),
+        ("ENCRYPTION_KEY", key_entry(1, 1)),
+        ("IG_APP_SECRET", "fake-ig-app-secret".into()),
+        ("GRAPH_API_VERSION", "v26.0".into()),
+        ("GRAPH_API_BASE_URL", fake.base_url()),
+        ("OPENAI_API_KEY", "test-llm-key".into()),
+        ("OPENAI_BASE_URL", llm.base_url()),
+        ("METRICS_PORT", free_port().to_string()),
+        ("WORKER_CONCURRENCY", "8".into()),
+        ("JOB_MAX_ATTEMPTS", "3".into()),
+        ("JOB_BACKOFF_BASE_MS", "50".into()),
+        ("JOB_BACKOFF_MAX_MS", "200".into()),
+        ("JOB_INPROCESS_WAIT_MAX_MS", "2500".into()),
+        ("WORKER_ORPHAN_TIMEOUT_SECS", "3".into()),
+        ("WORKER_POLL_INTERVAL_MS", "50".into()),
+        ("WORKER_SHUTDOWN_TIMEOUT_MS", "2000".into()),
+        ("META_HTTP_TIMEOUT_MS", "700".into()),
+        ("ECHO_CONFIRM_SECS", "2".into()),
+        ("GRAPH_THROTTLE_WAIT_SECS", "1".into()),
+        ("GRAPH_MAX_PAUSE_SECS", "1".into()),
+        ("TOKEN_REFRESH_CRON", "0 0 0 1 1 *".into()),
+        ("HOUSEKEEPING_CRON", "0 0 0 1 1 *".into()),
+        ("RUST_LOG", "info,apalis=warn".into()),
+    ]
+}
+
+fn with(
+    env: &[(&'static str, String)],
+    var: &'static str,
+    value: &str,
+) -> Vec<(&'static str, String)> {
+    let mut e: Vec<_> = env.iter().filter(|(k, _)| *k != var).cloned().collect();
+    e.push((var, value.to_owned()));
+    e
+}
+
+fn product(sku: &str, name: &str, price: &str, stock: i32) -> Product {
+    Product {
+        sku: sku.into(),
+        name: name.into(),
+        description: String::new(),
+        price: price.parse().expect("decimal"),
+        currency: Some("BRL".into()),
+        stock: Some(stock),
+        url: None,
+        image_url: None,
+    }
+}
+
+impl Pipeline {
+    async fn start(
+        adjust: impl FnOnce(Vec<(&'static str, String)>) -> Vec<(&'static str, String)>,
+    ) -> Pipeline {
+        let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+        let fake = FakeMeta::start(FakeMetaConfig::default()).await;
+        let llm = FakeLlm::start(FakeLlmConfig::default()).await;
+        let account = FakeAccount::default();
+        let token = fake.issue_long_lived_token(&account);
+        let merchant = MerchantId::new_random();
+        let vault = Vault::new(&parse_key_ring(&key_entry(1, 1)).expect("ring"));
+        let page = account.user_id.clone();
+        db.app_db(1)
+            .await
+            .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
+                merchants::create(c, merchant, "Loja Azul", Some(PERSONA))
+                    .await
+                    .map_err(DbError::from)?;
+                products::upsert(
+                    c,
+                    merchant,
+                    &[
+                        product("TOTE-BLU", "Bolsa azul", "89.90", 4),
+                        product("TEE-GRN", "Camiseta verde", "49.90", 0),
+                    ],
+                    |_| {},
+                )
+                .await
+                .map_err(DbError::from)?;
+                accounts::connect(
+                    c,
+                    &vault,
+                    merchant,
+                    &Connection {
+                        instagram_page_id: &page,
+                        instagram_user_id: None,
+                        username: "lojaazul",
+                        token: &Secret::new(token),
+                        expires_at: Utc::now() + chrono::Duration::days(50),
+                    },
+                )
+                .await
+                .map_err(|e| DbError::Connect(e.to_string()))
+            })
+            .await
+            .expect("seed");
+        let env = adjust(base_env(&db, &redis, &fake, &llm));
+        let port = env
+            .iter()
+            .find(|(k, _)| *k == "METRICS_PORT")
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("port");
+        let worker = Process::start(BIN, &["run"], &env, port);
+        Pipeline {
+            db,
+            redis,
+            fake,
+            llm,
+            merchant,
+            account: account.user_id,
+            _worker: worker,
+        }
+    }
+
+    fn event(&self, kind: EventKind, event_id: String, event: serde_json::Value) -> InboundEventV1 {
+        InboundEventV1 {
+            merchant_id: self.merchant.0,
+            instagram_account_id: self.account.clone(),
+            event_id,
+            kind,
+            entry_time_ms: None,
+            received_at: Utc::now(),
+            event: serde_json::value::RawValue::from_string(event.to_string()).expect("raw"),
+            delivery: Default::default(),
+        }
+    }
+
+    fn dm(&self, customer: &str, mid: &str, text: &str, ts_ms: i64) -> InboundEventV1 {
+        self.event(
+            EventKind::Message,
+            format!("message:{mid}"),
+            wh::text_message(customer, &self.account, mid, text, ts_ms),
+        )
+    }
+
+    fn echo(&self, customer: &str, mid: &str, text: &str) -> InboundEventV1 {
+        self.event(
+            EventKind::Echo,
+            format!("echo:{mid}"),
+            wh::echo(&self.account, customer, mid, text, now_ms()),
+        )
+    }
+
+    async fn push(&self, job: InboundEventV1) {
+        JobQueue::<InboundEventV1>::new(self.conn().await)
+            .push(job)
+            .await
+            .expect("push");
+    }
+
+    async fn conn(&self) -> redis::aio::ConnectionManager {
+        redis::Client::open(self.redis.url())
+            .expect("url")
+            .get_connection_manager()
+            .await
+            .expect("redis")
+    }
+
+    /// Waits until the fake has accepted `n` sends (or the deadline), then returns them.
+    async fn sends(
+        &self,
+        n: usize,
+        within: Duration,
+    ) -> Vec<igsales_tests::fake_meta::SentMessage> {
+        let deadline = Instant::now() + within;
+        loop {
+            let sent = self.fake.sent_messages();
+            if sent.len() >= n || Instant::now() > deadline {
+                return sent;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn dead(&self, queue: &str, n: usize, within: Duration) -> Vec<DeadLetter> {
+        let deadline = Instant::now() + within;
+        let mut c = self.conn().await;
+        loop {
+            let raws: Vec<String> = c.lrange(format!("dlq:{queue}"), 0, -1).await.expect("dlq");
+            if raws.len() >= n || Instant::now() > deadline {
+                return raws
+                    .iter()
+                    .map(|r| serde_json::from_str(r).expect("record"))
+                    .collect();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn sql_count(&self, sql: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        use diesel_async::RunQueryDsl;
+        let r: N = diesel::sql_query(sql)
+            .get_result(&mut self.db.superuser_conn().await)
+            .await
+            .expect("count");
+        r.n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dm_gets_one_reply_built_from_the_persona_the_catalog_and_the_conversation() {
+    // Room for a 2,400-byte answer (the fake truncates at max_tokens × 4 bytes).
+    let p = Pipeline::start(|e| with(&e, "OPENAI_MAX_TOKENS", "600")).await;
+    let t0 = now_ms() - 60_000;
+    p.push(p.dm("5550001", "mid-1", "Oi! Bom dia", t0)).await;
+    assert_eq!(p.sends(1, Duration::from_secs(10)).await.len(), 1);
+    p.push(p.dm("5550001", "mid-2", "Vocês têm a bolsa azul?", t0 + 30_000))
+        .await;
+    let sent = p.sends(2, Duration::from_secs(10)).await;
+    assert_eq!(sent.len(), 2, "one reply per DM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(p.fake.sent_messages().len(), 2, "and no more");
+
+    let reply = sent[1].text.clone().expect("text");
+    assert!(
+        reply.contains("Bolsa azul") && reply.contains("89.9"),
+        "{reply}"
+    );
+    assert_eq!(sent[1].recipient_id, "5550001");
+    let requests = p.llm.requests();
+    assert_eq!(requests.len(), 2);
+    let prompt = &requests[1];
+    let system = prompt.last("system").expect("system message");
+    assert!(system.starts_with(PERSONA), "{system}");
+    assert!(
+        system.contains("Bolsa azul (SKU TOTE-BLU): 89.9 BRL, stock 4"),
+        "{system}"
+    );
+    assert!(
+        prompt
+            .messages
+            .iter()
+            .any(|(role, text)| role == "user" && text == "Oi! Bom dia"),
+        "previous message in the prompt"
+    );
+    assert!(
+        prompt
+            .last("user")
+            .expect("user")
+            .contains("Vocês têm a bolsa azul?")
+    );
+    assert!(prompt.max_tokens.is_some());
+
+    // A long answer goes out as ≤ 1000-byte parts, in order.
+    p.llm.reply_next("palavra ".repeat(300));
+    p.push(p.dm("5550001", "mid-3", "Me conta tudo", t0 + 50_000))
+        .await;
+    let sent = p.sends(5, Duration::from_secs(10)).await;
+    assert_eq!(sent.len(), 5);
+    let parts: Vec<&str> = sent[2..]
+        .iter()
+        .map(|s| s.text.as_deref().expect("text"))
+        .collect();
+    assert!(
+        parts
+            .iter()
+            .all(|t| t.len() <= 1000 && t.starts_with("palavra")),
+        "{parts:?}"
+    );
+    // Capped at 2 KB, cut only between words.
+    let long = "palavra ".repeat(300);
+    assert_eq!(parts.join(" "), long[..2048].trim_end());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_run_twice_and_a_replayed_dead_letter_send_nothing_more() {
+    let p = Pipeline::start(|e| e).await;
+    let dm = p.dm("5550002", "mid-twice", "Tem camiseta verde?", now_ms());
+    p.push(dm.clone()).await;
+    p.push(dm).await;
+    assert_eq!(p.sends(1, Duration::from_secs(10)).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(p.fake.sent_messages().len(), 1, "one send for one event");
+    assert_eq!(p.llm.request_count(), 1, "one model call");
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM outbound_messages")
+            .await,
+        1
+    );
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM webhook_events")
+            .await,
+        1
+    );
+
+    // A dead letter of the sent part, replayed: nothing goes out.
+    let payload = serde_json::json!({
+        "merchant_id": p.merchant.0, "instagram_account_id": p.account, "recipient_igsid": "5550002",
+        "idempotency_key": "message:mid-twice#0", "window_closes_at": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+    });
+    let record = DeadLetter {
+        id: "01JREPLAY".into(),
+        job: "send_message".into(),
+        payload,
+        error: "synthetic".into(),
+        reason: DeadReason::Exhausted,
+        attempts: 3,
+        first_enqueued_at: Utc::now(),
+        failed_at: Utc::now(),
+        worker: "test".into(),
+    };
+    let _: () = p
+        .conn()
+        .await
+        .lpush(
+            "dlq:send_message",
+            serde_json::to_string(&record).expect("json"),
+        )
+        .await
+        .expect("lpush");
+    run(
+        BIN,
+        &["dlq", "replay", "--queue", "send_message", "--all"],
+        &[("REDIS_URL", p.redis.url())],
+    )
+    .assert_code(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(p.fake.sent_messages().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttle_storm_is_waited_out_without_using_attempts() {
+    // Two attempts only: if the waits used attempts, the send would be dead by the third throttle.
+    let p = Pipeline::start(|e| with(&e, "JOB_MAX_ATTEMPTS", "2")).await;
+    p.fake
+        .fail_next(Endpoint::Messages, Failure::buc_throttle(3));
+    p.fake
+        .fail_next(Endpoint::Messages, Failure::custom_limit());
+    p.fake
+        .fail_next(Endpoint::Messages, Failure::too_many_requests());
+    p.push(p.dm("5550003", "mid-storm", "Oi", now_ms())).await;
+    p.push(p.dm("5550004", "mid-other", "Olá", now_ms())).await;
+    let sent = p.sends(2, Duration::from_secs(20)).await;
+    assert_eq!(
+        sent.len(),
+        2,
+        "both customers answered once the storm passed"
+    );
+    let mut recipients: Vec<&str> = sent.iter().map(|s| s.recipient_id.as_str()).collect();
+    recipients.sort_unstable();
+    assert_eq!(recipients, ["5550003", "5550004"]);
+    assert!(
+        p.dead("send_message", 1, Duration::from_millis(200))
+            .await
+            .is_empty(),
+        "DLQ empty"
+    );
+    // Every call after a throttle came at least the pause later: the merchant's other sends
+    // waited too.
+    let calls: Vec<Instant> = p
+        .fake
+        .requests_to(Endpoint::Messages)
+        .iter()
+        .map(|r| r.at)
+        .collect();
+    assert!(calls.len() >= 4, "{} calls", calls.len());
+    // The first three calls were throttled; after each, no call for the merchant until the
+    // pause (1 s here) was over. Calls racing the throttled one by a few ms are not "during".
+    for throttled in &calls[..3] {
+        let during = calls
+            .iter()
+            .filter(|c| {
+                **c > *throttled + Duration::from_millis(50)
+                    && **c < *throttled + Duration::from_millis(900)
+            })
+            .count();
+        assert_eq!(during, 0, "a call during the merchant's pause");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_forever_end_in_one_exhausted_dead_letter_and_replay_sends_once() {
+    let p = Pipeline::start(|e| e).await;
+    p.fake
+        .fail_always(Endpoint::Messages, Failure::server_error(500));
+    p.push(p.dm("5550005", "mid-500", "Oi", now_ms())).await;
+    let dead = p.dead("send_message", 1, Duration::from_secs(15)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].reason, dead[0].attempts),
+        (DeadReason::Exhausted, 3)
+    );
+    assert_eq!(p.fake.requests_to(Endpoint::Messages).len(), 3);
+    assert!(p.fake.sent_messages().is_empty());
+    p.fake.clear_failures();
+    run(
+        BIN,
+        &["dlq", "replay", "--queue", "send_message", "--all"],
+        &[("REDIS_URL", p.redis.url())],
+    )
+    .assert_code(0);
+    assert_eq!(p.sends(1, Duration::from_secs(10)).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(p.fake.sent_messages().len(), 1);
+    assert!(p.dead("send_message", 1, Duration::ZERO).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_outcomes_wait_for_the_echo_retry_once_then_give_up_as_send_unknown() {
+    let p = Pipeline::start(|e| e).await;
+    // 1. Timed out after Meta took it; the echo arrives: no second send.
+    p.fake.fail_next(
+        Endpoint::Messages,
+        Failure::hang(Duration::from_millis(1500)),
+    );
+    p.push(p.dm("5550006", "mid-echoed", "Oi", now_ms())).await;
+    let sent = p.sends(1, Duration::from_secs(10)).await;
+    assert_eq!(sent.len(), 1);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    p.push(p.echo(
+        "5550006",
+        &sent[0].message_id,
+        sent[0].text.as_deref().expect("text"),
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        p.fake.requests_to(Endpoint::Messages).len(),
+        1,
+        "confirmed by the echo: no retry"
+    );
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM outbound_messages WHERE status = 'sent'")
+            .await,
+        1
+    );
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM conversations WHERE paused_until IS NOT NULL")
+            .await,
+        0,
+        "our own echo is no takeover"
+    );
+
+    // 2. Timed out, no echo: one retry.
+    p.fake.fail_next(
+        Endpoint::Messages,
+        Failure::hang(Duration::from_millis(1500)),
+    );
+    p.push(p.dm("5550007", "mid-retried", "Oi", now_ms())).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.fake.requests_to(Endpoint::Messages).len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        p.fake.requests_to(Endpoint::Messages).len(),
+        3,
+        "exactly one retry"
+    );
+
+    // 3. Two unknown outcomes in a row: send_unknown, never a third try.
+    p.fake.fail_next(
+        Endpoint::Messages,
+        Failure::hang(Duration::from_millis(1500)),
+    );
+    p.fake.fail_next(
+        Endpoint::Messages,
+        Failure::hang(Duration::from_millis(1500)),
+    );
+    p.push(p.dm("5550008", "mid-unknown", "Oi", now_ms())).await;
+    let dead = p.dead("send_message", 1, Duration::from_secs(15)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, DeadReason::SendUnknown);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(p.fake.requests_to(Endpoint::Messages).len(), 5);
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM outbound_messages WHERE status = 'send_unknown'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reauth_and_window_errors_are_dead_letters_without_retry_and_old_messages_skip_the_model() {
+    let p = Pipeline::start(|e| e).await;
+    p.fake
+        .fail_next(Endpoint::Messages, Failure::outside_window());
+    p.push(p.dm("5550009", "mid-window", "Oi", now_ms())).await;
+    let dead = p.dead("send_message", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        (dead[0].reason, dead[0].attempts),
+        (DeadReason::WindowExpired, 1)
+    );
+
+    // A message older than 24 hours: no model call, nothing sent.
+    let calls = p.llm.request_count();
+    p.push(p.dm("5550010", "mid-old", "Oi", now_ms() - 25 * 3600 * 1000))
+        .await;
+    let dead = p.dead("inbound_event", 1, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, DeadReason::WindowExpired);
+    assert_eq!(
+        p.llm.request_count(),
+        calls,
+        "no model call for the old message"
+    );
+
+    p.fake
+        .fail_next(Endpoint::Messages, Failure::token_expired());
+    p.push(p.dm("5550011", "mid-190", "Oi", now_ms())).await;
+    let dead = p.dead("send_message", 2, Duration::from_secs(10)).await;
+    let reauth = dead
+        .iter()
+        .find(|d| d.reason == DeadReason::NeedsReauth)
+        .expect("needs_reauth record");
+    assert_eq!(reauth.attempts, 1);
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM instagram_accounts WHERE needs_reauth")
+            .await,
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        p.fake.requests_to(Endpoint::Messages).len(),
+        2,
+        "no retry of either"
+    );
+    assert!(p.fake.sent_messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_human_reply_pauses_the_assistant_and_a_request_for_a_person_hands_off_once() {
+    let p = Pipeline::start(|e| e).await;
+    // Someone answered from the Instagram app.
+    p.push(p.echo("5550012", "mid-human", "Oi, aqui é a Ana da loja!"))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p
+        .sql_count("SELECT count(*) AS n FROM conversations WHERE paused_until > now()")
+        .await
+        < 1
+    {
+        assert!(Instant::now() < deadline, "no takeover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.push(p.dm("5550012", "mid-after-human", "Obrigado!", now_ms()))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        p.fake.sent_messages().is_empty(),
+        "the assistant stays quiet"
+    );
+    assert_eq!(p.llm.request_count(), 0);
+
+    // A customer asks for a person: flagged, one hand-off message.
+    p.push(p.dm(
+        "5550013",
+        "mid-human-please",
+        "quero falar com um atendente",
+        now_ms(),
+    ))
+    .await;
+    let sent = p.sends(1, Duration::from_secs(10)).await;
+    assert_eq!(sent.len(), 1);
+    assert!(
+        sent[0].text.as_deref().expect("text").contains("team"),
+        "the default hand-off message"
+    );
+    p.push(p.dm("5550013", "mid-human-again", "alô? atendente?", now_ms()))
+        .await;
+    p.push(p.dm("5550013", "mid-question", "tem bolsa azul?", now_ms()))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        p.fake.sent_messages().len(),
+        1,
+        "hand-off once, then silence"
+    );
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM conversations WHERE needs_human")
+            .await,
+        1
+    );
+    assert_eq!(
+        p.llm.request_count(),
+        0,
+        "no model call while a person is needed"
+    );
+
+    run(
+        BIN,
+        &[
+            "conversation",
+            "resume",
+            "--merchant",
+            &p.merchant.to_string(),
+            "--customer",
+            "5550013",
+        ],
+        &[("DATABASE_URL", p.db.app_url())],
+    )
+    .assert_code(0);
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM conversations WHERE needs_human")
+            .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_sweeping_refresh_each_due_account_once_per_tick() {
+    let p = Pipeline::start(|e| with(&e, "TOKEN_REFRESH_CRON", "*/2 * * * * *")).await;
+    let mut second_env = base_env(&p.db, &p.redis, &p.fake, &p.llm);
+    second_env = with(&second_env, "TOKEN_REFRESH_CRON", "*/2 * * * * *");
+    let port = second_env
+        .iter()
+        .find(|(k, _)| *k == "METRICS_PORT")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("port");
+    let _second = Process::start(BIN, &["run"], &second_env, port);
+    // Due: last refreshed two days ago, expiring within the window.
+    use diesel_async::SimpleAsyncConnection;
+    p.db.superuser_conn()
+        .await
+        .batch_execute("UPDATE instagram_accounts SET token_refreshed_at = now() - interval '2 days', connected_at = now() - interval '9 days', token_expires_at = now() + interval '3 days'")
+        .await
+        .expect("make due");
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    assert_eq!(
+        p.fake.requests_to(Endpoint::Refresh).len(),
+        1,
+        "one refresh for the due account"
+    );
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM instagram_accounts WHERE token_expires_at > now() + interval '59 days' AND token_ciphertext LIKE 'v1:%'").await,
+        1,
+        "the new token is stored encrypted with its new expiry"
+    );
+}
