@@ -40,3 +40,26 @@ ensure_redis() {
 ensure_test_roles() {
   psql -h "$pg_host" -U postgres -d postgres -v ON_ERROR_STOP=1 -q -f tests/sql/roles.sql
 }
+
+# A new, migrated database `$1` owned by role `$2`, with `$3` as the app's login role.
+# Roles are cluster-wide and kept; the database is dropped and created again.
+fresh_database() {
+  local db=$1 owner=$2 app=$3 worker_bin=$4
+  psql -h "$pg_host" -U postgres -d postgres -v ON_ERROR_STOP=1 -q <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$owner') THEN
+    CREATE ROLE $owner LOGIN CREATEROLE;
+  END IF;
+END \$\$;
+DROP DATABASE IF EXISTS $db WITH (FORCE);
+CREATE DATABASE $db OWNER $owner;
+SQL
+  MIGRATION_DATABASE_URL=postgres://$owner@$pg_host:5432/$db "$worker_bin" migrate >/dev/null
+  psql -h "$pg_host" -U postgres -d postgres -v ON_ERROR_STOP=1 -q <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$app') THEN
+    CREATE ROLE $app LOGIN IN ROLE igsales_app;
+  END IF;
+END \$\$;
+SQL
+}

@@ -257,9 +257,10 @@ impl Db {
                 })
             })
         });
-        // A cheap safety net on every checkout: a session-level context (never set by us) is
-        // cleared. Not DISCARD ALL, which would drop diesel-async's prepared statements.
-        config.recycling_method = RecyclingMethod::CustomQuery("RESET app.merchant_id".into());
+        // No query per checkout: the context is transaction-local (it cannot outlive its
+        // transaction; the RLS tests check it), and a connection left inside a transaction is
+        // discarded by the pool's broken-connection check, not recycled.
+        config.recycling_method = RecyclingMethod::Fast;
         let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
             settings.url.expose(),
             config,
@@ -299,13 +300,14 @@ impl Db {
     {
         let mut conn = self.checkout().await?;
         let conn: &mut AsyncPgConnection = &mut conn;
-        AnsiTransactionManager::begin_transaction(conn)
-            .await
-            .map_err(DbError::from)?;
-        let outcome = match set_merchant_context(conn, merchant).await {
-            Ok(()) => work(&mut *conn).await,
-            Err(e) => Err(E::from(DbError::from(e))),
-        };
+        // BEGIN and the context in one round trip (the id is a typed UUID, safe to inline).
+        let begin = format!("BEGIN; SELECT set_merchant_context('{}')", merchant.0);
+        if let Err(e) = AnsiTransactionManager::begin_transaction_sql(conn, &begin).await {
+            // The server may hold an open (aborted) transaction the manager does not know of.
+            let _ = conn.batch_execute("ROLLBACK").await;
+            return Err(E::from(DbError::from(e)));
+        }
+        let outcome = work(&mut *conn).await;
         match outcome {
             Ok(value) => {
                 AnsiTransactionManager::commit_transaction(conn)
@@ -425,25 +427,6 @@ impl Db {
     }
 }
 
-#[derive(diesel::sql_types::SqlType, diesel::query_builder::QueryId)]
-#[diesel(postgres_type(name = "void"))]
-pub struct Void;
-
-diesel::define_sql_function! {
-    #[sql_name = "set_merchant_context"]
-    fn set_merchant_context_sql(merchant: sql_types::Uuid) -> Void;
-}
-
 diesel::define_sql_function! {
     fn merchant_for_instagram_account(account: sql_types::Text) -> sql_types::Nullable<sql_types::Uuid>;
-}
-
-async fn set_merchant_context(
-    conn: &mut AsyncPgConnection,
-    merchant: MerchantId,
-) -> QueryResult<()> {
-    diesel::select(set_merchant_context_sql(merchant.0))
-        .execute(conn)
-        .await
-        .map(|_| ())
 }

@@ -89,8 +89,14 @@ pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Product>> {
         .await
 }
 
-pub async fn count(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
-    products::table.count().get_result(conn).await
+/// The first `limit` products by SKU.
+pub async fn list_first(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<Product>> {
+    products::table
+        .select(Product::as_select())
+        .order(products::sku)
+        .limit(limit)
+        .load(conn)
+        .await
 }
 
 /// Products relevant to `words`: the most matches in name and SKU (then description) first.

@@ -103,6 +103,7 @@ struct ReplyPlan {
     products: Vec<products::Product>,
     history: Vec<(String, String)>,
     text: String,
+    stored: Vec<Outbound>,
 }
 
 fn when(job: &InboundEventV1, ev: &Event) -> DateTime<Utc> {
@@ -223,12 +224,13 @@ async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
                         // A newer message exists: that one gets the answer.
                         Next::Nothing
                     } else {
-                        let count = products::count(c).await?;
-                        let products = if count <= reply::SMALL_CATALOG {
-                            products::list(c).await?
-                        } else {
-                            products::search(c, &reply::search_words(&text), reply::RELEVANT_PRODUCTS).await?
-                        };
+                        // A small catalog goes in whole; a large one by relevance.
+                        let mut products = products::list_first(c, reply::SMALL_CATALOG + 1).await?;
+                        if products.len() as i64 > reply::SMALL_CATALOG {
+                            products = products::search(c, &reply::search_words(&text), reply::RELEVANT_PRODUCTS).await?;
+                        }
+                        // A re-run of an unfinished event finds its parts already stored.
+                        let stored = if fresh { Vec::new() } else { outbound::for_event(c, &job.event_id).await? };
                         let history: Vec<(String, String)> = conversations::recent_messages(c, conv.id, HISTORY + 1)
                             .await?
                             .into_iter()
@@ -243,6 +245,7 @@ async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
                             products,
                             history,
                             text,
+                            stored,
                         }))
                     }
                 }
@@ -338,15 +341,8 @@ async fn answer(
     merchant: MerchantId,
     plan: ReplyPlan,
 ) -> Result<(), JobError> {
-    let event_id = job.event_id.clone();
-    let stored = shared
-        .db
-        .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
-            Ok::<_, DbError>(outbound::for_event(c, &event_id).await?)
-        })
-        .await?;
-    if !stored.is_empty() {
-        return enqueue(shared, job, merchant, &plan.customer, plan.at, stored).await;
+    if !plan.stored.is_empty() {
+        return enqueue(shared, job, merchant, &plan.customer, plan.at, plan.stored).await;
     }
     let messages = reply::prompt(&plan.persona, &plan.products, &plan.history, &plan.text);
     let text = shared

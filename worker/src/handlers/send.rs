@@ -12,7 +12,7 @@ use diesel_async::AsyncPgConnection;
 use igsales_jobs::{DeadReason, SendMessageV1};
 use igsales_meta::ErrorClass;
 use igsales_schema::accounts::{self, AccountError};
-use igsales_schema::outbound::{self, Outbound};
+use igsales_schema::outbound;
 use igsales_schema::{DbError, MerchantId};
 
 use crate::runtime::Shared;
@@ -40,14 +40,27 @@ async fn set_status(
 pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
     let merchant = MerchantId(job.merchant_id);
     let key = job.idempotency_key.clone();
-    let k = key.clone();
-    let Some(row) = shared
+    // One transaction reads the part, the part before it, and the account's token.
+    let (k, page, vault) = (key.clone(), job.instagram_account_id.clone(), &shared.vault);
+    let read = shared
         .db
         .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
-            Ok::<Option<Outbound>, DbError>(outbound::get(c, &k).await?)
+            let Some(row) = outbound::get(c, &k).await? else {
+                return Ok::<_, DbError>(None);
+            };
+            let previous = match k.rsplit_once('#') {
+                Some((event, _)) if row.part_index > 0 => {
+                    outbound::get(c, &outbound::part_key(event, (row.part_index - 1) as usize))
+                        .await?
+                        .map(|p| p.status)
+                }
+                _ => None,
+            };
+            let token = accounts::token(c, vault, merchant, &page).await;
+            Ok(Some((row, previous, token)))
         })
-        .await?
-    else {
+        .await?;
+    let Some((row, previous, token)) = read else {
         // The part is gone (data deletion): nothing to send.
         return Ok(());
     };
@@ -72,24 +85,11 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
         ));
     }
     // Parts go out in order: a later part waits for the one before it.
-    if row.part_index > 0 {
-        let previous = key
-            .rsplit_once('#')
-            .map(|(event, _)| outbound::part_key(event, (row.part_index - 1) as usize));
-        if let Some(previous) = previous {
-            let before = shared
-                .db
-                .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
-                    Ok::<_, DbError>(outbound::get(c, &previous).await?)
-                })
-                .await?;
-            if before.is_some_and(|b| matches!(b.status.as_str(), "pending" | "sending")) {
-                return Err(JobError::Wait(
-                    std::time::Duration::from_millis(300),
-                    "waiting for the previous part",
-                ));
-            }
-        }
+    if previous.is_some_and(|status| matches!(status.as_str(), "pending" | "sending")) {
+        return Err(JobError::Wait(
+            std::time::Duration::from_millis(300),
+            "waiting for the previous part",
+        ));
     }
     let echo_wait = shared.settings.echo_confirm;
     if row.status == "sending" {
@@ -126,14 +126,7 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
         return Err(JobError::Wait(wait, "graph rate limit"));
     }
 
-    let (vault, page) = (&shared.vault, job.instagram_account_id.clone());
-    let token = match shared
-        .db
-        .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
-            accounts::token(c, vault, merchant, &page).await
-        })
-        .await
-    {
+    let token = match token {
         Ok(t) => t,
         Err(AccountError::NotFound) => {
             set_status(
