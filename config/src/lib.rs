@@ -83,6 +83,31 @@ pub fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHa
         .as_ref()
 }
 
+/// `healthcheck` for a container image without a shell or curl: GETs
+/// `http://127.0.0.1:{port}/healthz` (port from `port_var`, else `default_port`) and exits 0 when
+/// it answers 200, 1 otherwise.
+pub fn healthcheck(port_var: &str, default_port: u16) -> ExitCode {
+    use std::io::{Read, Write};
+    let port = std::env::var(port_var)
+        .ok()
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .unwrap_or(default_port);
+    let probe = || -> std::io::Result<bool> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let timeout = std::time::Duration::from_secs(2);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        _ => ExitCode::from(EXIT_RUNTIME),
+    }
+}
+
 /// Installs the global tracing subscriber; `RUST_LOG` was validated by [`CommonArgs::check`].
 pub fn init_tracing(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     let builder = tracing_subscriber::fmt()

@@ -178,7 +178,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Exit codes: 0 after a clean shutdown, 1 runtime failure, 2 configuration error.
+/// `ingress healthcheck` probes a running ingress (for container health checks).
 pub fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return igsales_config::healthcheck("PORT", 10000);
+    }
     igsales_config::run_checked(IngressArgs::parse().check(), serve)
 }
 

@@ -309,6 +309,8 @@ async fn starts_as_the_app_role_serves_readiness_and_stops_on_sigterm() {
     let body: serde_json::Value = serde_json::from_str(&ready.1).expect("json");
     assert_eq!(body, serde_json::json!({"redis": "ok", "postgres": "ok"}));
     assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
+    // The container health probe (no shell or curl in the image).
+    run(BIN, &["healthcheck"], &[("PORT", port.to_string())]).assert_code(0);
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -324,6 +326,7 @@ async fn starts_as_the_app_role_serves_readiness_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(code, Some(0));
+    run(BIN, &["healthcheck"], &[("PORT", port.to_string())]).assert_code(1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

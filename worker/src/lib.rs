@@ -21,6 +21,10 @@ use crate::cli::{Action, Cli};
 /// Parses and validates the command line and environment, then runs the command.
 /// Exit codes: 0 success, 1 runtime failure, 2 configuration or usage error.
 pub fn main() -> ExitCode {
+    // `worker healthcheck` probes a running pool's METRICS_PORT (for container health checks).
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return igsales_config::healthcheck("METRICS_PORT", 10001);
+    }
     igsales_config::run_checked(Cli::parse().check(), run)
 }
 
