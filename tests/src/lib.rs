@@ -8,6 +8,7 @@ pub mod fake_llm;
 pub mod fake_meta;
 pub mod process;
 pub mod redis;
+pub mod stack;
 
 pub use db::TestDb;
 pub use redis::{PrivateRedis, TestRedis};

@@ -198,6 +198,8 @@ pub(crate) struct State {
     pub(crate) sent: Vec<SentMessage>,
     /// IG account user_id → subscribed fields.
     pub(crate) subscriptions: HashMap<String, Vec<String>>,
+    /// Where echoes of sent messages go (webhook URL, signing secret), if anywhere.
+    pub(crate) echo_to: Option<(String, String)>,
 }
 
 impl State {
@@ -359,6 +361,12 @@ impl FakeMeta {
                 "instagram_business_manage_messages".to_owned(),
             ],
         )
+    }
+
+    /// Delivers the echo of every accepted send to `webhook_url`, signed with `secret`, as Meta
+    /// does for messages an account sends.
+    pub fn deliver_echoes_to(&self, webhook_url: &str, secret: &str) {
+        self.inner.shared.state().echo_to = Some((webhook_url.to_owned(), secret.to_owned()));
     }
 
     pub fn issued_tokens(&self) -> Vec<String> {

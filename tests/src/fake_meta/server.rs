@@ -167,6 +167,16 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // A control route for the sandbox's chat: what the Send API accepted so far.
+    if uri.path() == "/_fake/sent" {
+        let sent: Vec<Value> = shared
+            .state()
+            .sent
+            .iter()
+            .map(|m| serde_json::json!({"recipient_id": m.recipient_id, "text": m.text, "message_id": m.message_id}))
+            .collect();
+        return axum::Json(sent).into_response();
+    }
     let route = route(&method, uri.path());
     let req = Req {
         query: pairs(uri.query().unwrap_or("").as_bytes()),
@@ -176,8 +186,9 @@ async fn handle(
         headers,
         body,
     };
-    let (delay, reply, raw) = {
+    let (delay, reply, raw, echo) = {
         let mut state = shared.state();
+        let sent_before = state.sent.len();
         state.requests.push(record(&req, route.endpoint));
         let failure = state.take_failure(route.endpoint);
         let hang = match failure {
@@ -195,8 +206,34 @@ async fn handle(
         let scripted = failure.as_ref().and_then(|f| f.reply(&account));
         let reply = scripted.unwrap_or_else(|| answer(&shared, &mut state, &req, &route));
         let raw = matches!(failure, Some(Failure::Raw { .. }));
-        (state.latency + hang, reply, raw)
+        // Meta echoes every message the account sends back to the app's webhook.
+        let echo = match (&state.echo_to, state.sent.get(sent_before)) {
+            (Some(target), Some(sent)) => Some((target.clone(), sent.clone())),
+            _ => None,
+        };
+        (state.latency + hang, reply, raw, echo)
     };
+    if let Some(((url, secret), sent)) = echo {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let body =
+                crate::fake_meta::webhook::envelope(&[crate::fake_meta::webhook::messaging_entry(
+                    &sent.account,
+                    now_ms(),
+                    vec![crate::fake_meta::webhook::echo(
+                        &sent.account,
+                        &sent.recipient_id,
+                        &sent.message_id,
+                        sent.text.as_deref().unwrap_or(""),
+                        now_ms(),
+                    )],
+                )]);
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::fake_meta::webhook::deliver(&url, &secret, &body)
+            })
+            .await;
+        });
+    }
     // The work is done before the wait, as when Meta acts on a request whose answer is late.
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -858,6 +895,12 @@ pub(crate) fn random_alnum(len: usize) -> String {
         .iter()
         .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
         .collect()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

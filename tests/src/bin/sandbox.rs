@@ -1,0 +1,114 @@
+//! The local Instagram simulator: runs ingress and worker against the fake Instagram (and the
+//! offline catalog-aware model unless `OPENAI_API_KEY` and `OPENAI_BASE_URL` are set), creates a
+//! demo merchant with a small catalog, connects its account through the real OAuth flow, and lets
+//! you chat as a customer. Each line goes through the signed webhook and the worker; the reply is
+//! what the customer would see. Started by `scripts/sandbox`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use clap::Parser;
+use igsales_tests::stack::{RealModel, Stack, StackConfig};
+
+#[derive(Parser)]
+struct Args {
+    /// The app's login role on a migrated database.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: String,
+    /// A CSV or JSON catalog for the demo merchant.
+    #[arg(long, default_value = "scripts/demo-catalog.csv")]
+    catalog: String,
+    #[arg(long, default_value = "1177001234567890")]
+    customer: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let model = match (
+        std::env::var("OPENAI_API_KEY"),
+        std::env::var("OPENAI_BASE_URL"),
+    ) {
+        (Ok(api_key), Ok(base_url)) if !api_key.is_empty() && !base_url.is_empty() => {
+            Some(RealModel {
+                base_url,
+                api_key,
+                model: std::env::var("OPENAI_MODEL").unwrap_or_else(|_| "gpt-4o-mini".into()),
+            })
+        }
+        _ => None,
+    };
+    let using = if model.is_some() {
+        "your OpenAI-compatible model"
+    } else {
+        "the offline catalog responder"
+    };
+    let stack = Stack::start(StackConfig {
+        database_url: args.database_url.clone(),
+        redis_url: args.redis_url.clone(),
+        model,
+        worker_env: vec![],
+    })
+    .await?;
+    let merchant = stack
+        .worker_cli(&[
+            "merchant",
+            "create",
+            "--name",
+            "Loja Azul",
+            "--persona",
+            "You are Loja Azul's friendly shop assistant. Be brief.",
+        ])?
+        .trim()
+        .to_owned();
+    stack.worker_cli(&["catalog", "import", "--merchant", &merchant, &args.catalog])?;
+    let redirect = stack.connect_account(&merchant).await?;
+    anyhow::ensure!(
+        !redirect.contains("error="),
+        "connecting the demo account failed: {redirect}"
+    );
+    eprintln!(
+        "sandbox ready: merchant {merchant}, Instagram @{} connected, replies by {using}.\n\
+         Type a message as a customer (Ctrl-D to quit).",
+        stack.account.username
+    );
+
+    let interactive = std::io::stdin().is_terminal();
+    let mut seen = 0;
+    let stdin = std::io::stdin();
+    loop {
+        if interactive {
+            print!("you> ");
+            std::io::stdout().flush()?;
+        }
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        if !interactive {
+            println!("you> {text}");
+        }
+        let status = stack.send_dm(&args.customer, text).await?;
+        if status != 200 {
+            println!("(the webhook answered HTTP {status})");
+            continue;
+        }
+        match stack
+            .next_reply(&args.customer, seen, Duration::from_secs(30))
+            .await
+        {
+            Some(reply) => {
+                seen = stack.replies_to(&args.customer);
+                println!("@{}> {reply}", stack.account.username);
+            }
+            None => println!("(no reply: the assistant may be paused, or waiting for a person)"),
+        }
+    }
+    Ok(())
+}

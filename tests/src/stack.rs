@@ -1,0 +1,300 @@
+//! The whole system as processes: the real `ingress` and `worker` binaries, with the fake Meta
+//! (which also delivers the echoes of sent messages back to the webhook, as Meta does) and an
+//! OpenAI-compatible model (the fake one unless a real one is given). Used by the acceptance
+//! suite and by the sandbox.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::fake_llm::{FakeLlm, FakeLlmConfig};
+use crate::fake_meta::{FakeAccount, FakeMeta, FakeMetaConfig, webhook as wh};
+use crate::process::{Process, free_port};
+
+pub const IG_SECRET: &str = "sandbox-ig-app-secret";
+pub const APP_ID: &str = "990602627938098";
+pub const ADMIN_TOKEN: &str = "sandbox-admin-token-0123456789abcdef";
+
+/// The directory holding the built `ingress` and `worker` (next to the running executable, or
+/// `IGSALES_BIN_DIR`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("IGSALES_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    // Test executables live in target/<profile>/deps.
+    if dir.ends_with("deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// A real OpenAI-compatible API to use instead of the fake one.
+#[derive(Clone, Debug)]
+pub struct RealModel {
+    pub base_url: String,
+    pub api_key: String,
+    pub model: String,
+}
+
+pub struct StackConfig {
+    /// The app's login role on a migrated database.
+    pub database_url: String,
+    pub redis_url: String,
+    pub model: Option<RealModel>,
+    /// Extra environment for the worker (shorter waits in tests).
+    pub worker_env: Vec<(&'static str, String)>,
+}
+
+pub struct Stack {
+    pub fake: FakeMeta,
+    pub llm: Option<FakeLlm>,
+    pub ingress: Process,
+    pub worker: Process,
+    pub base: String,
+    pub account: FakeAccount,
+    bins: PathBuf,
+    database_url: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+fn location(r: &ureq::http::Response<ureq::Body>) -> anyhow::Result<String> {
+    r.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no redirect (HTTP {})", r.status()))
+}
+
+impl Stack {
+    pub async fn start(cfg: StackConfig) -> anyhow::Result<Stack> {
+        let bins = bin_dir();
+        for bin in ["ingress", "worker"] {
+            anyhow::ensure!(
+                bins.join(bin).exists(),
+                "{} is not built (cargo build --bin {bin})",
+                bins.join(bin).display()
+            );
+        }
+        let fake = FakeMeta::start(FakeMetaConfig {
+            client_id: APP_ID.into(),
+            client_secret: IG_SECRET.into(),
+            ..FakeMetaConfig::default()
+        })
+        .await;
+        // A distinct account per stack, so runs against one database never collide.
+        let suffix = uuid::Uuid::new_v4().as_u128() % 100_000_000;
+        let account = FakeAccount {
+            user_id: format!("1784140{suffix:010}"),
+            app_scoped_id: format!("2764087{suffix:010}"),
+            username: "lojaazul".into(),
+        };
+        fake.set_account(account.clone());
+        let (llm, model) = match &cfg.model {
+            Some(real) => (None, real.clone()),
+            None => {
+                let llm = FakeLlm::start(FakeLlmConfig::default()).await;
+                let model = RealModel {
+                    base_url: llm.base_url(),
+                    api_key: FakeLlmConfig::default().api_key,
+                    model: "fake-model".into(),
+                };
+                (Some(llm), model)
+            }
+        };
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        fake.deliver_echoes_to(&format!("{base}/webhooks/instagram"), IG_SECRET);
+        let key = crate::cli::key_entry(1, 0x42);
+        let common = vec![
+            ("DATABASE_URL", cfg.database_url.clone()),
+            ("REDIS_URL", cfg.redis_url.clone()),
+            ("ENCRYPTION_KEY", key),
+            ("IG_APP_SECRET", IG_SECRET.to_owned()),
+            ("GRAPH_API_VERSION", "v26.0".to_owned()),
+            ("GRAPH_API_BASE_URL", fake.base_url()),
+            ("RUST_LOG", "warn".to_owned()),
+        ];
+        let mut ingress_env = common.clone();
+        ingress_env.extend([
+            ("META_APP_ID", APP_ID.to_owned()),
+            ("API_BASE_URL", base.clone()),
+            ("PORT", port.to_string()),
+            (
+                "META_WEBHOOK_VERIFY_TOKEN",
+                "sandbox-verify-token".to_owned(),
+            ),
+            ("ADMIN_API_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("OAUTH_SUCCESS_REDIRECT_URL", format!("{base}/healthz")),
+            ("OAUTH_FAILURE_REDIRECT_URL", format!("{base}/healthz")),
+            ("IG_OAUTH_BASE_URL", fake.base_url()),
+            (
+                "IG_AUTHORIZE_URL",
+                format!("{}/oauth/authorize", fake.base_url()),
+            ),
+            ("ACCOUNT_CACHE_MISS_SECS", "1".to_owned()),
+        ]);
+        let metrics_port = free_port();
+        let mut worker_env = common;
+        worker_env.extend([
+            ("OPENAI_API_KEY", model.api_key.clone()),
+            ("OPENAI_BASE_URL", model.base_url.clone()),
+            ("OPENAI_MODEL", model.model.clone()),
+            ("METRICS_PORT", metrics_port.to_string()),
+            ("WORKER_POLL_INTERVAL_MS", "50".to_owned()),
+        ]);
+        for (k, v) in cfg.worker_env {
+            worker_env.retain(|(e, _)| *e != k);
+            worker_env.push((k, v));
+        }
+        let ingress = Process::start(
+            &bins.join("ingress").display().to_string(),
+            &[],
+            &ingress_env,
+            port,
+        );
+        let worker = Process::start(
+            &bins.join("worker").display().to_string(),
+            &["run"],
+            &worker_env,
+            metrics_port,
+        );
+        Ok(Stack {
+            fake,
+            llm,
+            ingress,
+            worker,
+            base,
+            account,
+            bins,
+            database_url: cfg.database_url,
+        })
+    }
+
+    /// Runs a `worker` CLI command against the stack's database; its stdout.
+    pub fn worker_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = crate::cli::run(
+            &self.bins.join("worker").display().to_string(),
+            args,
+            &[("DATABASE_URL", self.database_url.clone())],
+        );
+        anyhow::ensure!(
+            out.code == Some(0),
+            "worker {args:?} failed: {}",
+            out.stderr.trim()
+        );
+        Ok(out.stdout)
+    }
+
+    /// The Instagram connect flow as a merchant's browser goes through it, against the fake
+    /// Instagram: connect → start (cookie) → authorize → callback. Returns the final redirect.
+    pub async fn connect_account(&self, merchant: &str) -> anyhow::Result<String> {
+        let base = self.base.clone();
+        let merchant = merchant.to_owned();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            let agent = agent();
+            let mut r = agent
+                .post(&format!("{base}/v1/merchants/{merchant}/instagram/connect"))
+                .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+                .send_empty()?;
+            anyhow::ensure!(r.status() == 201, "connect: HTTP {}", r.status());
+            let body: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string()?)?;
+            let start_url = body["start_url"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("no start_url"))?;
+            let start = agent.get(start_url).call()?;
+            let cookie = start
+                .headers()
+                .get("set-cookie")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|c| c.split(';').next())
+                .ok_or_else(|| anyhow::anyhow!("no flow cookie"))?
+                .to_owned();
+            let authorize = agent.get(&location(&start)?).call()?;
+            let callback = location(&authorize)?;
+            let callback = callback.split('#').next().unwrap_or(&callback).to_owned();
+            let done = agent.get(&callback).header("Cookie", &cookie).call()?;
+            location(&done)
+        })
+        .await?
+    }
+
+    /// A customer's DM, delivered to the ingress as Meta delivers it (signed). HTTP status.
+    pub async fn send_dm(&self, customer: &str, text: &str) -> anyhow::Result<u16> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mid = format!("mid-{}", uuid::Uuid::new_v4().simple());
+        let body = wh::envelope(&[wh::messaging_entry(
+            &self.account.user_id,
+            now,
+            vec![wh::text_message(
+                customer,
+                &self.account.user_id,
+                &mid,
+                text,
+                now,
+            )],
+        )]);
+        let url = format!("{}/webhooks/instagram", self.base);
+        let (status, _) =
+            tokio::task::spawn_blocking(move || wh::deliver(&url, IG_SECRET, &body)).await?;
+        Ok(status)
+    }
+
+    /// Waits for the account's next message to `customer` after the first `seen` ones.
+    pub async fn next_reply(
+        &self,
+        customer: &str,
+        seen: usize,
+        within: Duration,
+    ) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let replies: Vec<String> = self
+                .fake
+                .sent_messages()
+                .into_iter()
+                .filter(|m| m.recipient_id == customer)
+                .filter_map(|m| m.text)
+                .collect();
+            if replies.len() > seen {
+                // A long answer comes in parts, a moment apart.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let all: Vec<String> = self
+                    .fake
+                    .sent_messages()
+                    .into_iter()
+                    .filter(|m| m.recipient_id == customer)
+                    .filter_map(|m| m.text)
+                    .collect();
+                return Some(all[seen..].join("\n"));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn replies_to(&self, customer: &str) -> usize {
+        self.fake
+            .sent_messages()
+            .iter()
+            .filter(|m| m.recipient_id == customer)
+            .count()
+    }
+
+    pub fn bins(&self) -> &Path {
+        &self.bins
+    }
+}
