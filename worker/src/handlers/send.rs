@@ -176,7 +176,15 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
         Err(e) => {
             let class = e.class();
             let error = e.to_string();
-            metrics::counter!(SENDS, "result" => format!("{class:?}").to_lowercase()).increment(1);
+            let label = match class {
+                ErrorClass::Throttled { .. } => "throttled",
+                ErrorClass::Transient => "transient",
+                ErrorClass::Unknown => "unknown",
+                ErrorClass::Reauth => "reauth",
+                ErrorClass::WindowExpired => "window_expired",
+                ErrorClass::Permanent => "permanent",
+            };
+            metrics::counter!(SENDS, "result" => label).increment(1);
             match class {
                 ErrorClass::Unknown => {
                     tracing::warn!(merchant.id = %merchant, part = %key, "send outcome unknown; waiting for the echo");
