@@ -192,7 +192,7 @@ async fn dead_letter<J: Job>(
         .query_async(&mut redis)
         .await
         .map_err(|e| InfraError(format!("dead-letter push failed: {e}")))?;
-    metrics::counter!(m::DLQ_PUSHED, "queue" => J::NAME).increment(1);
+    metrics::counter!(m::DLQ_PUSHED, "queue" => J::NAME, "reason" => reason.as_str()).increment(1);
     metrics::counter!(m::JOBS, "job" => J::NAME, "outcome" => "dead").increment(1);
     tracing::error!(
         job.name = J::NAME,

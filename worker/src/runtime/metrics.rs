@@ -27,6 +27,7 @@ pub async fn sample_queues(
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        sample_invalid_webhooks(&mut redis).await;
         for q in &queues {
             let cfg = Config::default().queue(q);
             let scheduled: redis::RedisResult<u64> = redis::cmd("ZCARD")
@@ -56,6 +57,17 @@ pub async fn sample_queues(
                 metrics::gauge!(QUEUE_INFLIGHT, "queue" => label).set(n as f64);
             }
         }
+    }
+}
+
+/// Depth of the ingress's list of unreadable webhooks (`dlq:webhook_invalid`).
+pub async fn sample_invalid_webhooks(redis: &mut ConnectionManager) {
+    let n: redis::RedisResult<u64> = redis::cmd("LLEN")
+        .arg(igsales_jobs::dlq_key("webhook_invalid"))
+        .query_async(redis)
+        .await;
+    if let Ok(n) = n {
+        metrics::gauge!(DLQ_DEPTH, "queue" => "webhook_invalid").set(n as f64);
     }
 }
 
