@@ -7,17 +7,20 @@ use std::time::Duration;
 use igsales_schema::MerchantId;
 use redis::aio::ConnectionManager;
 
-/// KEYS: the window. ARGV: limit, a unique member. Returns 0 (go) or the ms to wait.
+/// KEYS: the merchant's pause, the window. ARGV: limit, a unique member. Returns 0 (go) or the
+/// ms to wait (the pause first: a paused merchant uses no slot of the window).
 const WINDOW: &str = r"
+local paused = redis.call('PTTL', KEYS[1])
+if paused > 0 then return paused end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 1000)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], 2000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 1000)
+if redis.call('ZCARD', KEYS[2]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[2], now, ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], 2000)
   return 0
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + 1000 - now)
 ";
 
@@ -48,16 +51,10 @@ impl GraphGate {
         endpoint: &str,
     ) -> redis::RedisResult<Option<Duration>> {
         let mut redis = self.redis.clone();
-        let paused: i64 = redis::cmd("PTTL")
-            .arg(pause_key(merchant))
-            .query_async(&mut redis)
-            .await?;
-        if paused > 0 {
-            return Ok(Some(Duration::from_millis(paused as u64)));
-        }
         let member = uuid::Uuid::new_v4().to_string();
         let wait_ms: u64 = self
             .window
+            .key(pause_key(merchant))
             .key(format!("ratelimit:{merchant}:{endpoint}"))
             .arg(self.rate_per_sec)
             .arg(member)

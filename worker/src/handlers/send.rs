@@ -37,86 +37,19 @@ async fn set_status(
     Ok(())
 }
 
+/// What the part's row says to do, decided (and, for a send, claimed) in one transaction.
+enum Decision {
+    /// Nothing to do: sent already, confirmed, unknown (never re-sent), or gone.
+    Done,
+    Wait(std::time::Duration, &'static str),
+    Dead(DeadReason, &'static str),
+    Send(Box<(outbound::Outbound, igsales_config::Secret)>),
+}
+
 pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
     let merchant = MerchantId(job.merchant_id);
     let key = job.idempotency_key.clone();
-    // One transaction reads the part, the part before it, and the account's token.
-    let (k, page, vault) = (key.clone(), job.instagram_account_id.clone(), &shared.vault);
-    let read = shared
-        .db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
-            let Some(row) = outbound::get(c, &k).await? else {
-                return Ok::<_, DbError>(None);
-            };
-            let previous = match k.rsplit_once('#') {
-                Some((event, _)) if row.part_index > 0 => {
-                    outbound::get(c, &outbound::part_key(event, (row.part_index - 1) as usize))
-                        .await?
-                        .map(|p| p.status)
-                }
-                _ => None,
-            };
-            let token = accounts::token(c, vault, merchant, &page).await;
-            Ok(Some((row, previous, token)))
-        })
-        .await?;
-    let Some((row, previous, token)) = read else {
-        // The part is gone (data deletion): nothing to send.
-        return Ok(());
-    };
-    match row.status.as_str() {
-        "sent" => return Ok(()),
-        // Never re-sent on our own: it may have reached the customer.
-        "send_unknown" => return Ok(()),
-        _ => {}
-    }
-    if Utc::now() > job.window_closes_at {
-        set_status(
-            shared,
-            merchant,
-            &key,
-            "failed",
-            Some("24-hour window closed".into()),
-        )
-        .await?;
-        return Err(JobError::Dead(
-            DeadReason::WindowExpired,
-            anyhow::anyhow!("the 24-hour messaging window closed before the send"),
-        ));
-    }
-    // Parts go out in order: a later part waits for the one before it.
-    if previous.is_some_and(|status| matches!(status.as_str(), "pending" | "sending")) {
-        return Err(JobError::Wait(
-            std::time::Duration::from_millis(300),
-            "waiting for the previous part",
-        ));
-    }
-    let echo_wait = shared.settings.echo_confirm;
-    if row.status == "sending" {
-        let since = row
-            .sending_started_at
-            .map_or(echo_wait, |t| (Utc::now() - t).to_std().unwrap_or_default());
-        if since < echo_wait {
-            return Err(JobError::Wait(
-                echo_wait - since,
-                "send outcome unknown; waiting for the echo",
-            ));
-        }
-        if row.send_attempts >= 2 {
-            set_status(
-                shared,
-                merchant,
-                &key,
-                "send_unknown",
-                Some("no echo after two unknown outcomes".into()),
-            )
-            .await?;
-            return Err(JobError::Dead(
-                DeadReason::SendUnknown,
-                anyhow::anyhow!("two sends timed out and no echo confirmed either"),
-            ));
-        }
-    }
+    // Meta's limits first: a throttled merchant's parts wait without touching Postgres.
     if let Some(wait) = shared
         .gate
         .admit(merchant, "messages")
@@ -125,37 +58,96 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
     {
         return Err(JobError::Wait(wait, "graph rate limit"));
     }
-
-    let token = match token {
-        Ok(t) => t,
-        Err(AccountError::NotFound) => {
-            set_status(
-                shared,
-                merchant,
-                &key,
-                "failed",
-                Some("account disconnected".into()),
-            )
-            .await?;
-            return Err(JobError::Dead(
-                DeadReason::NeedsReauth,
-                anyhow::anyhow!("the account is disconnected"),
-            ));
-        }
-        Err(AccountError::Db(e)) => return Err(e.into()),
-        Err(e) => return Err(JobError::permanent(e)),
-    };
-    let k = key.clone();
-    let claimed = shared
+    let echo_wait = shared.settings.echo_confirm;
+    let window_closes_at = job.window_closes_at;
+    let (k, page, vault) = (key.clone(), job.instagram_account_id.clone(), &shared.vault);
+    // One transaction reads the part, the part before it and the token, and claims the send by
+    // committing `sending` before the call.
+    let decision = shared
         .db
         .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
-            Ok::<_, DbError>(outbound::mark_sending(c, &k).await?)
+            let Some(row) = outbound::get(c, &k).await? else {
+                // The part is gone (data deletion): nothing to send.
+                return Ok::<_, DbError>(Decision::Done);
+            };
+            if matches!(row.status.as_str(), "sent" | "send_unknown") {
+                return Ok(Decision::Done);
+            }
+            if Utc::now() > window_closes_at {
+                outbound::mark_status(c, &k, "failed", Some("24-hour window closed")).await?;
+                return Ok(Decision::Dead(
+                    DeadReason::WindowExpired,
+                    "the 24-hour messaging window closed before the send",
+                ));
+            }
+            // Parts go out in order: a later part waits for the one before it.
+            if let Some((event, _)) = k.rsplit_once('#')
+                && row.part_index > 0
+            {
+                let before =
+                    outbound::get(c, &outbound::part_key(event, (row.part_index - 1) as usize))
+                        .await?;
+                if before.is_some_and(|b| matches!(b.status.as_str(), "pending" | "sending")) {
+                    return Ok(Decision::Wait(
+                        std::time::Duration::from_millis(300),
+                        "waiting for the previous part",
+                    ));
+                }
+            }
+            if row.status == "sending" {
+                let since = row
+                    .sending_started_at
+                    .map_or(echo_wait, |t| (Utc::now() - t).to_std().unwrap_or_default());
+                if since < echo_wait {
+                    return Ok(Decision::Wait(
+                        echo_wait - since,
+                        "send outcome unknown; waiting for the echo",
+                    ));
+                }
+                if row.send_attempts >= 2 {
+                    outbound::mark_status(
+                        c,
+                        &k,
+                        "send_unknown",
+                        Some("no echo after two unknown outcomes"),
+                    )
+                    .await?;
+                    return Ok(Decision::Dead(
+                        DeadReason::SendUnknown,
+                        "two sends timed out and no echo confirmed either",
+                    ));
+                }
+            }
+            let token = match accounts::token(c, vault, merchant, &page).await {
+                Ok(t) => t,
+                Err(AccountError::NotFound) => {
+                    outbound::mark_status(c, &k, "failed", Some("account disconnected")).await?;
+                    return Ok(Decision::Dead(
+                        DeadReason::NeedsReauth,
+                        "the account is disconnected",
+                    ));
+                }
+                Err(AccountError::Db(e)) => return Err(e),
+                Err(_) => {
+                    outbound::mark_status(c, &k, "failed", Some("stored token unusable")).await?;
+                    return Ok(Decision::Dead(
+                        DeadReason::Permanent,
+                        "the stored token cannot be decrypted",
+                    ));
+                }
+            };
+            if !outbound::mark_sending(c, &k).await? {
+                return Ok(Decision::Done);
+            }
+            Ok(Decision::Send(Box::new((row, token))))
         })
         .await?;
-    if !claimed {
-        // Confirmed by an echo meanwhile.
-        return Ok(());
-    }
+    let (row, token) = match decision {
+        Decision::Done => return Ok(()),
+        Decision::Wait(d, why) => return Err(JobError::Wait(d, why)),
+        Decision::Dead(reason, why) => return Err(JobError::Dead(reason, anyhow::anyhow!(why))),
+        Decision::Send(send) => *send,
+    };
 
     match shared
         .meta
