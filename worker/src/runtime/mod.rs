@@ -207,6 +207,41 @@ where
     Arc::new(move |job, shared| Box::pin(f(job, shared)))
 }
 
+/// What every queue's registration needs.
+struct Setup {
+    shared: Arc<Shared>,
+    redis: ConnectionManager,
+    boot: String,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Setup {
+    /// Registers the worker of job `J` with its handler and attempt limit.
+    fn queue<J, F, Fut>(&self, monitor: Monitor, max_attempts: u32, handler: F) -> Monitor
+    where
+        J: Job,
+        F: Fn(J, Arc<Shared>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+    {
+        let settings = &self.shared.settings;
+        let queue = Queue {
+            shared: self.shared.clone(),
+            policy: Policy {
+                max_attempts,
+                backoff_base: settings.backoff_base,
+                backoff_max: settings.backoff_max,
+                inprocess_wait_max: settings.inprocess_wait_max,
+                timeout: settings.job_timeout,
+                dlq_max_len: settings.dlq_max_len,
+            },
+            permits: Arc::new(Semaphore::new(settings.concurrency)),
+            handler: boxed(handler),
+            shutdown: self.shutdown.clone(),
+        };
+        register(monitor, queue, self.redis.clone(), self.boot.clone())
+    }
+}
+
 /// Runs the pool until SIGTERM/Ctrl-C (clean exit) or until a worker keeps dying (exit 1).
 pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     igsales_config::prometheus();
@@ -263,97 +298,37 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         Duration::from_secs(5),
     ));
 
-    let policy = |max_attempts: u32| Policy {
-        max_attempts,
-        backoff_base: settings.backoff_base,
-        backoff_max: settings.backoff_max,
-        inprocess_wait_max: settings.inprocess_wait_max,
-        timeout: settings.job_timeout,
-        dlq_max_len: settings.dlq_max_len,
+    let setup = Setup {
+        shared: shared.clone(),
+        redis: redis.clone(),
+        boot: boot.clone(),
+        shutdown: stop_rx.clone(),
     };
-    let queue = |max_attempts: u32| {
-        (
-            shared.clone(),
-            policy(max_attempts),
-            Arc::new(Semaphore::new(settings.concurrency)),
-            stop_rx.clone(),
-        )
-    };
-    fn make<J: Job>(
-        (shared, policy, permits, shutdown): (
-            Arc<Shared>,
-            Policy,
-            Arc<Semaphore>,
-            watch::Receiver<bool>,
-        ),
-        handler: Handler<J>,
-    ) -> Queue<J> {
-        Queue {
-            shared,
-            policy,
-            permits,
-            handler,
-            shutdown,
-        }
-    }
-
     let mut monitor = Monitor::new();
-    monitor = register(
+    monitor = setup.queue(
         monitor,
-        make(
-            queue(settings.max_attempts_inbound_event),
-            boxed(|j, s: Arc<Shared>| async move { crate::handlers::inbound::run(j, &s).await }),
-        ),
-        redis.clone(),
-        boot.clone(),
+        settings.max_attempts_inbound_event,
+        |j, s| async move { crate::handlers::inbound::run(j, &s).await },
     );
-    monitor = register(
+    monitor = setup.queue(
         monitor,
-        make(
-            queue(settings.max_attempts_send_message),
-            boxed(|j, s: Arc<Shared>| async move { crate::handlers::send::run(j, &s).await }),
-        ),
-        redis.clone(),
-        boot.clone(),
+        settings.max_attempts_send_message,
+        |j, s| async move { crate::handlers::send::run(j, &s).await },
     );
-    monitor = register(
+    monitor = setup.queue(
         monitor,
-        make(
-            queue(settings.max_attempts_refresh_token),
-            boxed(|j, s: Arc<Shared>| async move { crate::handlers::tokens::refresh(j, &s).await }),
-        ),
-        redis.clone(),
-        boot.clone(),
+        settings.max_attempts_refresh_token,
+        |j, s| async move { crate::handlers::tokens::refresh(j, &s).await },
     );
-    monitor = register(
-        monitor,
-        make(
-            queue(settings.max_attempts),
-            boxed(|j, s: Arc<Shared>| async move { crate::handlers::tokens::sweep(j, &s).await }),
-        ),
-        redis.clone(),
-        boot.clone(),
-    );
-    monitor = register(
-        monitor,
-        make(
-            queue(settings.max_attempts),
-            boxed(
-                |j, s: Arc<Shared>| async move { crate::handlers::housekeeping::run(j, &s).await },
-            ),
-        ),
-        redis.clone(),
-        boot.clone(),
-    );
-    monitor = register(
-        monitor,
-        make(
-            queue(settings.max_attempts),
-            boxed(|j, s: Arc<Shared>| async move { crate::handlers::canary::run(j, &s).await }),
-        ),
-        redis.clone(),
-        boot.clone(),
-    );
+    monitor = setup.queue(monitor, settings.max_attempts, |j, s| async move {
+        crate::handlers::tokens::sweep(j, &s).await
+    });
+    monitor = setup.queue(monitor, settings.max_attempts, |j, s| async move {
+        crate::handlers::housekeeping::run(j, &s).await
+    });
+    monitor = setup.queue(monitor, settings.max_attempts, |j, s| async move {
+        crate::handlers::canary::run(j, &s).await
+    });
     let token_cron = settings.token_refresh_cron.parse::<cron::Schedule>()?;
     let housekeeping_cron = settings.housekeeping_cron.parse::<cron::Schedule>()?;
     monitor = register_cron(
