@@ -577,7 +577,7 @@ async fn redis_down_means_503_and_the_same_delivery_succeeds_once_it_is_back() {
     assert_eq!(deliver(&h, &body, IG_SECRET).await.status, 200);
     let client = redis::Client::open(url).expect("client");
     let mut conn = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&igsales_tests::redis::test_client_config())
         .await
         .expect("conn");
     let jobs: i64 = redis::cmd("HLEN")

@@ -6,6 +6,27 @@ use std::time::Duration;
 
 const LEASE_SECS: u64 = 600;
 
+/// Timeouts for test clients: generous, because a loaded CI machine can take longer than the
+/// redis crate's 500 ms default to answer.
+pub fn test_client_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(10)))
+}
+
+/// A connection manager for tests, with the same generous timeouts.
+pub async fn manager(url: &str) -> redis::aio::ConnectionManager {
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_connection_manager_with_config(
+            redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(10)))
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("connect to test Redis")
+}
+
 /// `redis://127.0.0.1:6379` unless `IGSALES_TEST_REDIS` says otherwise (no database index).
 pub fn server() -> String {
     std::env::var("IGSALES_TEST_REDIS")
@@ -24,7 +45,7 @@ impl TestRedis {
     pub async fn lease() -> TestRedis {
         let client = redis::Client::open(format!("{}/0", server())).expect("redis url");
         let mut admin = client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&test_client_config())
             .await
             .expect("connect to test Redis");
         let token = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4());
@@ -66,7 +87,7 @@ impl TestRedis {
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .expect("redis url")
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&test_client_config())
             .await
             .expect("connect to test Redis")
     }

@@ -197,11 +197,7 @@ impl Pipeline {
     }
 
     async fn conn(&self) -> redis::aio::ConnectionManager {
-        redis::Client::open(self.redis.url())
-            .expect("url")
-            .get_connection_manager()
-            .await
-            .expect("redis")
+        igsales_tests::redis::manager(&self.redis.url()).await
     }
 
     /// Waits until the fake has accepted `n` sends (or the deadline), then returns them.

@@ -64,11 +64,7 @@ fn start_worker(env: &[(&'static str, String)]) -> Process {
 }
 
 async fn connection(url: &str) -> redis::aio::ConnectionManager {
-    redis::Client::open(url)
-        .expect("url")
-        .get_connection_manager()
-        .await
-        .expect("redis")
+    igsales_tests::redis::manager(url).await
 }
 
 async fn push(url: &str, canary: CanaryV1) {

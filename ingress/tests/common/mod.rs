@@ -50,7 +50,7 @@ pub fn settings(base: &str, db: &TestDb, redis_url: &str, fake: &FakeMeta) -> In
         redis: RedisSettings {
             url: RedisUrl::parse(redis_url).expect("redis url"),
             connect_timeout: Duration::from_millis(500),
-            response_timeout: Duration::from_millis(1000),
+            response_timeout: Duration::from_secs(3),
         },
         keys: key_ring(),
         meta_app_id: APP_ID.into(),
