@@ -137,7 +137,7 @@ pub async fn disconnect(
 
 /// The decrypted token of one account.
 pub async fn token(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     vault: &Vault,
     merchant: MerchantId,
     instagram_page_id: &str,
@@ -145,7 +145,7 @@ pub async fn token(
     let stored: Option<Option<String>> = ia::table
         .filter(ia::instagram_page_id.eq(instagram_page_id))
         .select(ia::token_ciphertext)
-        .first(conn)
+        .first(&mut conn)
         .await
         .optional()?;
     let stored = stored.flatten().ok_or(AccountError::NotFound)?;

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::db::MerchantId;
+use crate::prepared::PreparedExt;
 use crate::schema::{conversations, messages};
 
 /// Deletes every conversation of one connected account (messages and outbound rows go with
@@ -32,7 +33,7 @@ pub async fn delete_for_customer(
         .await
 }
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = conversations)]
 pub struct Conversation {
     pub id: Uuid,
@@ -41,55 +42,40 @@ pub struct Conversation {
     pub last_customer_message_at: Option<DateTime<Utc>>,
 }
 
-/// The conversation between an account and a customer, created on first contact.
+/// The conversation between an account and a customer, created on first contact. With
+/// `customer_message_at`, the conversation's clocks move to that time, never backwards (events
+/// may arrive out of order): the returned `last_customer_message_at` is later than it exactly
+/// when a newer customer message was stored before.
 pub async fn upsert(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     merchant: MerchantId,
     account: &str,
     customer: &str,
+    customer_message_at: Option<DateTime<Utc>>,
 ) -> QueryResult<Conversation> {
-    diesel::insert_into(conversations::table)
-        .values((
-            conversations::merchant_id.eq(merchant.0),
-            conversations::instagram_page_id.eq(account),
-            conversations::customer_igsid.eq(customer),
-        ))
-        .on_conflict((
-            conversations::merchant_id,
-            conversations::instagram_page_id,
-            conversations::customer_igsid,
-        ))
-        .do_update()
-        .set(conversations::updated_at.eq(diesel::dsl::now))
-        .returning(Conversation::as_returning())
-        .get_result(conn)
-        .await
-}
-
-/// Moves the conversation's clock by an event's own time (never backwards: events may arrive
-/// out of order).
-pub async fn note_customer_message(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-    at: DateTime<Utc>,
-) -> QueryResult<()> {
     diesel::sql_query(
-        "UPDATE conversations SET
-           last_customer_message_at = greatest(coalesce(last_customer_message_at, $2), $2),
-           last_event_at = greatest(coalesce(last_event_at, $2), $2),
+        "INSERT INTO conversations AS c
+           (merchant_id, instagram_page_id, customer_igsid, last_customer_message_at, last_event_at)
+         VALUES ($1, $2, $3, $4, $4)
+         ON CONFLICT (merchant_id, instagram_page_id, customer_igsid) DO UPDATE SET
+           last_customer_message_at =
+             greatest(c.last_customer_message_at, excluded.last_customer_message_at),
+           last_event_at = greatest(c.last_event_at, excluded.last_event_at),
            updated_at = now()
-         WHERE id = $1",
+         RETURNING c.id, c.needs_human, c.paused_until, c.last_customer_message_at",
     )
-    .bind::<diesel::sql_types::Uuid, _>(id)
-    .bind::<diesel::sql_types::Timestamptz, _>(at)
-    .execute(conn)
+    .bind::<diesel::sql_types::Uuid, _>(merchant.0)
+    .bind::<diesel::sql_types::Text, _>(account)
+    .bind::<diesel::sql_types::Text, _>(customer)
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>, _>(customer_message_at)
+    .prepared()
+    .get_result(&mut conn)
     .await
-    .map(|_| ())
 }
 
 /// Flags the conversation for a person; `true` only for the call that flipped it (so the
 /// hand-off message goes out once).
-pub async fn set_needs_human(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
+pub async fn set_needs_human(mut conn: &AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
     let n = diesel::update(
         conversations::table
             .find(id)
@@ -99,14 +85,14 @@ pub async fn set_needs_human(conn: &mut AsyncPgConnection, id: Uuid) -> QueryRes
         conversations::needs_human.eq(true),
         conversations::updated_at.eq(diesel::dsl::now),
     ))
-    .execute(conn)
+    .execute(&mut conn)
     .await?;
     Ok(n == 1)
 }
 
 /// A person answered from the Instagram app: the assistant stays quiet until `until`.
 pub async fn pause(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     id: Uuid,
     until: DateTime<Utc>,
 ) -> QueryResult<()> {
@@ -115,7 +101,7 @@ pub async fn pause(
             conversations::paused_until.eq(until),
             conversations::updated_at.eq(diesel::dsl::now),
         ))
-        .execute(conn)
+        .execute(&mut conn)
         .await
         .map(|_| ())
 }
@@ -145,7 +131,7 @@ pub struct NewMessage<'a> {
 }
 
 pub async fn add_message(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     merchant: MerchantId,
     m: &NewMessage<'_>,
 ) -> QueryResult<bool> {
@@ -162,13 +148,14 @@ pub async fn add_message(
         ))
         .on_conflict((messages::merchant_id, messages::mid))
         .do_nothing()
-        .execute(conn)
+        .prepared()
+        .execute(&mut conn)
         .await?;
     Ok(n == 1)
 }
 
 /// The customer deleted a message: its text goes too.
-pub async fn delete_message(conn: &mut AsyncPgConnection, mid: &str) -> QueryResult<()> {
+pub async fn delete_message(mut conn: &AsyncPgConnection, mid: &str) -> QueryResult<()> {
     diesel::update(messages::table.filter(messages::mid.eq(mid)))
         .set((
             messages::is_deleted.eq(true),
@@ -176,14 +163,14 @@ pub async fn delete_message(conn: &mut AsyncPgConnection, mid: &str) -> QueryRes
             messages::attachments.eq(serde_json::json!([])),
             messages::updated_at.eq(diesel::dsl::now),
         ))
-        .execute(conn)
+        .execute(&mut conn)
         .await
         .map(|_| ())
 }
 
 /// An edit replaces the text, unless a later edit is already stored.
 pub async fn edit_message(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     mid: &str,
     text: &str,
     num_edit: i32,
@@ -199,14 +186,14 @@ pub async fn edit_message(
         messages::edit_count.eq(num_edit),
         messages::updated_at.eq(diesel::dsl::now),
     ))
-    .execute(conn)
+    .execute(&mut conn)
     .await
     .map(|_| ())
 }
 
 /// The last `limit` messages with text, oldest first, as (author, text, sent_at).
 pub async fn recent_messages(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     conversation: Uuid,
     limit: i64,
 ) -> QueryResult<Vec<(String, String, DateTime<Utc>)>> {
@@ -217,23 +204,11 @@ pub async fn recent_messages(
         .order(messages::sent_at.desc())
         .limit(limit)
         .select((messages::author, messages::text, messages::sent_at))
-        .load(conn)
+        .load(&mut conn)
         .await?;
     rows.reverse();
     Ok(rows
         .into_iter()
         .filter_map(|(a, t, s)| t.map(|t| (a, t, s)))
         .collect())
-}
-
-/// The newest customer message time of the conversation (by the events' own timestamps).
-pub async fn latest_customer_message(
-    conn: &mut AsyncPgConnection,
-    conversation: Uuid,
-) -> QueryResult<Option<DateTime<Utc>>> {
-    conversations::table
-        .find(conversation)
-        .select(conversations::last_customer_message_at)
-        .first(conn)
-        .await
 }

@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::db::MerchantId;
+use crate::prepared::PreparedExt;
 use crate::schema::webhook_events as we;
 
 /// One event to record.
@@ -21,7 +22,7 @@ pub struct NewEvent<'a> {
 /// Records the event; `false` when `(merchant_id, event_id)` was already recorded (a duplicate
 /// delivery that slipped past the ingress's claim).
 pub async fn record(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     merchant: MerchantId,
     e: &NewEvent<'_>,
 ) -> QueryResult<bool> {
@@ -36,15 +37,17 @@ pub async fn record(
         ))
         .on_conflict((we::merchant_id, we::event_id))
         .do_nothing()
-        .execute(conn)
+        .prepared()
+        .execute(&mut conn)
         .await?;
     Ok(n == 1)
 }
 
-pub async fn mark_processed(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<()> {
+pub async fn mark_processed(mut conn: &AsyncPgConnection, event_id: &str) -> QueryResult<()> {
     diesel::update(we::table.filter(we::event_id.eq(event_id)))
         .set(we::processed_at.eq(diesel::dsl::now))
-        .execute(conn)
+        .prepared()
+        .execute(&mut conn)
         .await
         .map(|_| ())
 }
@@ -61,11 +64,11 @@ pub async fn delete_received_before(
 
 /// Whether a recorded event was fully handled (a crash between recording and finishing leaves
 /// it unprocessed, and the retry then finishes it).
-pub async fn is_processed(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<bool> {
+pub async fn is_processed(mut conn: &AsyncPgConnection, event_id: &str) -> QueryResult<bool> {
     let at: Option<Option<DateTime<Utc>>> = we::table
         .filter(we::event_id.eq(event_id))
         .select(we::processed_at)
-        .first(conn)
+        .first(&mut conn)
         .await
         .optional()?;
     Ok(matches!(at, Some(Some(_))))

@@ -11,6 +11,7 @@ pub mod events;
 pub mod merchants;
 pub mod migrate;
 pub mod outbound;
+pub mod prepared;
 pub mod products;
 pub mod schema;
 pub mod vault;

@@ -34,11 +34,11 @@ pub async fn create(
         .map(|_| ())
 }
 
-pub async fn find(conn: &mut AsyncPgConnection, id: MerchantId) -> QueryResult<Option<Merchant>> {
+pub async fn find(mut conn: &AsyncPgConnection, id: MerchantId) -> QueryResult<Option<Merchant>> {
     merchants::table
         .find(id.0)
         .select(Merchant::as_select())
-        .first(conn)
+        .first(&mut conn)
         .await
         .optional()
 }

@@ -6,7 +6,11 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::MerchantId;
+use crate::prepared::PreparedExt;
 use crate::schema::outbound_messages as om;
+
+/// Instagram gets a reply in at most this many parts.
+pub const MAX_PARTS: usize = 3;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = om)]
@@ -28,9 +32,16 @@ pub fn part_key(event_id: &str, part: usize) -> String {
     format!("{event_id}#{part}")
 }
 
-/// Inserts the parts of a reply; parts that exist already (a re-run) keep their text.
+/// The keys every part of the reply to one event may have.
+fn part_keys(event_id: &str) -> Vec<String> {
+    (0..MAX_PARTS).map(|i| part_key(event_id, i)).collect()
+}
+
+/// Inserts the parts of a reply and returns them in order; parts that exist already (a
+/// re-run) keep their text and state. One statement: the no-op update makes the insert return
+/// the existing row on a conflict.
 pub async fn create_parts(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     merchant: MerchantId,
     conversation: Uuid,
     event_id: &str,
@@ -40,6 +51,7 @@ pub async fn create_parts(
 ) -> QueryResult<Vec<Outbound>> {
     let rows: Vec<_> = parts
         .iter()
+        .take(MAX_PARTS)
         .enumerate()
         .map(|(i, text)| {
             (
@@ -53,39 +65,69 @@ pub async fn create_parts(
             )
         })
         .collect();
-    diesel::insert_into(om::table)
+    let mut stored: Vec<Outbound> = diesel::insert_into(om::table)
         .values(rows)
         .on_conflict((om::merchant_id, om::idempotency_key))
-        .do_nothing()
-        .execute(conn)
+        .do_update()
+        .set(om::updated_at.eq(om::updated_at))
+        .returning(Outbound::as_returning())
+        .prepared()
+        .get_results(&mut conn)
         .await?;
-    for_event(conn, event_id).await
+    stored.sort_by_key(|r| r.part_index);
+    Ok(stored)
 }
 
 /// The parts already created for an event, in order.
-pub async fn for_event(conn: &mut AsyncPgConnection, event_id: &str) -> QueryResult<Vec<Outbound>> {
+pub async fn for_event(mut conn: &AsyncPgConnection, event_id: &str) -> QueryResult<Vec<Outbound>> {
     om::table
-        .filter(om::idempotency_key.like(format!(
-            "{}#%",
-            event_id.replace('%', "\\%").replace('_', "\\_")
-        )))
+        .filter(om::idempotency_key.eq_any(part_keys(event_id)))
         .select(Outbound::as_select())
         .order(om::part_index)
-        .load(conn)
+        .prepared()
+        .load(&mut conn)
         .await
 }
 
-pub async fn get(conn: &mut AsyncPgConnection, key: &str) -> QueryResult<Option<Outbound>> {
+pub async fn get(mut conn: &AsyncPgConnection, key: &str) -> QueryResult<Option<Outbound>> {
     om::table
         .filter(om::idempotency_key.eq(key))
         .select(Outbound::as_select())
-        .first(conn)
+        .first(&mut conn)
         .await
         .optional()
 }
 
+/// A part and the part before it (which must be out first), in one query.
+pub async fn with_previous(
+    mut conn: &AsyncPgConnection,
+    key: &str,
+) -> QueryResult<(Option<Outbound>, Option<Outbound>)> {
+    let previous = key.rsplit_once('#').and_then(|(event, n)| {
+        let n: usize = n.parse().ok()?;
+        n.checked_sub(1).map(|p| part_key(event, p))
+    });
+    let keys: Vec<&str> = std::iter::once(key).chain(previous.as_deref()).collect();
+    let rows: Vec<Outbound> = om::table
+        .filter(om::idempotency_key.eq_any(keys))
+        .select(Outbound::as_select())
+        .prepared()
+        .load(&mut conn)
+        .await?;
+    let mut this = None;
+    let mut before = None;
+    for row in rows {
+        if row.idempotency_key == key {
+            this = Some(row);
+        } else {
+            before = Some(row);
+        }
+    }
+    Ok((this, before))
+}
+
 /// Claims the part for a send: `sending`, one more attempt, the time it started.
-pub async fn mark_sending(conn: &mut AsyncPgConnection, key: &str) -> QueryResult<bool> {
+pub async fn mark_sending(mut conn: &AsyncPgConnection, key: &str) -> QueryResult<bool> {
     let n = diesel::update(
         om::table
             .filter(om::idempotency_key.eq(key))
@@ -97,13 +139,14 @@ pub async fn mark_sending(conn: &mut AsyncPgConnection, key: &str) -> QueryResul
         om::sending_started_at.eq(diesel::dsl::now),
         om::updated_at.eq(diesel::dsl::now),
     ))
-    .execute(conn)
+    .prepared()
+    .execute(&mut conn)
     .await?;
     Ok(n == 1)
 }
 
 pub async fn mark_sent(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     key: &str,
     message_id: &str,
 ) -> QueryResult<()> {
@@ -115,7 +158,8 @@ pub async fn mark_sent(
             om::last_error.eq(None::<String>),
             om::updated_at.eq(diesel::dsl::now),
         ))
-        .execute(conn)
+        .prepared()
+        .execute(&mut conn)
         .await
         .map(|_| ())
 }
@@ -123,7 +167,7 @@ pub async fn mark_sent(
 /// Sets a status (`pending` after a failure that certainly did not send, `failed`,
 /// `send_unknown`) with the error that led to it.
 pub async fn mark_status(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     key: &str,
     status: &str,
     error: Option<&str>,
@@ -134,7 +178,8 @@ pub async fn mark_status(
             om::last_error.eq(error),
             om::updated_at.eq(diesel::dsl::now),
         ))
-        .execute(conn)
+        .prepared()
+        .execute(&mut conn)
         .await
         .map(|_| ())
 }
@@ -143,7 +188,7 @@ pub async fn mark_status(
 /// customer on a part that is `sending` or `sent` (the echo can beat the API's answer). A match
 /// confirms the send.
 pub async fn confirm_echo(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     recipient: &str,
     mid: &str,
     text: Option<&str>,
@@ -154,7 +199,7 @@ pub async fn confirm_echo(
             .filter(om::meta_message_id.eq(mid)),
     )
     .set(om::status.eq("sent"))
-    .execute(conn)
+    .execute(&mut conn)
     .await?;
     if by_id > 0 {
         return Ok(true);
@@ -171,7 +216,7 @@ pub async fn confirm_echo(
         )
         .order(om::created_at.desc())
         .select(om::id)
-        .first(conn)
+        .first(&mut conn)
         .await
         .optional()?;
     let Some(id) = candidate else {
@@ -184,7 +229,7 @@ pub async fn confirm_echo(
             om::sent_at.eq(diesel::dsl::now),
             om::updated_at.eq(diesel::dsl::now),
         ))
-        .execute(conn)
+        .execute(&mut conn)
         .await?;
     Ok(true)
 }

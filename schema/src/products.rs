@@ -6,6 +6,7 @@ use diesel::upsert::excluded;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::db::MerchantId;
+use crate::prepared::PreparedExt;
 use crate::schema::products;
 
 /// One catalog row: what an import validated, and what a read returns.
@@ -90,18 +91,18 @@ pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Product>> {
 }
 
 /// The first `limit` products by SKU.
-pub async fn list_first(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<Product>> {
+pub async fn list_first(mut conn: &AsyncPgConnection, limit: i64) -> QueryResult<Vec<Product>> {
     products::table
         .select(Product::as_select())
         .order(products::sku)
         .limit(limit)
-        .load(conn)
+        .load(&mut conn)
         .await
 }
 
 /// Products relevant to `words`: the most matches in name and SKU (then description) first.
 pub async fn search(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     words: &[String],
     limit: i64,
 ) -> QueryResult<Vec<Product>> {
@@ -135,6 +136,7 @@ pub async fn search(
         .order((score().desc(), products::sku))
         .limit(limit)
         .select(Product::as_select())
-        .load(conn)
+        .prepared()
+        .load(&mut conn)
         .await
 }

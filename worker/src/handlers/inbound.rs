@@ -12,7 +12,7 @@ use diesel_async::AsyncPgConnection;
 use igsales_jobs::{DeadReason, InboundEventV1, JobQueue, SendMessageV1};
 use igsales_meta::IdString;
 use igsales_meta::webhook::EventKind;
-use igsales_schema::conversations::{self, Conversation, NewMessage};
+use igsales_schema::conversations::{self, NewMessage};
 use igsales_schema::events::{self, NewEvent};
 use igsales_schema::outbound::{self, Outbound};
 use igsales_schema::{DbError, MerchantId, merchants, products};
@@ -81,13 +81,20 @@ struct Event {
 
 /// What the transaction decided should happen next.
 enum Next {
+    /// Recorded (and marked processed): nothing to send.
     Nothing,
+    /// Processed before: nothing to do at all.
+    Done,
+    /// Processed before, with parts that may never have been enqueued.
+    Requeue {
+        customer: String,
+        parts: Vec<Outbound>,
+    },
     /// Send the merchant's hand-off message (the conversation just got flagged).
     Handoff {
         conversation: Uuid,
         customer: String,
         text: String,
-        at: DateTime<Utc>,
     },
     /// Ask the model, then send its answer.
     Reply(Box<ReplyPlan>),
@@ -147,177 +154,46 @@ async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
     let now = Utc::now();
     let takeover = ChronoDuration::from_std(shared.settings.human_takeover)
         .unwrap_or(ChronoDuration::hours(12));
+    let ctx = Ctx {
+        job: &job,
+        ev: &ev,
+        merchant,
+        at,
+        now,
+    };
 
     let next = shared
         .db
         .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
-            let fresh = events::record(
-                c,
-                merchant,
-                &NewEvent {
-                    event_id: &job.event_id,
-                    kind: job.kind.as_str(),
-                    instagram_page_id: &job.instagram_account_id,
-                    event_time: Some(at),
-                    received_at: job.received_at,
-                },
-            )
-            .await?;
-            if !fresh && events::is_processed(c, &job.event_id).await? {
-                return Ok::<_, DbError>(None);
-            }
-            let account = job.instagram_account_id.as_str();
-            let customer_of = |p: &Option<Party>| p.as_ref().map(|p| p.id.0.clone());
+            let c: &AsyncPgConnection = c;
             let next = match job.kind {
-                EventKind::Message | EventKind::Postback => {
-                    let Some(customer) = customer_of(&ev.sender).filter(|c| c != account) else {
-                        return Ok(Some(Next::Nothing));
-                    };
-                    let (mid, text, attachments) = match (&ev.message, &ev.postback) {
-                        (Some(m), _) => (
-                            m.mid.clone().unwrap_or_else(|| job.event_id.clone()),
-                            m.text.clone(),
-                            m.attachments.clone(),
-                        ),
-                        (None, Some(p)) => (
-                            p.mid.clone().unwrap_or_else(|| job.event_id.clone()),
-                            p.title.clone().or_else(|| p.payload.clone()),
-                            None,
-                        ),
-                        (None, None) => return Ok(Some(Next::Nothing)),
-                    };
-                    let conv: Conversation = conversations::upsert(c, merchant, account, &customer).await?;
-                    conversations::add_message(
-                        c,
-                        merchant,
-                        &NewMessage {
-                            conversation: conv.id,
-                            mid: &mid,
-                            direction: "inbound",
-                            author: "customer",
-                            text: text.as_deref(),
-                            attachments: attachments.unwrap_or_else(|| serde_json::json!([])),
-                            sent_at: at,
-                        },
-                    )
-                    .await?;
-                    conversations::note_customer_message(c, conv.id, at).await?;
-                    let Some(shop) = merchants::find(c, merchant).await? else {
-                        return Ok(Some(Next::Nothing));
-                    };
-                    let text = text.unwrap_or_default();
-                    if reply::asks_for_human(&text) {
-                        if conversations::set_needs_human(c, conv.id).await? {
-                            Next::Handoff { conversation: conv.id, customer, text: shop.handoff_message, at }
-                        } else {
-                            Next::Nothing
-                        }
-                    } else if !shop.ai_enabled
-                        || conv.needs_human
-                        || conv.paused_until.is_some_and(|p| p > now)
-                        || text.trim().is_empty()
-                    {
-                        Next::Nothing
-                    } else if now - at > WINDOW {
-                        Next::WindowExpired
-                    } else if conv.last_customer_message_at.is_some_and(|latest| latest > at) {
-                        // A newer message exists: that one gets the answer.
-                        Next::Nothing
-                    } else {
-                        // A small catalog goes in whole; a large one by relevance.
-                        let mut products = products::list_first(c, reply::SMALL_CATALOG + 1).await?;
-                        if products.len() as i64 > reply::SMALL_CATALOG {
-                            products = products::search(c, &reply::search_words(&text), reply::RELEVANT_PRODUCTS).await?;
-                        }
-                        // A re-run of an unfinished event finds its parts already stored.
-                        let stored = if fresh { Vec::new() } else { outbound::for_event(c, &job.event_id).await? };
-                        let history: Vec<(String, String)> = conversations::recent_messages(c, conv.id, HISTORY + 1)
-                            .await?
-                            .into_iter()
-                            .filter(|(_, _, sent)| *sent < at)
-                            .map(|(a, t, _)| (a, t))
-                            .collect();
-                        Next::Reply(Box::new(ReplyPlan {
-                            conversation: conv.id,
-                            customer,
-                            at,
-                            persona: shop.persona,
-                            products,
-                            history,
-                            text,
-                            stored,
-                        }))
-                    }
-                }
-                EventKind::Echo => {
-                    let Some(customer) = customer_of(&ev.recipient) else {
-                        return Ok(Some(Next::Nothing));
-                    };
-                    let message = ev.message.as_ref();
-                    let mid = message.and_then(|m| m.mid.clone()).unwrap_or_else(|| job.event_id.clone());
-                    let text = message.and_then(|m| m.text.clone());
-                    let conv = conversations::upsert(c, merchant, account, &customer).await?;
-                    let ours = outbound::confirm_echo(c, &customer, &mid, text.as_deref()).await?;
-                    conversations::add_message(
-                        c,
-                        merchant,
-                        &NewMessage {
-                            conversation: conv.id,
-                            mid: &mid,
-                            direction: "outbound",
-                            author: if ours { "assistant" } else { "human" },
-                            text: text.as_deref(),
-                            attachments: message
-                                .and_then(|m| m.attachments.clone())
-                                .unwrap_or_else(|| serde_json::json!([])),
-                            sent_at: at,
-                        },
-                    )
-                    .await?;
-                    if !ours {
-                        // Someone answered from the Instagram app: the assistant steps back.
-                        conversations::pause(c, conv.id, now + takeover).await?;
-                        tracing::info!(merchant.id = %merchant, conversation.id = %conv.id, "human took over the conversation");
-                    }
-                    Next::Nothing
-                }
-                EventKind::Deleted => {
-                    if let Some(mid) = ev.message.as_ref().and_then(|m| m.mid.as_deref()) {
-                        conversations::delete_message(c, mid).await?;
-                    }
-                    Next::Nothing
-                }
-                EventKind::Edit => {
-                    if let Some(e) = &ev.message_edit {
-                        conversations::edit_message(c, &e.mid, e.text.as_deref().unwrap_or(""), e.num_edit.unwrap_or(1)).await?;
-                    }
-                    Next::Nothing
-                }
-                _ => Next::Nothing,
+                EventKind::Message | EventKind::Postback => on_message(c, &ctx).await?,
+                kind => on_other(c, &ctx, kind, now + takeover).await?,
             };
             if matches!(next, Next::Nothing | Next::WindowExpired) {
                 events::mark_processed(c, &job.event_id).await?;
             }
-            Ok(Some(next))
+            Ok::<_, DbError>(next)
         })
         .await?;
 
     match next {
-        None => Ok(()),
-        Some(Next::Nothing) => Ok(()),
-        Some(Next::WindowExpired) => {
+        Next::Nothing | Next::Done => Ok(()),
+        Next::WindowExpired => {
             metrics::counter!(REPLIES, "result" => "window_expired").increment(1);
             Err(JobError::Dead(
                 DeadReason::WindowExpired,
                 anyhow::anyhow!("the customer's message is older than the 24-hour window"),
             ))
         }
-        Some(Next::Handoff {
+        Next::Requeue { customer, parts } => {
+            push_sends(shared, &job, merchant, &customer, at, parts).await
+        }
+        Next::Handoff {
             conversation,
             customer,
             text,
-            at,
-        }) => {
+        } => {
             metrics::counter!(REPLIES, "result" => "handoff").increment(1);
             deliver(
                 shared,
@@ -330,8 +206,236 @@ async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
             )
             .await
         }
-        Some(Next::Reply(plan)) => answer(shared, &job, merchant, *plan).await,
+        Next::Reply(plan) => answer(shared, &job, merchant, *plan).await,
     }
+}
+
+/// What every branch of the first transaction reads.
+struct Ctx<'a> {
+    job: &'a InboundEventV1,
+    ev: &'a Event,
+    merchant: MerchantId,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+}
+
+impl Ctx<'_> {
+    fn new_event(&self) -> NewEvent<'_> {
+        NewEvent {
+            event_id: &self.job.event_id,
+            kind: self.job.kind.as_str(),
+            instagram_page_id: &self.job.instagram_account_id,
+            event_time: Some(self.at),
+            received_at: self.job.received_at,
+        }
+    }
+}
+
+/// A customer's message or postback. The independent reads and writes go out pipelined, in
+/// two round trips: they touch different rows, so their order on the wire does not matter.
+async fn on_message(c: &AsyncPgConnection, ctx: &Ctx<'_>) -> Result<Next, DbError> {
+    let (job, ev, merchant, at) = (ctx.job, ctx.ev, ctx.merchant, ctx.at);
+    let account = job.instagram_account_id.as_str();
+    let customer = ev
+        .sender
+        .as_ref()
+        .map(|p| p.id.0.clone())
+        .filter(|c| c != account);
+    let content = match (&ev.message, &ev.postback) {
+        (Some(m), _) => Some((
+            m.mid.clone().unwrap_or_else(|| job.event_id.clone()),
+            m.text.clone(),
+            m.attachments.clone(),
+        )),
+        (None, Some(p)) => Some((
+            p.mid.clone().unwrap_or_else(|| job.event_id.clone()),
+            p.title.clone().or_else(|| p.payload.clone()),
+            None,
+        )),
+        (None, None) => None,
+    };
+    let (Some(customer), Some((mid, text, attachments))) = (customer, content) else {
+        if !events::record(c, merchant, &ctx.new_event()).await?
+            && events::is_processed(c, &job.event_id).await?
+        {
+            return Ok(Next::Done);
+        }
+        return Ok(Next::Nothing);
+    };
+
+    let event = ctx.new_event();
+    let (fresh, conv, shop, catalog) = futures::try_join!(
+        events::record(c, merchant, &event),
+        conversations::upsert(c, merchant, account, &customer, Some(at)),
+        merchants::find(c, merchant),
+        products::list_first(c, reply::SMALL_CATALOG + 1),
+    )?;
+    if !fresh && events::is_processed(c, &job.event_id).await? {
+        // Finished before, but its sends may not have reached the queue (the push failed
+        // after the commit): parts never claimed go again; their rows make that harmless.
+        let parts: Vec<Outbound> = outbound::for_event(c, &job.event_id)
+            .await?
+            .into_iter()
+            .filter(|p| p.status == "pending")
+            .collect();
+        return Ok(if parts.is_empty() {
+            Next::Done
+        } else {
+            Next::Requeue { customer, parts }
+        });
+    }
+    let message = NewMessage {
+        conversation: conv.id,
+        mid: &mid,
+        direction: "inbound",
+        author: "customer",
+        text: text.as_deref(),
+        attachments: attachments.unwrap_or_else(|| serde_json::json!([])),
+        sent_at: at,
+    };
+    let Some(shop) = shop else {
+        conversations::add_message(c, merchant, &message).await?;
+        return Ok(Next::Nothing);
+    };
+    let text = text.clone().unwrap_or_default();
+    if reply::asks_for_human(&text) {
+        conversations::add_message(c, merchant, &message).await?;
+        return Ok(if conversations::set_needs_human(c, conv.id).await? {
+            Next::Handoff {
+                conversation: conv.id,
+                customer,
+                text: shop.handoff_message,
+            }
+        } else {
+            Next::Nothing
+        });
+    }
+    let quiet = !shop.ai_enabled
+        || conv.needs_human
+        || conv.paused_until.is_some_and(|p| p > ctx.now)
+        || text.trim().is_empty();
+    // A newer message exists (the clock moved past this one): that one gets the answer.
+    let superseded = conv
+        .last_customer_message_at
+        .is_some_and(|latest| latest > at);
+    let expired = ctx.now - at > WINDOW;
+    if quiet || expired || superseded {
+        conversations::add_message(c, merchant, &message).await?;
+        return Ok(if !quiet && expired {
+            Next::WindowExpired
+        } else {
+            Next::Nothing
+        });
+    }
+
+    // A small catalog goes in whole; a large one by relevance.
+    let large = catalog.len() as i64 > reply::SMALL_CATALOG;
+    let words = reply::search_words(&text);
+    let (_, recent, relevant, stored) = futures::try_join!(
+        conversations::add_message(c, merchant, &message),
+        conversations::recent_messages(c, conv.id, HISTORY + 1),
+        async {
+            if large {
+                products::search(c, &words, reply::RELEVANT_PRODUCTS).await
+            } else {
+                Ok(Vec::new())
+            }
+        },
+        // A re-run of an unfinished event finds its parts already stored.
+        async {
+            if fresh {
+                Ok(Vec::new())
+            } else {
+                outbound::for_event(c, &job.event_id).await
+            }
+        },
+    )?;
+    // The stored message has `sent_at == at`, so it is left out whichever order the
+    // pipelined statements ran in.
+    let history = recent
+        .into_iter()
+        .filter(|(_, _, sent)| *sent < at)
+        .map(|(a, t, _)| (a, t))
+        .collect();
+    Ok(Next::Reply(Box::new(ReplyPlan {
+        conversation: conv.id,
+        customer,
+        at,
+        persona: shop.persona,
+        products: if large { relevant } else { catalog },
+        history,
+        text,
+        stored,
+    })))
+}
+
+/// Echoes, deletions, edits and the kinds that are only recorded.
+async fn on_other(
+    c: &AsyncPgConnection,
+    ctx: &Ctx<'_>,
+    kind: EventKind,
+    pause_until: DateTime<Utc>,
+) -> Result<Next, DbError> {
+    let (job, ev, merchant) = (ctx.job, ctx.ev, ctx.merchant);
+    if !events::record(c, merchant, &ctx.new_event()).await?
+        && events::is_processed(c, &job.event_id).await?
+    {
+        return Ok(Next::Done);
+    }
+    match kind {
+        EventKind::Echo => {
+            let Some(customer) = ev.recipient.as_ref().map(|p| p.id.0.clone()) else {
+                return Ok(Next::Nothing);
+            };
+            let message = ev.message.as_ref();
+            let mid = message
+                .and_then(|m| m.mid.clone())
+                .unwrap_or_else(|| job.event_id.clone());
+            let text = message.and_then(|m| m.text.clone());
+            let account = job.instagram_account_id.as_str();
+            let conv = conversations::upsert(c, merchant, account, &customer, None).await?;
+            let ours = outbound::confirm_echo(c, &customer, &mid, text.as_deref()).await?;
+            conversations::add_message(
+                c,
+                merchant,
+                &NewMessage {
+                    conversation: conv.id,
+                    mid: &mid,
+                    direction: "outbound",
+                    author: if ours { "assistant" } else { "human" },
+                    text: text.as_deref(),
+                    attachments: message
+                        .and_then(|m| m.attachments.clone())
+                        .unwrap_or_else(|| serde_json::json!([])),
+                    sent_at: ctx.at,
+                },
+            )
+            .await?;
+            if !ours {
+                // Someone answered from the Instagram app: the assistant steps back.
+                conversations::pause(c, conv.id, pause_until).await?;
+                tracing::info!(merchant.id = %merchant, conversation.id = %conv.id, "human took over the conversation");
+            }
+        }
+        EventKind::Deleted => {
+            if let Some(mid) = ev.message.as_ref().and_then(|m| m.mid.as_deref()) {
+                conversations::delete_message(c, mid).await?;
+            }
+        }
+        EventKind::Edit => {
+            if let Some(e) = &ev.message_edit {
+                conversations::edit_message(
+                    c,
+                    &e.mid,
+                    e.text.as_deref().unwrap_or(""),
+                    e.num_edit.unwrap_or(1),
+                )
+                .await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(Next::Nothing)
 }
 
 /// Asks the model (unless a previous run already stored the answer) and sends it.
@@ -341,8 +445,17 @@ async fn answer(
     merchant: MerchantId,
     plan: ReplyPlan,
 ) -> Result<(), JobError> {
+    let at = plan.at;
     if !plan.stored.is_empty() {
-        return enqueue(shared, job, merchant, &plan.customer, plan.at, plan.stored).await;
+        let (event_id, parts) = (job.event_id.clone(), plan.stored);
+        shared
+            .db
+            .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+                events::mark_processed(c, &event_id).await?;
+                Ok::<_, DbError>(())
+            })
+            .await?;
+        return push_sends(shared, job, merchant, &plan.customer, at, parts).await;
     }
     let messages = reply::prompt(&plan.persona, &plan.products, &plan.history, &plan.text);
     let text = shared
@@ -369,7 +482,7 @@ async fn answer(
                     merchant,
                     conversation,
                     &plan.customer,
-                    plan.at,
+                    at,
                     vec![t],
                 )
                 .await
@@ -389,13 +502,15 @@ async fn answer(
         merchant,
         plan.conversation,
         &plan.customer,
-        plan.at,
+        at,
         parts,
     )
     .await
 }
 
-/// Stores the parts (idempotently) and enqueues their sends.
+/// Stores the parts and marks the event processed in one transaction, then enqueues their
+/// sends. A push that fails after the commit is repaired by the retry: it finds the event
+/// processed and re-enqueues the parts still pending.
 async fn deliver(
     shared: &Shared,
     job: &InboundEventV1,
@@ -410,7 +525,8 @@ async fn deliver(
     let rows = shared
         .db
         .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
-            Ok::<_, DbError>(
+            let c: &AsyncPgConnection = c;
+            let (rows, ()) = futures::try_join!(
                 outbound::create_parts(
                     c,
                     merchant,
@@ -418,16 +534,17 @@ async fn deliver(
                     &event_id,
                     &account,
                     &customer_id,
-                    &parts,
-                )
-                .await?,
-            )
+                    &parts
+                ),
+                events::mark_processed(c, &event_id),
+            )?;
+            Ok::<_, DbError>(rows)
         })
         .await?;
-    enqueue(shared, job, merchant, customer, at, rows).await
+    push_sends(shared, job, merchant, customer, at, rows).await
 }
 
-async fn enqueue(
+async fn push_sends(
     shared: &Shared,
     job: &InboundEventV1,
     merchant: MerchantId,
@@ -450,8 +567,7 @@ async fn enqueue(
     JobQueue::<SendMessageV1>::new(shared.redis.clone())
         .push_all(sends)
         .await
-        .map_err(JobError::retry)?;
-    finish(shared, merchant, &job.event_id).await
+        .map_err(JobError::retry)
 }
 
 async fn finish(shared: &Shared, merchant: MerchantId, event_id: &str) -> Result<(), JobError> {

@@ -66,7 +66,15 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
     let decision = shared
         .db
         .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
-            let Some(row) = outbound::get(c, &k).await? else {
+            // The part, the part before it and the token in one round trip (pipelined; the
+            // token is read even when the part turns out to be done, which is rare).
+            let c: &AsyncPgConnection = c;
+            let (parts, token) = futures::join!(
+                outbound::with_previous(c, &k),
+                accounts::token(c, vault, merchant, &page)
+            );
+            let (this, before) = parts?;
+            let Some(row) = this else {
                 // The part is gone (data deletion): nothing to send.
                 return Ok::<_, DbError>(Decision::Done);
             };
@@ -81,18 +89,11 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                 ));
             }
             // Parts go out in order: a later part waits for the one before it.
-            if let Some((event, _)) = k.rsplit_once('#')
-                && row.part_index > 0
-            {
-                let before =
-                    outbound::get(c, &outbound::part_key(event, (row.part_index - 1) as usize))
-                        .await?;
-                if before.is_some_and(|b| matches!(b.status.as_str(), "pending" | "sending")) {
-                    return Ok(Decision::Wait(
-                        std::time::Duration::from_millis(300),
-                        "waiting for the previous part",
-                    ));
-                }
+            if before.is_some_and(|b| matches!(b.status.as_str(), "pending" | "sending")) {
+                return Ok(Decision::Wait(
+                    std::time::Duration::from_millis(300),
+                    "waiting for the previous part",
+                ));
             }
             if row.status == "sending" {
                 let since = row
@@ -118,7 +119,7 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                     ));
                 }
             }
-            let token = match accounts::token(c, vault, merchant, &page).await {
+            let token = match token {
                 Ok(t) => t,
                 Err(AccountError::NotFound) => {
                     outbound::mark_status(c, &k, "failed", Some("account disconnected")).await?;
