@@ -39,7 +39,7 @@ async fn disconnect_accounts(state: &AppState, user_id: &str) -> Result<usize, A
         let page_id = page.clone();
         state
             .db
-            .as_merchant(*merchant, async move |c: &mut AsyncPgConnection| {
+            .as_merchant(*merchant, async move |c: &AsyncPgConnection| {
                 Ok::<_, DbError>(accounts::disconnect(c, &page_id).await?)
             })
             .await
@@ -87,7 +87,7 @@ pub async fn data_deletion(
         let page = page.clone();
         conversations_deleted += state
             .db
-            .as_merchant(*merchant, async move |c: &mut AsyncPgConnection| {
+            .as_merchant(*merchant, async move |c: &AsyncPgConnection| {
                 let n = conversations::delete_for_account(c, &page).await?;
                 accounts::disconnect(c, &page).await?;
                 Ok::<_, DbError>(n)
@@ -105,7 +105,7 @@ pub async fn data_deletion(
         let customer = user_id.clone();
         conversations_deleted += state
             .db
-            .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+            .as_merchant(merchant, async move |c: &AsyncPgConnection| {
                 Ok::<_, DbError>(conversations::delete_for_customer(c, &customer).await?)
             })
             .await

@@ -38,7 +38,7 @@ fn parse_merchant(raw: &str) -> Result<MerchantId, AppError> {
 async fn require_merchant(state: &AppState, merchant: MerchantId) -> Result<(), AppError> {
     let found = state
         .db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             Ok::<_, DbError>(merchants::find(c, merchant).await?.is_some())
         })
         .await
@@ -339,7 +339,7 @@ async fn finish(
     let vault = &state.vault;
     let stored = state
         .db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             accounts::connect(
                 c,
                 vault,
@@ -380,7 +380,7 @@ pub async fn accounts(
     let merchant = parse_merchant(&merchant)?;
     let listed = state
         .db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             if merchants::find(c, merchant).await?.is_none() {
                 return Ok::<_, DbError>(None);
             }

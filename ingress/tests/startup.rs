@@ -585,7 +585,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_stops_accepting() {
         .await
         .as_merchant(
             merchant,
-            async move |c: &mut diesel_async::AsyncPgConnection| {
+            async move |c: &diesel_async::AsyncPgConnection| {
                 igsales_schema::merchants::create(c, merchant, "Shop", None)
                     .await
                     .map_err(igsales_schema::DbError::from)

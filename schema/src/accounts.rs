@@ -54,7 +54,7 @@ pub struct Connection<'a> {
 }
 
 pub async fn connect(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     vault: &Vault,
     merchant: MerchantId,
     account: &Connection<'_>,
@@ -96,7 +96,7 @@ pub async fn connect(
             ia::needs_reauth.eq(false),
             ia::updated_at.eq(now),
         ))
-        .execute(conn)
+        .execute(&mut conn)
         .await;
     match result {
         Ok(_) => Ok(()),
@@ -108,18 +108,18 @@ pub async fn connect(
     }
 }
 
-pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Account>> {
+pub async fn list(mut conn: &AsyncPgConnection) -> QueryResult<Vec<Account>> {
     ia::table
         .select(Account::as_select())
         .order(ia::instagram_page_id)
-        .load(conn)
+        .load(&mut conn)
         .await
 }
 
 /// Forgets the account's token and marks it for re-authorisation (Meta deauthorized the app,
 /// or an operator disconnected it). `false` when there is no such account.
 pub async fn disconnect(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     instagram_page_id: &str,
 ) -> QueryResult<bool> {
     let n = diesel::update(ia::table.filter(ia::instagram_page_id.eq(instagram_page_id)))
@@ -130,7 +130,7 @@ pub async fn disconnect(
             ia::subscribed_at.eq(None::<DateTime<Utc>>),
             ia::updated_at.eq(diesel::dsl::now),
         ))
-        .execute(conn)
+        .execute(&mut conn)
         .await?;
     Ok(n > 0)
 }
@@ -158,12 +158,12 @@ pub async fn token(
 
 /// Stored tokens of this merchant per key version (`None`: not in the `v{kver}:` form).
 pub async fn token_versions(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
 ) -> QueryResult<Vec<(Option<u32>, usize)>> {
     let stored: Vec<Option<String>> = ia::table
         .select(ia::token_ciphertext)
         .filter(ia::token_ciphertext.is_not_null())
-        .load(conn)
+        .load(&mut conn)
         .await?;
     let mut counts: Vec<(Option<u32>, usize)> = Vec::new();
     for version in stored.iter().flatten().map(|s| Vault::version_of(s)) {
@@ -188,14 +188,14 @@ pub struct RotateCounts {
 /// (which writes under the current key anyway) wins. A token that fails to decrypt is
 /// reported, not fatal, so one bad row does not stop the rest.
 pub async fn rotate_tokens(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     vault: &Vault,
     merchant: MerchantId,
 ) -> Result<RotateCounts, AccountError> {
     let rows: Vec<(String, Option<String>)> = ia::table
         .select((ia::instagram_page_id, ia::token_ciphertext))
         .filter(ia::token_ciphertext.is_not_null())
-        .load(conn)
+        .load(&mut conn)
         .await?;
     let mut counts = RotateCounts::default();
     for (page_id, stored) in rows {
@@ -217,7 +217,7 @@ pub async fn rotate_tokens(
                     ia::token_ciphertext.eq(&fresh),
                     ia::updated_at.eq(diesel::dsl::now),
                 ))
-                .execute(conn)
+                .execute(&mut conn)
                 .await?;
                 counts.rotated += n;
             }
@@ -229,7 +229,7 @@ pub async fn rotate_tokens(
 /// Stores a refreshed token (encrypted for its row) and its new expiry. `false` when the
 /// account was disconnected meanwhile (its token is then not brought back).
 pub async fn store_refreshed(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     vault: &Vault,
     merchant: MerchantId,
     instagram_page_id: &str,
@@ -256,14 +256,14 @@ pub async fn store_refreshed(
         ia::needs_reauth.eq(false),
         ia::updated_at.eq(now),
     ))
-    .execute(conn)
+    .execute(&mut conn)
     .await?;
     Ok(n > 0)
 }
 
 /// Marks the account as needing a new authorisation (its token was rejected with 190).
 pub async fn mark_needs_reauth(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     instagram_page_id: &str,
 ) -> QueryResult<()> {
     diesel::update(ia::table.filter(ia::instagram_page_id.eq(instagram_page_id)))
@@ -271,7 +271,7 @@ pub async fn mark_needs_reauth(
             ia::needs_reauth.eq(true),
             ia::updated_at.eq(diesel::dsl::now),
         ))
-        .execute(conn)
+        .execute(&mut conn)
         .await
         .map(|_| ())
 }

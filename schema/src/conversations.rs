@@ -13,23 +13,23 @@ use crate::schema::{conversations, messages};
 /// Deletes every conversation of one connected account (messages and outbound rows go with
 /// them, by cascade). Returns how many conversations went.
 pub async fn delete_for_account(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     instagram_page_id: &str,
 ) -> QueryResult<usize> {
     diesel::delete(
         conversations::table.filter(conversations::instagram_page_id.eq(instagram_page_id)),
     )
-    .execute(conn)
+    .execute(&mut conn)
     .await
 }
 
 /// Deletes every conversation with one customer (Instagram-scoped id).
 pub async fn delete_for_customer(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     customer_igsid: &str,
 ) -> QueryResult<usize> {
     diesel::delete(conversations::table.filter(conversations::customer_igsid.eq(customer_igsid)))
-        .execute(conn)
+        .execute(&mut conn)
         .await
 }
 
@@ -107,14 +107,14 @@ pub async fn pause(
 }
 
 /// Hands the conversation back to the assistant: clears `needs_human` and any pause.
-pub async fn resume(conn: &mut AsyncPgConnection, customer: &str) -> QueryResult<usize> {
+pub async fn resume(mut conn: &AsyncPgConnection, customer: &str) -> QueryResult<usize> {
     diesel::update(conversations::table.filter(conversations::customer_igsid.eq(customer)))
         .set((
             conversations::needs_human.eq(false),
             conversations::paused_until.eq(None::<DateTime<Utc>>),
             conversations::updated_at.eq(diesel::dsl::now),
         ))
-        .execute(conn)
+        .execute(&mut conn)
         .await
 }
 

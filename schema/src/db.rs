@@ -10,6 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use diesel::connection::TransactionDepthChange;
 use diesel::prelude::*;
 use diesel::sql_types;
 use diesel_async::pooled_connection::bb8::Pool;
@@ -290,38 +291,47 @@ impl Db {
 
     /// Runs `work` in a transaction whose merchant context is `merchant`. Commits on `Ok`, rolls
     /// back on `Err`. If this future is dropped mid-way the connection is discarded, never reused.
+    ///
+    /// `work` gets a shared connection so it can pipeline independent statements
+    /// (`futures::try_join!`); the connection keeps them in the order they were first polled.
     pub async fn as_merchant<R, E, F>(&self, merchant: MerchantId, work: F) -> Result<R, E>
     where
-        for<'c> F: AsyncFnOnce(&'c mut AsyncPgConnection) -> Result<R, E>
-            + TenantWork<&'c mut AsyncPgConnection, Result<R, E>, Fut: Send>
+        for<'c> F: AsyncFnOnce(&'c AsyncPgConnection) -> Result<R, E>
+            + TenantWork<&'c AsyncPgConnection, Result<R, E>, Fut: Send>
             + Send,
         E: From<DbError> + Send,
         R: Send,
     {
         let mut conn = self.checkout().await?;
         let conn: &mut AsyncPgConnection = &mut conn;
-        // BEGIN and the context in one round trip (the id is a typed UUID, safe to inline).
+        // The transaction manager counts the transaction before BEGIN goes out: from here on a
+        // dropped future leaves a connection the pool discards.
+        AnsiTransactionManager::transaction_manager_status_mut(conn)
+            .transaction_state()
+            .and_then(|s| s.change_transaction_depth(TransactionDepthChange::IncreaseDepth))
+            .map_err(|e| E::from(DbError::from(e)))?;
+        // BEGIN and the context (a typed UUID, safe to inline) go out first and the work's first
+        // statements right behind them, in the same flight. Should BEGIN fail, those statements
+        // fail as well: in an aborted transaction, or outside one with no context, where RLS
+        // shows nothing and refuses every write.
         let begin = format!("BEGIN; SELECT set_merchant_context('{}')", merchant.0);
-        if let Err(e) = AnsiTransactionManager::begin_transaction_sql(conn, &begin).await {
-            // The server may hold an open (aborted) transaction the manager does not know of.
-            let _ = conn.batch_execute("ROLLBACK").await;
-            return Err(E::from(DbError::from(e)));
-        }
-        let outcome = work(&mut *conn).await;
-        match outcome {
-            Ok(value) => {
+        let shared: &AsyncPgConnection = conn;
+        let mut starter = shared;
+        let (began, outcome) = futures::join!(starter.batch_execute(&begin), work(shared));
+        let error = match (began, outcome) {
+            (Ok(()), Ok(value)) => {
                 AnsiTransactionManager::commit_transaction(conn)
                     .await
                     .map_err(DbError::from)?;
-                Ok(value)
+                return Ok(value);
             }
-            Err(e) => {
-                // A failed rollback leaves the transaction manager broken: bb8 drops the
-                // connection. The caller's error is the one worth reporting.
-                let _ = AnsiTransactionManager::rollback_transaction(conn).await;
-                Err(e)
-            }
-        }
+            (Err(e), _) => E::from(DbError::from(e)),
+            (Ok(()), Err(e)) => e,
+        };
+        // A failed rollback leaves the transaction manager broken: bb8 drops the connection.
+        // The first error is the one worth reporting.
+        let _ = AnsiTransactionManager::rollback_transaction(conn).await;
+        Err(error)
     }
 
     /// Instagram account id → merchant, through the `SECURITY DEFINER` resolver.

@@ -54,11 +54,11 @@ pub async fn mark_processed(mut conn: &AsyncPgConnection, event_id: &str) -> Que
 
 /// Retention: deletes this merchant's events received before `cutoff`.
 pub async fn delete_received_before(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     cutoff: DateTime<Utc>,
 ) -> QueryResult<usize> {
     diesel::delete(we::table.filter(we::received_at.lt(cutoff)))
-        .execute(conn)
+        .execute(&mut conn)
         .await
 }
 

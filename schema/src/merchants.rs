@@ -18,7 +18,7 @@ pub struct Merchant {
 
 /// Creates the merchant whose context the transaction carries (RLS checks `id`).
 pub async fn create(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     id: MerchantId,
     name: &str,
     persona: Option<&str>,
@@ -29,7 +29,7 @@ pub async fn create(
             merchants::name.eq(name),
             persona.map(|p| merchants::persona.eq(p)),
         ))
-        .execute(conn)
+        .execute(&mut conn)
         .await
         .map(|_| ())
 }
@@ -54,13 +54,13 @@ pub struct MerchantChanges {
 
 /// Applies `changes`; `false` when the merchant does not exist (or is not this context's).
 pub async fn update(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     id: MerchantId,
     changes: &MerchantChanges,
 ) -> QueryResult<bool> {
     let n = diesel::update(merchants::table.find(id.0))
         .set((changes, merchants::updated_at.eq(diesel::dsl::now)))
-        .execute(conn)
+        .execute(&mut conn)
         .await?;
     Ok(n == 1)
 }

@@ -32,7 +32,7 @@ pub struct UpsertCounts {
 /// Inserts or updates by SKU. Postgres caps a statement at 65535 bind parameters: rows go in
 /// chunks far below that.
 pub async fn upsert(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     merchant: MerchantId,
     rows: &[Product],
     mut progress: impl FnMut(usize),
@@ -72,7 +72,7 @@ pub async fn upsert(
                 products::updated_at.eq(diesel::dsl::now),
             ))
             .returning(diesel::dsl::sql::<diesel::sql_types::Bool>("xmax = 0"))
-            .get_results(conn)
+            .get_results(&mut conn)
             .await?;
         let new = inserted.iter().filter(|b| **b).count();
         counts.inserted += new;
@@ -82,11 +82,11 @@ pub async fn upsert(
     Ok(counts)
 }
 
-pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Product>> {
+pub async fn list(mut conn: &AsyncPgConnection) -> QueryResult<Vec<Product>> {
     products::table
         .select(Product::as_select())
         .order(products::sku)
-        .load(conn)
+        .load(&mut conn)
         .await
 }
 

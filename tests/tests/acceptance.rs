@@ -248,9 +248,9 @@ async fn one_merchant_never_sees_another_merchants_conversation() {
     let count = |m: MerchantId, table: &'static str| {
         let app = app.clone();
         async move {
-            app.as_merchant(m, async move |c: &mut AsyncPgConnection| {
+            app.as_merchant(m, async move |mut c: &AsyncPgConnection| {
                 let r: N = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
-                    .get_result(c)
+                    .get_result(&mut c)
                     .await?;
                 Ok::<_, DbError>(r.n)
             })

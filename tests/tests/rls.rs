@@ -116,8 +116,8 @@ fn marker_column(table: &str) -> &'static str {
 
 async fn count_as(db: &Db, m: MerchantId, sql: &str) -> i64 {
     let sql = sql.to_owned();
-    db.as_merchant(m, async move |c: &mut AsyncPgConnection| {
-        let row: Count = diesel::sql_query(sql).get_result(c).await?;
+    db.as_merchant(m, async move |mut c: &AsyncPgConnection| {
+        let row: Count = diesel::sql_query(sql).get_result(&mut c).await?;
         Ok::<_, DbError>(row.n)
     })
     .await
@@ -126,8 +126,8 @@ async fn count_as(db: &Db, m: MerchantId, sql: &str) -> i64 {
 
 async fn execute_as(db: &Db, m: MerchantId, sql: &str) -> Result<usize, DbError> {
     let sql = sql.to_owned();
-    db.as_merchant(m, async move |c: &mut AsyncPgConnection| {
-        Ok(diesel::sql_query(sql).execute(c).await?)
+    db.as_merchant(m, async move |mut c: &AsyncPgConnection| {
+        Ok(diesel::sql_query(sql).execute(&mut c).await?)
     })
     .await
 }
@@ -148,7 +148,7 @@ async fn seeded() -> (TestDb, Db, Tenant, Tenant) {
     let (a, b) = (Tenant::new(1), Tenant::new(2));
     for t in [&a, &b] {
         let sql = t.seed_sql();
-        db.as_merchant(t.id, async move |c: &mut AsyncPgConnection| {
+        db.as_merchant(t.id, async move |mut c: &AsyncPgConnection| {
             c.batch_execute(&sql).await?;
             Ok::<_, DbError>(())
         })
@@ -293,11 +293,11 @@ async fn without_a_merchant_context_nothing_is_visible_and_nothing_can_be_writte
     assert!(err.to_string().contains("must not be NULL"), "{err}");
 }
 
-async fn session(conn: &mut AsyncPgConnection) -> Session {
+async fn session(mut conn: &AsyncPgConnection) -> Session {
     diesel::sql_query(
         "SELECT current_setting('app.merchant_id', true) AS setting, pg_backend_pid() AS pid",
     )
-    .get_result(conn)
+    .get_result(&mut conn)
     .await
     .expect("session query")
 }
@@ -308,7 +308,7 @@ async fn a_context_does_not_outlive_its_transaction_on_a_pooled_connection() {
     let db = test_db.app_db(1).await;
     let a = MerchantId::new_random();
     let inside = db
-        .as_merchant(a, async |c: &mut AsyncPgConnection| {
+        .as_merchant(a, async |c: &AsyncPgConnection| {
             Ok::<_, DbError>(session(c).await)
         })
         .await
@@ -318,7 +318,7 @@ async fn a_context_does_not_outlive_its_transaction_on_a_pooled_connection() {
     // The pool has one connection: the next checkout is the same backend, with no merchant.
     let mut raw = db.raw_connection_for_tests().await.expect("checkout");
     raw.batch_execute("BEGIN").await.expect("begin");
-    let after = session(&mut raw).await;
+    let after = session(&raw).await;
     raw.batch_execute("COMMIT").await.expect("commit");
     assert_eq!(after.pid, inside.pid, "same pooled connection");
     assert!(
@@ -334,7 +334,7 @@ async fn a_cancelled_transaction_does_not_leak_its_context_or_its_writes() {
     let db = test_db.app_db(1).await;
     let a = Tenant::new(1);
     let seed = a.seed_sql();
-    db.as_merchant(a.id, async move |c: &mut AsyncPgConnection| {
+    db.as_merchant(a.id, async move |mut c: &AsyncPgConnection| {
         c.batch_execute(&seed).await?;
         Ok::<_, DbError>(())
     })
@@ -346,11 +346,13 @@ async fn a_cancelled_transaction_does_not_leak_its_context_or_its_writes() {
     let insert = a.insert_sql("products", "cancelled");
     let outcome = tokio::time::timeout(
         Duration::from_millis(500),
-        db.as_merchant(a.id, async move |c: &mut AsyncPgConnection| {
+        db.as_merchant(a.id, async move |mut c: &AsyncPgConnection| {
             let s = session(c).await;
             *pid_slot.lock().expect("lock") = Some(s.pid);
-            diesel::sql_query(insert).execute(c).await?;
-            diesel::sql_query("SELECT pg_sleep(30)").execute(c).await?;
+            diesel::sql_query(insert).execute(&mut c).await?;
+            diesel::sql_query("SELECT pg_sleep(30)")
+                .execute(&mut c)
+                .await?;
             Ok::<_, DbError>(())
         }),
     )
@@ -369,7 +371,7 @@ async fn a_cancelled_transaction_does_not_leak_its_context_or_its_writes() {
         .raw_connection_for_tests()
         .await
         .expect("checkout after cancel");
-    let now = session(&mut raw).await;
+    let now = session(&raw).await;
     assert_ne!(
         now.pid, cancelled_pid,
         "a connection with an open transaction was reused"
@@ -419,13 +421,13 @@ async fn pooled_connections_carry_the_statement_and_idle_in_transaction_timeouts
         idle: String,
     }
     let t: Timeouts = db
-        .as_merchant(m, async |c: &mut AsyncPgConnection| {
+        .as_merchant(m, async |mut c: &AsyncPgConnection| {
             Ok::<_, DbError>(
                 diesel::sql_query(
                     "SELECT current_setting('statement_timeout') AS statement,
                             current_setting('idle_in_transaction_session_timeout') AS idle",
                 )
-                .get_result(c)
+                .get_result(&mut c)
                 .await?,
             )
         })
@@ -434,8 +436,10 @@ async fn pooled_connections_carry_the_statement_and_idle_in_transaction_timeouts
     assert_eq!((t.statement.as_str(), t.idle.as_str()), ("200ms", "300ms"));
 
     let err = db
-        .as_merchant(m, async |c: &mut AsyncPgConnection| {
-            diesel::sql_query("SELECT pg_sleep(2)").execute(c).await?;
+        .as_merchant(m, async |mut c: &AsyncPgConnection| {
+            diesel::sql_query("SELECT pg_sleep(2)")
+                .execute(&mut c)
+                .await?;
             Ok::<_, DbError>(())
         })
         .await

@@ -22,7 +22,7 @@ async fn merchant_with_account(
 ) -> MerchantId {
     let m = MerchantId::new_random();
     let (page, token) = (page.to_owned(), Secret::new(token));
-    db.as_merchant(m, async move |c: &mut AsyncPgConnection| {
+    db.as_merchant(m, async move |c: &AsyncPgConnection| {
         merchants::create(c, m, "Shop", None)
             .await
             .map_err(DbError::from)?;
@@ -52,7 +52,7 @@ async fn read_token(
     page: &str,
 ) -> Result<Secret, AccountError> {
     let page = page.to_owned();
-    db.as_merchant(m, async move |c: &mut AsyncPgConnection| {
+    db.as_merchant(m, async move |c: &AsyncPgConnection| {
         accounts::token(c, vault, m, &page).await
     })
     .await
@@ -129,7 +129,7 @@ async fn an_account_connected_to_one_merchant_cannot_be_claimed_by_another() {
     let b = MerchantId::new_random();
     let v = &vault;
     let result = db
-        .as_merchant(b, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(b, async move |c: &AsyncPgConnection| {
             merchants::create(c, b, "Other", None)
                 .await
                 .map_err(DbError::from)?;

@@ -44,7 +44,7 @@ pub async fn tokens_refresh(
     let redis = igsales_jobs::redis_conn::connect(redis, AppEnv::Development).await?;
     let targets: Vec<(MerchantId, String)> = match merchant {
         Some(m) => db
-            .as_merchant(m, async move |c: &mut AsyncPgConnection| {
+            .as_merchant(m, async move |c: &AsyncPgConnection| {
                 Ok::<_, DbError>(accounts::list(c).await?)
             })
             .await?
@@ -77,7 +77,7 @@ pub async fn tokens_refresh(
 
 async fn connected(db: &Db, merchant: MerchantId) -> anyhow::Result<Vec<String>> {
     Ok(db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             Ok::<_, DbError>(accounts::list(c).await?)
         })
         .await?
@@ -106,7 +106,7 @@ pub async fn accounts_resubscribe(
         for account in connected(&db, m).await? {
             let (v, a) = (&vault, account.clone());
             let token = db
-                .as_merchant(m, async move |c: &mut AsyncPgConnection| {
+                .as_merchant(m, async move |c: &AsyncPgConnection| {
                     accounts::token(c, v, m, &a).await
                 })
                 .await;
@@ -148,7 +148,7 @@ pub async fn accounts_disconnect(
     let vault = Vault::new(keys);
     let (v, a) = (&vault, account.to_owned());
     match db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             accounts::token(c, v, merchant, &a).await
         })
         .await
@@ -165,7 +165,7 @@ pub async fn accounts_disconnect(
     }
     let a = account.to_owned();
     let found = db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             Ok::<_, DbError>(accounts::disconnect(c, &a).await?)
         })
         .await?;
@@ -185,7 +185,7 @@ pub async fn conversation_resume(
     let db = Db::connect(db).await?;
     let c2 = customer.to_owned();
     let n = db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             Ok::<_, DbError>(conversations::resume(c, &c2).await?)
         })
         .await?;

@@ -48,7 +48,7 @@ pub async fn merchant_create(
     let db = Db::connect(settings).await?;
     let id = MerchantId::new_random();
     let (name, persona) = (name.to_owned(), persona.map(str::to_owned));
-    db.as_merchant(id, async move |c: &mut AsyncPgConnection| {
+    db.as_merchant(id, async move |c: &AsyncPgConnection| {
         merchants::create(c, id, &name, persona.as_deref()).await?;
         Ok::<_, DbError>(())
     })
@@ -67,7 +67,7 @@ pub async fn merchant_set(
     let db = Db::connect(settings).await?;
     let owned = changes.clone();
     let found = db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             Ok::<_, DbError>(merchants::update(c, merchant, &owned).await?)
         })
         .await
@@ -114,7 +114,7 @@ pub async fn catalog_import(
     eprintln!("validated {total} products from {}", file.display());
     let db = Db::connect(settings).await?;
     let counts = db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             if merchants::find(c, merchant).await?.is_none() {
                 return Err(ImportError::UnknownMerchant(merchant));
             }

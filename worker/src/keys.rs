@@ -19,7 +19,7 @@ async fn census(db: &Db) -> anyhow::Result<Census> {
     let mut totals = Census::new();
     for merchant in db.merchant_ids().await? {
         let versions = db
-            .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
+            .as_merchant(merchant, async |c: &AsyncPgConnection| {
                 Ok::<_, DbError>(accounts::token_versions(c).await?)
             })
             .await?;
@@ -82,7 +82,7 @@ pub async fn rotate(settings: &DbSettings, ring: &KeyRing) -> anyhow::Result<()>
     for (i, merchant) in merchants.iter().copied().enumerate() {
         let vault = &vault;
         let counts = db
-            .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+            .as_merchant(merchant, async move |c: &AsyncPgConnection| {
                 accounts::rotate_tokens(c, vault, merchant).await
             })
             .await

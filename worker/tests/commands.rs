@@ -144,7 +144,7 @@ async fn merchant_create_and_set_work_under_rls() {
     out.assert_code(0);
     let app = db.app_db(1).await;
     let m = app
-        .as_merchant(id, async |c: &mut AsyncPgConnection| {
+        .as_merchant(id, async |c: &AsyncPgConnection| {
             Ok::<_, DbError>(merchants::find(c, id).await?)
         })
         .await
@@ -195,7 +195,7 @@ fn tempdir() -> std::path::PathBuf {
 async fn products_of(db: &TestDb, m: MerchantId) -> Vec<products::Product> {
     db.app_db(1)
         .await
-        .as_merchant(m, async |c: &mut AsyncPgConnection| {
+        .as_merchant(m, async |c: &AsyncPgConnection| {
             Ok::<_, DbError>(products::list(c).await?)
         })
         .await
@@ -332,7 +332,7 @@ async fn keys_rotate_moves_every_token_to_the_first_key_once() {
         let page = format!("1784140000000{i}");
         let token = Secret::new(format!("IGAA-token-{name}"));
         let (vault, page_id) = (&old_vault, page.clone());
-        app.as_merchant(m, async move |c: &mut AsyncPgConnection| {
+        app.as_merchant(m, async move |c: &AsyncPgConnection| {
             accounts::connect(
                 c,
                 vault,
@@ -418,7 +418,7 @@ async fn keys_rotate_moves_every_token_to_the_first_key_once() {
     for (m, page, plain) in accounts_made {
         let vault = &new_only;
         let token = app
-            .as_merchant(m, async move |c: &mut AsyncPgConnection| {
+            .as_merchant(m, async move |c: &AsyncPgConnection| {
                 accounts::token(c, vault, m, &page).await
             })
             .await
@@ -434,7 +434,7 @@ async fn keys_rotate_reports_tokens_it_cannot_decrypt_and_exits_1() {
     let lost = Vault::new(&ring(&key_entry(7, 7)));
     let app = db.app_db(1).await;
     let vault = &lost;
-    app.as_merchant(m, async move |c: &mut AsyncPgConnection| {
+    app.as_merchant(m, async move |c: &AsyncPgConnection| {
         accounts::connect(
             c,
             vault,

@@ -110,7 +110,7 @@ impl Pipeline {
         let page = account.user_id.clone();
         db.app_db(1)
             .await
-            .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
+            .as_merchant(merchant, async |c: &AsyncPgConnection| {
                 merchants::create(c, merchant, "Loja Azul", Some(PERSONA))
                     .await
                     .map_err(DbError::from)?;

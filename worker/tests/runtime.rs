@@ -562,7 +562,7 @@ async fn the_token_sweep_refreshes_due_tokens_and_flags_rejected_ones_for_reauth
         let token = fake.issue_long_lived_token(&account);
         let m = igsales_schema::MerchantId::new_random();
         let (v, t, p) = (&vault, Secret::new(token.clone()), page.to_owned());
-        app.as_merchant(m, async move |c: &mut diesel_async::AsyncPgConnection| {
+        app.as_merchant(m, async move |c: &diesel_async::AsyncPgConnection| {
             igsales_schema::merchants::create(c, m, "Shop", None)
                 .await
                 .map_err(igsales_schema::DbError::from)?;
@@ -618,7 +618,7 @@ async fn the_token_sweep_refreshes_due_tokens_and_flags_rejected_ones_for_reauth
     let (m, page, old) = tokens[0].clone();
     let v = &vault;
     let now_token = app
-        .as_merchant(m, async move |c: &mut diesel_async::AsyncPgConnection| {
+        .as_merchant(m, async move |c: &diesel_async::AsyncPgConnection| {
             accounts::token(c, v, m, &page).await
         })
         .await

@@ -129,7 +129,7 @@ impl Harness {
         let vault = Vault::new(&key_ring());
         let page = account_id.to_owned();
         self.app_db
-            .as_merchant(m, async move |c: &mut AsyncPgConnection| {
+            .as_merchant(m, async move |c: &AsyncPgConnection| {
                 merchants::create(c, m, "Shop", None)
                     .await
                     .map_err(DbError::from)?;
@@ -156,7 +156,7 @@ impl Harness {
     pub async fn merchant(&self) -> MerchantId {
         let m = MerchantId::new_random();
         self.app_db
-            .as_merchant(m, async move |c: &mut AsyncPgConnection| {
+            .as_merchant(m, async move |c: &AsyncPgConnection| {
                 merchants::create(c, m, "Shop", None)
                     .await
                     .map_err(DbError::from)

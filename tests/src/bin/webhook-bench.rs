@@ -205,7 +205,7 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         let page = account.id.clone();
         let token = Secret::new(format!("IGAA-bench-token-{page}"));
         let expires_at = chrono::Utc::now() + chrono::Duration::days(60);
-        db.as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        db.as_merchant(merchant, async move |c: &AsyncPgConnection| {
             accounts::connect(
                 c,
                 vault,

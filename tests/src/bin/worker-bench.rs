@@ -207,7 +207,7 @@ async fn pipeline(args: &Args) -> anyhow::Result<()> {
         let token = fake.issue_long_lived_token(&account);
         let m = MerchantId::new_random();
         let v = &vault;
-        db.as_merchant(m, async |c: &mut AsyncPgConnection| {
+        db.as_merchant(m, async |c: &AsyncPgConnection| {
             merchants::create(c, m, &format!("Shop {i}"), None)
                 .await
                 .map_err(DbError::from)?;

@@ -35,7 +35,7 @@ pub async fn run(job: HousekeepingV1, shared: &Shared) -> Result<(), JobError> {
     for merchant in shared.db.merchant_ids().await? {
         events_deleted += shared
             .db
-            .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
+            .as_merchant(merchant, async |c: &AsyncPgConnection| {
                 Ok::<_, DbError>(events::delete_received_before(c, cutoff).await?)
             })
             .await?;

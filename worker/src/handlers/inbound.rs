@@ -164,8 +164,7 @@ async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
 
     let next = shared
         .db
-        .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
-            let c: &AsyncPgConnection = c;
+        .as_merchant(merchant, async |c: &AsyncPgConnection| {
             let next = match job.kind {
                 EventKind::Message | EventKind::Postback => on_message(c, &ctx).await?,
                 kind => on_other(c, &ctx, kind, now + takeover).await?,
@@ -450,7 +449,7 @@ async fn answer(
         let (event_id, parts) = (job.event_id.clone(), plan.stored);
         shared
             .db
-            .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+            .as_merchant(merchant, async move |c: &AsyncPgConnection| {
                 events::mark_processed(c, &event_id).await?;
                 Ok::<_, DbError>(())
             })
@@ -467,7 +466,7 @@ async fn answer(
         let conversation = plan.conversation;
         let handoff = shared
             .db
-            .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
+            .as_merchant(merchant, async |c: &AsyncPgConnection| {
                 let flipped = conversations::set_needs_human(c, conversation).await?;
                 let shop = merchants::find(c, merchant).await?;
                 Ok::<_, DbError>(flipped.then_some(shop.map(|s| s.handoff_message)).flatten())
@@ -524,8 +523,7 @@ async fn deliver(
     let customer_id = customer.to_owned();
     let rows = shared
         .db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
-            let c: &AsyncPgConnection = c;
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             let (rows, ()) = futures::try_join!(
                 outbound::create_parts(
                     c,
@@ -574,7 +572,7 @@ async fn finish(shared: &Shared, merchant: MerchantId, event_id: &str) -> Result
     let id = event_id.to_owned();
     shared
         .db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             Ok::<_, DbError>(events::mark_processed(c, &id).await?)
         })
         .await?;

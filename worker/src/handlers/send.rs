@@ -30,7 +30,7 @@ async fn set_status(
     let key = key.to_owned();
     shared
         .db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             Ok::<_, DbError>(outbound::mark_status(c, &key, status, error.as_deref()).await?)
         })
         .await?;
@@ -65,10 +65,9 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
     // committing `sending` before the call.
     let decision = shared
         .db
-        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
             // The part, the part before it and the token in one round trip (pipelined; the
             // token is read even when the part turns out to be done, which is rare).
-            let c: &AsyncPgConnection = c;
             let (parts, token) = futures::join!(
                 outbound::with_previous(c, &k),
                 accounts::token(c, vault, merchant, &page)
@@ -159,7 +158,7 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
             let k = key.clone();
             shared
                 .db
-                .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+                .as_merchant(merchant, async move |c: &AsyncPgConnection| {
                     Ok::<_, DbError>(outbound::mark_sent(c, &k, &message_id).await?)
                 })
                 .await?;
@@ -207,7 +206,7 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                     let page = job.instagram_account_id.clone();
                     shared
                         .db
-                        .as_merchant(merchant, async move |c: &mut AsyncPgConnection| {
+                        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
                             Ok::<_, DbError>(accounts::mark_needs_reauth(c, &page).await?)
                         })
                         .await?;

@@ -53,7 +53,7 @@ pub async fn refresh(job: RefreshTokenV1, shared: &Shared) -> Result<(), JobErro
     let vault = &shared.vault;
     let token = match shared
         .db
-        .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async |c: &AsyncPgConnection| {
             accounts::token(c, vault, merchant, &page).await
         })
         .await
@@ -71,7 +71,7 @@ pub async fn refresh(job: RefreshTokenV1, shared: &Shared) -> Result<(), JobErro
             if let JobError::Dead(DeadReason::NeedsReauth, _) = &err {
                 shared
                     .db
-                    .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
+                    .as_merchant(merchant, async |c: &AsyncPgConnection| {
                         Ok::<_, DbError>(accounts::mark_needs_reauth(c, &page).await?)
                     })
                     .await?;
@@ -85,7 +85,7 @@ pub async fn refresh(job: RefreshTokenV1, shared: &Shared) -> Result<(), JobErro
         + chrono::Duration::from_std(renewed.expires_in).unwrap_or(chrono::Duration::days(60));
     let stored = shared
         .db
-        .as_merchant(merchant, async |c: &mut AsyncPgConnection| {
+        .as_merchant(merchant, async |c: &AsyncPgConnection| {
             accounts::store_refreshed(c, vault, merchant, &page, &renewed.access_token, expires_at)
                 .await
         })
