@@ -126,6 +126,14 @@ pub struct IngressArgs {
         hide_env_values = true
     )]
     meta_http_timeout_ms: String,
+    /// How long a looked-up host name (Meta's OAuth and Graph hosts) is reused.
+    #[arg(
+        long,
+        env = "HTTP_DNS_CACHE_SECS",
+        default_value = "30",
+        hide_env_values = true
+    )]
+    http_dns_cache_secs: String,
     /// Calls to Meta in flight at once (each holds a blocking thread).
     #[arg(
         long,
@@ -180,6 +188,7 @@ pub struct IngressSettings {
     pub account_cache_miss: Duration,
     pub meta_http_timeout: Duration,
     pub meta_http_max_concurrency: usize,
+    pub http_dns_cache: Duration,
     pub oauth_state_ttl: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -381,6 +390,18 @@ impl IngressArgs {
             1,
             120_000,
         );
+        let dns_cache = c.value(
+            "HTTP_DNS_CACHE_SECS",
+            &self.http_dns_cache_secs,
+            "seconds, 0–3600",
+            |s: &str| {
+                s.parse::<u64>()
+                    .ok()
+                    .filter(|v| *v <= 3600)
+                    .map(Duration::from_secs)
+                    .ok_or_else(String::new)
+            },
+        );
         let meta_concurrency = c.value(
             "META_HTTP_MAX_CONCURRENCY",
             &self.meta_http_max_concurrency,
@@ -436,6 +457,7 @@ impl IngressArgs {
                 account_cache_miss: must(cache_miss),
                 meta_http_timeout: must(meta_timeout),
                 meta_http_max_concurrency: must(meta_concurrency),
+                http_dns_cache: must(dns_cache),
                 oauth_state_ttl: must(oauth_ttl),
                 shutdown_timeout: must(shutdown),
             },

@@ -74,6 +74,7 @@ impl AppState {
             client_secret: settings.ig_app_secret.clone(),
             timeout: settings.meta_http_timeout,
             max_concurrency: settings.meta_http_max_concurrency,
+            dns_cache_ttl: settings.http_dns_cache,
         });
         let accounts = AccountResolver::new(
             db.clone(),

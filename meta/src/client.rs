@@ -26,6 +26,8 @@ pub struct MetaClientConfig {
     pub client_secret: Secret,
     pub timeout: Duration,
     pub max_concurrency: usize,
+    /// How long a looked-up host name's addresses are reused.
+    pub dns_cache_ttl: Duration,
 }
 
 /// Graph's error envelope: `{"error":{"message","type","code","error_subcode",…}}`.
@@ -227,14 +229,13 @@ struct Success {
 
 impl MetaClient {
     pub fn new(cfg: MetaClientConfig) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(cfg.timeout))
-            .timeout_connect(Some(cfg.timeout.min(Duration::from_secs(3))))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .user_agent("igsales/1")
-            .build()
-            .into();
+        let agent = crate::http::agent(&crate::http::AgentSettings {
+            timeout: cfg.timeout,
+            connect_timeout: Duration::from_secs(3),
+            max_connections: cfg.max_concurrency,
+            dns_cache_ttl: cfg.dns_cache_ttl,
+            user_agent: Some("igsales/1"),
+        });
         let permits = Arc::new(Semaphore::new(cfg.max_concurrency.max(1)));
         MetaClient {
             cfg: Arc::new(cfg),

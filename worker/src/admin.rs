@@ -30,6 +30,8 @@ fn meta_client(graph: &GraphSettings) -> MetaClient {
         client_secret: Secret::new(""),
         timeout: graph.timeout,
         max_concurrency: 4,
+        // A one-shot command looks each name up once anyway.
+        dns_cache_ttl: Duration::from_secs(30),
     })
 }
 

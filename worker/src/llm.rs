@@ -25,6 +25,8 @@ pub struct LlmConfig {
     pub max_tokens: u32,
     pub timeout: Duration,
     pub max_concurrency: usize,
+    /// How long a looked-up host name's addresses are reused.
+    pub dns_cache_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,12 +95,13 @@ struct Message {
 
 impl LlmClient {
     pub fn new(cfg: LlmConfig) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(cfg.timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
+        let agent = igsales_meta::http::agent(&igsales_meta::http::AgentSettings {
+            timeout: cfg.timeout,
+            connect_timeout: cfg.timeout.min(Duration::from_secs(3)),
+            max_connections: cfg.max_concurrency,
+            dns_cache_ttl: cfg.dns_cache_ttl,
+            user_agent: None,
+        });
         let permits = Arc::new(Semaphore::new(cfg.max_concurrency.max(1)));
         LlmClient {
             cfg: Arc::new(cfg),

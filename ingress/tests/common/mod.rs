@@ -74,6 +74,7 @@ pub fn settings(base: &str, db: &TestDb, redis_url: &str, fake: &FakeMeta) -> In
         account_cache_miss: Duration::from_secs(1),
         meta_http_timeout: Duration::from_secs(5),
         meta_http_max_concurrency: 8,
+        http_dns_cache: Duration::from_secs(30),
         oauth_state_ttl: Duration::from_secs(600),
         shutdown_timeout: Duration::from_secs(5),
     }

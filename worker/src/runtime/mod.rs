@@ -255,6 +255,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         client_secret: settings.ig_app_secret.clone(),
         timeout: settings.meta_http_timeout,
         max_concurrency: settings.meta_http_max_concurrency,
+        dns_cache_ttl: settings.http_dns_cache,
     });
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.metrics_port))
         .await
@@ -271,6 +272,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         max_tokens: settings.openai_max_tokens,
         timeout: settings.openai_timeout,
         max_concurrency: settings.openai_max_concurrency,
+        dns_cache_ttl: settings.http_dns_cache,
     });
     let shared = Arc::new(Shared {
         vault: Vault::new(&settings.keys),

@@ -247,6 +247,14 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     meta_http_timeout_ms: String,
+    /// How long a looked-up host name (Graph, the model API) is reused before a new lookup.
+    #[arg(
+        long,
+        env = "HTTP_DNS_CACHE_SECS",
+        default_value = "30",
+        hide_env_values = true
+    )]
+    http_dns_cache_secs: String,
     #[arg(
         long,
         env = "META_HTTP_MAX_CONCURRENCY",
@@ -297,6 +305,7 @@ pub struct RunSettings {
     pub dlq_max_len: usize,
     pub meta_http_timeout: Duration,
     pub meta_http_max_concurrency: usize,
+    pub http_dns_cache: Duration,
 }
 
 fn int<T: FromStr + PartialOrd + Copy>(min: T, max: T) -> impl FnOnce(&str) -> Result<T, String> {
@@ -543,6 +552,14 @@ impl RunArgs {
             1,
             120_000,
         );
+        let dns_cache = c
+            .value(
+                "HTTP_DNS_CACHE_SECS",
+                &self.http_dns_cache_secs,
+                "seconds, 0–3600",
+                int(0u64, 3600),
+            )
+            .map(Duration::from_secs);
         let meta_concurrency = c.value(
             "META_HTTP_MAX_CONCURRENCY",
             &self.meta_http_max_concurrency,
@@ -595,6 +612,7 @@ impl RunArgs {
             dlq_max_len: dlq_max?,
             meta_http_timeout: meta_timeout?,
             meta_http_max_concurrency: meta_concurrency?,
+            http_dns_cache: dns_cache?,
         })
     }
 }
