@@ -73,6 +73,21 @@ pub async fn upsert(
     .await
 }
 
+/// The conversation between an account and a customer, if there is one.
+pub async fn find(
+    mut conn: &AsyncPgConnection,
+    account: &str,
+    customer: &str,
+) -> QueryResult<Option<Conversation>> {
+    conversations::table
+        .filter(conversations::instagram_page_id.eq(account))
+        .filter(conversations::customer_igsid.eq(customer))
+        .select(Conversation::as_select())
+        .first(&mut conn)
+        .await
+        .optional()
+}
+
 /// Flags the conversation for a person; `true` only for the call that flipped it (so the
 /// hand-off message goes out once).
 pub async fn set_needs_human(mut conn: &AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
@@ -199,6 +214,32 @@ pub async fn recent_messages(
 ) -> QueryResult<Vec<(String, String, DateTime<Utc>)>> {
     let mut rows: Vec<(String, Option<String>, DateTime<Utc>)> = messages::table
         .filter(messages::conversation_id.eq(conversation))
+        .filter(messages::is_deleted.eq(false))
+        .filter(messages::text.is_not_null())
+        .order(messages::sent_at.desc())
+        .limit(limit)
+        .select((messages::author, messages::text, messages::sent_at))
+        .load(&mut conn)
+        .await?;
+    rows.reverse();
+    Ok(rows
+        .into_iter()
+        .filter_map(|(a, t, s)| t.map(|t| (a, t, s)))
+        .collect())
+}
+
+/// [`recent_messages`] of the conversation between an account and a customer, found by them
+/// (so it can be read in the same flight as the conversation itself).
+pub async fn recent_messages_with(
+    mut conn: &AsyncPgConnection,
+    account: &str,
+    customer: &str,
+    limit: i64,
+) -> QueryResult<Vec<(String, String, DateTime<Utc>)>> {
+    let mut rows: Vec<(String, Option<String>, DateTime<Utc>)> = messages::table
+        .inner_join(conversations::table.on(conversations::id.eq(messages::conversation_id)))
+        .filter(conversations::instagram_page_id.eq(account))
+        .filter(conversations::customer_igsid.eq(customer))
         .filter(messages::is_deleted.eq(false))
         .filter(messages::text.is_not_null())
         .order(messages::sent_at.desc())

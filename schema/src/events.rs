@@ -43,6 +43,43 @@ pub async fn record(
     Ok(n == 1)
 }
 
+/// Records the event as handled in one statement (the reply and the record commit together);
+/// an unfinished record of it from an earlier run is marked handled.
+pub async fn record_processed(
+    mut conn: &AsyncPgConnection,
+    merchant: MerchantId,
+    e: &NewEvent<'_>,
+) -> QueryResult<()> {
+    diesel::insert_into(we::table)
+        .values((
+            we::merchant_id.eq(merchant.0),
+            we::event_id.eq(e.event_id),
+            we::kind.eq(e.kind),
+            we::instagram_page_id.eq(e.instagram_page_id),
+            we::event_time.eq(e.event_time),
+            we::received_at.eq(e.received_at),
+            we::processed_at.eq(diesel::dsl::now),
+        ))
+        .on_conflict((we::merchant_id, we::event_id))
+        .do_update()
+        .set(we::processed_at.eq(diesel::dsl::now))
+        .prepared()
+        .execute(&mut conn)
+        .await
+        .map(|_| ())
+}
+
+/// `None`: never recorded; `Some(processed)` otherwise.
+pub async fn state(mut conn: &AsyncPgConnection, event_id: &str) -> QueryResult<Option<bool>> {
+    let at: Option<Option<DateTime<Utc>>> = we::table
+        .filter(we::event_id.eq(event_id))
+        .select(we::processed_at)
+        .first(&mut conn)
+        .await
+        .optional()?;
+    Ok(at.map(|p| p.is_some()))
+}
+
 pub async fn mark_processed(mut conn: &AsyncPgConnection, event_id: &str) -> QueryResult<()> {
     diesel::update(we::table.filter(we::event_id.eq(event_id)))
         .set(we::processed_at.eq(diesel::dsl::now))

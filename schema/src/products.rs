@@ -100,7 +100,8 @@ pub async fn list_first(mut conn: &AsyncPgConnection, limit: i64) -> QueryResult
         .await
 }
 
-/// Products relevant to `words`: the most matches in name and SKU (then description) first.
+/// Products relevant to `words` (lowercase, accents folded as the worker folds them): the most
+/// matches in name and SKU (then description) first.
 pub async fn search(
     mut conn: &AsyncPgConnection,
     words: &[String],
@@ -109,27 +110,17 @@ pub async fn search(
     if words.is_empty() {
         return Ok(Vec::new());
     }
-    let patterns: Vec<String> = words
-        .iter()
-        .map(|w| {
-            format!(
-                "%{}%",
-                w.replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_")
-            )
-        })
-        .collect();
     // The same score expression filters, orders and limits in Postgres: a large catalog is
-    // never loaded whole.
+    // never loaded whole. `strpos` has no wildcards, so the words need no escaping.
     let score = || {
         diesel::dsl::sql::<diesel::sql_types::Integer>(
-            "(SELECT coalesce(sum(CASE WHEN products.name ILIKE p OR products.sku ILIKE p THEN 2
-                                      WHEN products.description ILIKE p THEN 1 ELSE 0 END), 0)::int
+            "(SELECT coalesce(sum(CASE WHEN strpos(products.search_name, w) > 0 THEN 2
+                                      WHEN strpos(products.search_description, w) > 0 THEN 1
+                                      ELSE 0 END), 0)::int
               FROM unnest(",
         )
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(patterns.clone())
-        .sql(") AS p)")
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(words.to_vec())
+        .sql(") AS w)")
     };
     products::table
         .filter(score().gt(0))

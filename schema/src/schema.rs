@@ -110,6 +110,8 @@ diesel::table! {
         image_url -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        search_name -> Text,
+        search_description -> Text,
     }
 }
 

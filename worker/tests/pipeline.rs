@@ -365,6 +365,23 @@ async fn a_job_run_twice_and_a_replayed_dead_letter_send_nothing_more() {
     .assert_code(0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(p.fake.sent_messages().len(), 1);
+
+    // A reply that committed but whose send never reached the queue (the push failed after the
+    // commit) is a part still `pending`: the event's next delivery enqueues it, without asking
+    // the model again; once it is out, a further delivery sends nothing.
+    use diesel_async::SimpleAsyncConnection;
+    p.db.superuser_conn()
+        .await
+        .batch_execute("UPDATE outbound_messages SET status = 'pending', send_attempts = 0, meta_message_id = NULL, sending_started_at = NULL")
+        .await
+        .expect("make the part pending");
+    let again = p.dm("5550002", "mid-twice", "Tem camiseta verde?", now_ms());
+    p.push(again.clone()).await;
+    assert_eq!(p.sends(2, Duration::from_secs(10)).await.len(), 2);
+    p.push(again).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(p.fake.sent_messages().len(), 2);
+    assert_eq!(p.llm.request_count(), 1, "the model was asked once in all");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -286,7 +286,7 @@ async fn pipeline(args: &Args) -> anyhow::Result<()> {
                 .parse()
                 .unwrap_or(0),
         );
-        if fake.sent_messages().len() >= args.events || t.elapsed() > Duration::from_secs(600) {
+        if fake.sent_count() >= args.events || t.elapsed() > Duration::from_secs(600) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

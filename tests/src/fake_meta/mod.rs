@@ -347,6 +347,11 @@ impl FakeMeta {
         self.state().sent.clone()
     }
 
+    /// How many messages were sent (cheap enough to poll).
+    pub fn sent_count(&self) -> usize {
+        self.state().sent.len()
+    }
+
     /// Every access token handed out, short- and long-lived, in order.
     /// A long-lived token for `account` with the messaging permissions, as if it had connected
     /// earlier: tests that start from a connected account store this one.

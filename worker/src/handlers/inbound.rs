@@ -1,23 +1,25 @@
 //! `inbound_event`: record the event, update the conversation, and answer when it is ours to
 //! answer (SPEC §5.1–5.3).
 //!
-//! Idempotent: the event row (UNIQUE `(merchant_id, event_id)`) is written in the same
-//! transaction as the conversation changes, and marked processed only once its reply parts are
-//! stored and their sends enqueued. A re-run of a processed event does nothing; a re-run of an
-//! unfinished one reuses the parts already stored (so the model is not asked twice) and pushes
-//! their sends again, which the parts' own status makes harmless.
+//! A customer's message costs one read-only transaction (the event's state, the conversation,
+//! the shop, the catalog and the history, read in one flight) and, after the model answered,
+//! one write transaction: the conversation's clock, the message, the reply parts and the event
+//! record (UNIQUE `(merchant_id, event_id)`, marked processed) commit together. The sends are
+//! enqueued after the commit. A re-run of a processed event enqueues again only the parts that
+//! never started (a push that failed after the commit); the parts' own status makes a
+//! duplicate send job harmless. Other kinds record the event and act in one transaction.
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use diesel_async::AsyncPgConnection;
 use igsales_jobs::{DeadReason, InboundEventV1, JobQueue, SendMessageV1};
 use igsales_meta::IdString;
 use igsales_meta::webhook::EventKind;
-use igsales_schema::conversations::{self, NewMessage};
+use igsales_schema::conversations::{self, Conversation, NewMessage};
 use igsales_schema::events::{self, NewEvent};
+use igsales_schema::merchants::{self, Merchant};
 use igsales_schema::outbound::{self, Outbound};
-use igsales_schema::{DbError, MerchantId, merchants, products};
+use igsales_schema::{DbError, MerchantId, products};
 use serde::Deserialize;
-use uuid::Uuid;
 
 use crate::reply::{self, HANDOFF_MARKER};
 use crate::runtime::Shared;
@@ -79,40 +81,6 @@ struct Event {
     message_edit: Option<Edit>,
 }
 
-/// What the transaction decided should happen next.
-enum Next {
-    /// Recorded (and marked processed): nothing to send.
-    Nothing,
-    /// Processed before: nothing to do at all.
-    Done,
-    /// Processed before, with parts that may never have been enqueued.
-    Requeue {
-        customer: String,
-        parts: Vec<Outbound>,
-    },
-    /// Send the merchant's hand-off message (the conversation just got flagged).
-    Handoff {
-        conversation: Uuid,
-        customer: String,
-        text: String,
-    },
-    /// Ask the model, then send its answer.
-    Reply(Box<ReplyPlan>),
-    /// The customer's message is older than the 24-hour window: never answered.
-    WindowExpired,
-}
-
-struct ReplyPlan {
-    conversation: Uuid,
-    customer: String,
-    at: DateTime<Utc>,
-    persona: String,
-    products: Vec<products::Product>,
-    history: Vec<(String, String)>,
-    text: String,
-    stored: Vec<Outbound>,
-}
-
 fn when(job: &InboundEventV1, ev: &Event) -> DateTime<Utc> {
     ev.timestamp
         .or(job.entry_time_ms)
@@ -152,8 +120,6 @@ async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
         .map_err(|e| JobError::permanent(anyhow::anyhow!("unreadable event: {e}")))?;
     let at = when(&job, &ev);
     let now = Utc::now();
-    let takeover = ChronoDuration::from_std(shared.settings.human_takeover)
-        .unwrap_or(ChronoDuration::hours(12));
     let ctx = Ctx {
         job: &job,
         ev: &ev,
@@ -161,55 +127,24 @@ async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
         at,
         now,
     };
-
-    let next = shared
+    if matches!(job.kind, EventKind::Message | EventKind::Postback) {
+        return on_message(shared, &ctx).await;
+    }
+    let takeover = ChronoDuration::from_std(shared.settings.human_takeover)
+        .unwrap_or(ChronoDuration::hours(12));
+    shared
         .db
         .as_merchant(merchant, async |c: &AsyncPgConnection| {
-            let next = match job.kind {
-                EventKind::Message | EventKind::Postback => on_message(c, &ctx).await?,
-                kind => on_other(c, &ctx, kind, now + takeover).await?,
-            };
-            if matches!(next, Next::Nothing | Next::WindowExpired) {
+            if on_other(c, &ctx, job.kind, now + takeover).await? {
                 events::mark_processed(c, &job.event_id).await?;
             }
-            Ok::<_, DbError>(next)
+            Ok::<_, DbError>(())
         })
         .await?;
-
-    match next {
-        Next::Nothing | Next::Done => Ok(()),
-        Next::WindowExpired => {
-            metrics::counter!(REPLIES, "result" => "window_expired").increment(1);
-            Err(JobError::Dead(
-                DeadReason::WindowExpired,
-                anyhow::anyhow!("the customer's message is older than the 24-hour window"),
-            ))
-        }
-        Next::Requeue { customer, parts } => {
-            push_sends(shared, &job, merchant, &customer, at, parts).await
-        }
-        Next::Handoff {
-            conversation,
-            customer,
-            text,
-        } => {
-            metrics::counter!(REPLIES, "result" => "handoff").increment(1);
-            deliver(
-                shared,
-                &job,
-                merchant,
-                conversation,
-                &customer,
-                at,
-                vec![text],
-            )
-            .await
-        }
-        Next::Reply(plan) => answer(shared, &job, merchant, *plan).await,
-    }
+    Ok(())
 }
 
-/// What every branch of the first transaction reads.
+/// What every branch reads.
 struct Ctx<'a> {
     job: &'a InboundEventV1,
     ev: &'a Event,
@@ -228,163 +163,273 @@ impl Ctx<'_> {
             received_at: self.job.received_at,
         }
     }
+
+    fn account(&self) -> &str {
+        &self.job.instagram_account_id
+    }
 }
 
-/// A customer's message or postback. The independent reads and writes go out pipelined, in
-/// two round trips: they touch different rows, so their order on the wire does not matter.
-async fn on_message(c: &AsyncPgConnection, ctx: &Ctx<'_>) -> Result<Next, DbError> {
-    let (job, ev, merchant, at) = (ctx.job, ctx.ev, ctx.merchant, ctx.at);
-    let account = job.instagram_account_id.as_str();
+/// The customer's message (or postback) as stored.
+struct Incoming {
+    customer: String,
+    mid: String,
+    text: Option<String>,
+    attachments: serde_json::Value,
+}
+
+fn incoming(ctx: &Ctx<'_>) -> Option<Incoming> {
+    let (job, ev) = (ctx.job, ctx.ev);
     let customer = ev
         .sender
         .as_ref()
         .map(|p| p.id.0.clone())
-        .filter(|c| c != account);
-    let content = match (&ev.message, &ev.postback) {
-        (Some(m), _) => Some((
-            m.mid.clone().unwrap_or_else(|| job.event_id.clone()),
-            m.text.clone(),
-            m.attachments.clone(),
-        )),
-        (None, Some(p)) => Some((
-            p.mid.clone().unwrap_or_else(|| job.event_id.clone()),
+        .filter(|c| c != ctx.account())?;
+    let (mid, text, attachments) = match (&ev.message, &ev.postback) {
+        (Some(m), _) => (m.mid.clone(), m.text.clone(), m.attachments.clone()),
+        (None, Some(p)) => (
+            p.mid.clone(),
             p.title.clone().or_else(|| p.payload.clone()),
             None,
-        )),
-        (None, None) => None,
+        ),
+        (None, None) => return None,
     };
-    let (Some(customer), Some((mid, text, attachments))) = (customer, content) else {
-        if !events::record(c, merchant, &ctx.new_event()).await?
-            && events::is_processed(c, &job.event_id).await?
-        {
-            return Ok(Next::Done);
-        }
-        return Ok(Next::Nothing);
-    };
+    Some(Incoming {
+        customer,
+        mid: mid.unwrap_or_else(|| job.event_id.clone()),
+        text,
+        attachments: attachments.unwrap_or_else(|| serde_json::json!([])),
+    })
+}
 
-    let event = ctx.new_event();
-    let (fresh, conv, shop, catalog) = futures::try_join!(
-        events::record(c, merchant, &event),
-        conversations::upsert(c, merchant, account, &customer, Some(at)),
-        merchants::find(c, merchant),
-        products::list_first(c, reply::SMALL_CATALOG + 1),
-    )?;
-    if !fresh && events::is_processed(c, &job.event_id).await? {
-        // Finished before, but its sends may not have reached the queue (the push failed
-        // after the commit): parts never claimed go again; their rows make that harmless.
-        let parts: Vec<Outbound> = outbound::for_event(c, &job.event_id)
-            .await?
+/// Everything the decision needs, read in one read-only transaction.
+struct Seen {
+    /// `None`: a new event; `Some(processed)`: recorded by an earlier run.
+    state: Option<bool>,
+    conversation: Option<Conversation>,
+    shop: Option<Merchant>,
+    products: Vec<products::Product>,
+    history: Vec<(String, String)>,
+    /// Parts an earlier run stored.
+    parts: Vec<Outbound>,
+}
+
+/// What the write transaction stores besides the message.
+enum Reply<'a> {
+    Nothing,
+    Parts(&'a [String]),
+    /// Flag the conversation for a person; the hand-off message goes out only if this run
+    /// flipped the flag.
+    Handoff(&'a str),
+}
+
+async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
+    let (job, merchant, at) = (ctx.job, ctx.merchant, ctx.at);
+    let Some(msg) = incoming(ctx) else {
+        shared
+            .db
+            .as_merchant(merchant, async |c: &AsyncPgConnection| {
+                events::record_processed(c, merchant, &ctx.new_event()).await?;
+                Ok::<_, DbError>(())
+            })
+            .await?;
+        return Ok(());
+    };
+    let text = msg.text.clone().unwrap_or_default();
+    let words = reply::search_words(&text);
+    let account = ctx.account();
+    let seen = shared
+        .db
+        .as_merchant(merchant, async |c: &AsyncPgConnection| {
+            let (state, conversation, shop, first, recent) = futures::try_join!(
+                events::state(c, &job.event_id),
+                conversations::find(c, account, &msg.customer),
+                merchants::find(c, merchant),
+                products::list_first(c, reply::SMALL_CATALOG + 1),
+                conversations::recent_messages_with(c, account, &msg.customer, HISTORY + 1),
+            )?;
+            let parts = match state {
+                Some(_) => outbound::for_event(c, &job.event_id).await?,
+                None => Vec::new(),
+            };
+            // A small catalog goes in whole; a large one by relevance.
+            let products = if first.len() as i64 > reply::SMALL_CATALOG {
+                products::search(c, &words, reply::RELEVANT_PRODUCTS).await?
+            } else {
+                first
+            };
+            let history = recent
+                .into_iter()
+                .filter(|(_, _, sent)| *sent < at)
+                .map(|(a, t, _)| (a, t))
+                .collect();
+            Ok::<_, DbError>(Seen {
+                state,
+                conversation,
+                shop,
+                products,
+                history,
+                parts,
+            })
+        })
+        .await?;
+
+    if seen.state == Some(true) {
+        // Handled before, but its sends may not have reached the queue (the push failed after
+        // the commit): parts that never started go again.
+        let pending = seen
+            .parts
             .into_iter()
             .filter(|p| p.status == "pending")
             .collect();
-        return Ok(if parts.is_empty() {
-            Next::Done
-        } else {
-            Next::Requeue { customer, parts }
-        });
+        return push_sends(shared, ctx, &msg.customer, pending).await;
     }
-    let message = NewMessage {
-        conversation: conv.id,
-        mid: &mid,
-        direction: "inbound",
-        author: "customer",
-        text: text.as_deref(),
-        attachments: attachments.unwrap_or_else(|| serde_json::json!([])),
-        sent_at: at,
+    let Some(shop) = seen.shop else {
+        store(shared, ctx, &msg, Reply::Nothing).await?;
+        return Ok(());
     };
-    let Some(shop) = shop else {
-        conversations::add_message(c, merchant, &message).await?;
-        return Ok(Next::Nothing);
-    };
-    let text = text.clone().unwrap_or_default();
     if reply::asks_for_human(&text) {
-        conversations::add_message(c, merchant, &message).await?;
-        return Ok(if conversations::set_needs_human(c, conv.id).await? {
-            Next::Handoff {
-                conversation: conv.id,
-                customer,
-                text: shop.handoff_message,
-            }
-        } else {
-            Next::Nothing
-        });
+        return handoff(shared, ctx, &msg, &shop.handoff_message).await;
     }
+    let conv = seen.conversation.as_ref();
     let quiet = !shop.ai_enabled
-        || conv.needs_human
-        || conv.paused_until.is_some_and(|p| p > ctx.now)
+        || conv.is_some_and(|c| c.needs_human || c.paused_until.is_some_and(|p| p > ctx.now))
         || text.trim().is_empty();
-    // A newer message exists (the clock moved past this one): that one gets the answer.
-    let superseded = conv
-        .last_customer_message_at
-        .is_some_and(|latest| latest > at);
+    // A newer message was stored before: that one gets the answer.
+    let superseded =
+        conv.is_some_and(|c| c.last_customer_message_at.is_some_and(|latest| latest > at));
     let expired = ctx.now - at > WINDOW;
     if quiet || expired || superseded {
-        conversations::add_message(c, merchant, &message).await?;
-        return Ok(if !quiet && expired {
-            Next::WindowExpired
-        } else {
-            Next::Nothing
-        });
+        store(shared, ctx, &msg, Reply::Nothing).await?;
+        if !quiet && expired {
+            metrics::counter!(REPLIES, "result" => "window_expired").increment(1);
+            return Err(JobError::Dead(
+                DeadReason::WindowExpired,
+                anyhow::anyhow!("the customer's message is older than the 24-hour window"),
+            ));
+        }
+        return Ok(());
+    }
+    if !seen.parts.is_empty() {
+        // An earlier run stored the answer but did not finish: the model is not asked again.
+        store(shared, ctx, &msg, Reply::Nothing).await?;
+        return push_sends(shared, ctx, &msg.customer, seen.parts).await;
     }
 
-    // A small catalog goes in whole; a large one by relevance.
-    let large = catalog.len() as i64 > reply::SMALL_CATALOG;
-    let words = reply::search_words(&text);
-    let (_, recent, relevant, stored) = futures::try_join!(
-        conversations::add_message(c, merchant, &message),
-        conversations::recent_messages(c, conv.id, HISTORY + 1),
-        async {
-            if large {
-                products::search(c, &words, reply::RELEVANT_PRODUCTS).await
-            } else {
-                Ok(Vec::new())
-            }
-        },
-        // A re-run of an unfinished event finds its parts already stored.
-        async {
-            if fresh {
-                Ok(Vec::new())
-            } else {
-                outbound::for_event(c, &job.event_id).await
-            }
-        },
-    )?;
-    // The stored message has `sent_at == at`, so it is left out whichever order the
-    // pipelined statements ran in.
-    let history = recent
-        .into_iter()
-        .filter(|(_, _, sent)| *sent < at)
-        .map(|(a, t, _)| (a, t))
-        .collect();
-    Ok(Next::Reply(Box::new(ReplyPlan {
-        conversation: conv.id,
-        customer,
-        at,
-        persona: shop.persona,
-        products: if large { relevant } else { catalog },
-        history,
-        text,
-        stored,
-    })))
+    let messages = reply::prompt(&shop.persona, &seen.products, &seen.history, &text);
+    let answer = shared
+        .llm
+        .complete(messages)
+        .await
+        .map_err(crate::llm::LlmError::into_job_error)?;
+    if answer.contains(HANDOFF_MARKER) {
+        return handoff(shared, ctx, &msg, &shop.handoff_message).await;
+    }
+    let parts = reply::split(&answer);
+    if parts.is_empty() {
+        metrics::counter!(REPLIES, "result" => "empty").increment(1);
+        store(shared, ctx, &msg, Reply::Nothing).await?;
+        return Ok(());
+    }
+    metrics::counter!(REPLIES, "result" => "answered").increment(1);
+    let rows = store(shared, ctx, &msg, Reply::Parts(&parts)).await?;
+    push_sends(shared, ctx, &msg.customer, rows).await
+}
+
+/// The customer asked for a person (or the model handed over): flag the conversation and send
+/// the shop's hand-off message, once.
+async fn handoff(
+    shared: &Shared,
+    ctx: &Ctx<'_>,
+    msg: &Incoming,
+    handoff_message: &str,
+) -> Result<(), JobError> {
+    let rows = store(shared, ctx, msg, Reply::Handoff(handoff_message)).await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    metrics::counter!(REPLIES, "result" => "handoff").increment(1);
+    push_sends(shared, ctx, &msg.customer, rows).await
+}
+
+/// The one write transaction of a customer's message: the conversation (and its clock), then
+/// the message, the reply parts and the processed event record in one flight.
+async fn store(
+    shared: &Shared,
+    ctx: &Ctx<'_>,
+    msg: &Incoming,
+    reply: Reply<'_>,
+) -> Result<Vec<Outbound>, JobError> {
+    let (merchant, account) = (ctx.merchant, ctx.account());
+    let rows = shared
+        .db
+        .as_merchant(merchant, async |c: &AsyncPgConnection| {
+            let conv =
+                conversations::upsert(c, merchant, account, &msg.customer, Some(ctx.at)).await?;
+            let parts: Vec<String> = match reply {
+                Reply::Nothing => Vec::new(),
+                Reply::Parts(p) => p.to_vec(),
+                Reply::Handoff(text) => {
+                    if conversations::set_needs_human(c, conv.id).await? {
+                        vec![text.to_owned()]
+                    } else {
+                        Vec::new()
+                    }
+                }
+            };
+            let message = NewMessage {
+                conversation: conv.id,
+                mid: &msg.mid,
+                direction: "inbound",
+                author: "customer",
+                text: msg.text.as_deref(),
+                attachments: msg.attachments.clone(),
+                sent_at: ctx.at,
+            };
+            let event = ctx.new_event();
+            let (_, (), rows) = futures::try_join!(
+                conversations::add_message(c, merchant, &message),
+                events::record_processed(c, merchant, &event),
+                async {
+                    if parts.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        outbound::create_parts(
+                            c,
+                            merchant,
+                            conv.id,
+                            &ctx.job.event_id,
+                            account,
+                            &msg.customer,
+                            &parts,
+                        )
+                        .await
+                    }
+                },
+            )?;
+            Ok::<_, DbError>(rows)
+        })
+        .await?;
+    Ok(rows)
 }
 
 /// Echoes, deletions, edits and the kinds that are only recorded.
+/// `false` when the event was handled before (nothing done).
 async fn on_other(
     c: &AsyncPgConnection,
     ctx: &Ctx<'_>,
     kind: EventKind,
     pause_until: DateTime<Utc>,
-) -> Result<Next, DbError> {
+) -> Result<bool, DbError> {
     let (job, ev, merchant) = (ctx.job, ctx.ev, ctx.merchant);
     if !events::record(c, merchant, &ctx.new_event()).await?
         && events::is_processed(c, &job.event_id).await?
     {
-        return Ok(Next::Done);
+        return Ok(false);
     }
     match kind {
         EventKind::Echo => {
             let Some(customer) = ev.recipient.as_ref().map(|p| p.id.0.clone()) else {
-                return Ok(Next::Nothing);
+                return Ok(true);
             };
             let message = ev.message.as_ref();
             let mid = message
@@ -434,122 +479,16 @@ async fn on_other(
         }
         _ => {}
     }
-    Ok(Next::Nothing)
-}
-
-/// Asks the model (unless a previous run already stored the answer) and sends it.
-async fn answer(
-    shared: &Shared,
-    job: &InboundEventV1,
-    merchant: MerchantId,
-    plan: ReplyPlan,
-) -> Result<(), JobError> {
-    let at = plan.at;
-    if !plan.stored.is_empty() {
-        let (event_id, parts) = (job.event_id.clone(), plan.stored);
-        shared
-            .db
-            .as_merchant(merchant, async move |c: &AsyncPgConnection| {
-                events::mark_processed(c, &event_id).await?;
-                Ok::<_, DbError>(())
-            })
-            .await?;
-        return push_sends(shared, job, merchant, &plan.customer, at, parts).await;
-    }
-    let messages = reply::prompt(&plan.persona, &plan.products, &plan.history, &plan.text);
-    let text = shared
-        .llm
-        .complete(messages)
-        .await
-        .map_err(crate::llm::LlmError::into_job_error)?;
-    if text.contains(HANDOFF_MARKER) {
-        let conversation = plan.conversation;
-        let handoff = shared
-            .db
-            .as_merchant(merchant, async |c: &AsyncPgConnection| {
-                let flipped = conversations::set_needs_human(c, conversation).await?;
-                let shop = merchants::find(c, merchant).await?;
-                Ok::<_, DbError>(flipped.then_some(shop.map(|s| s.handoff_message)).flatten())
-            })
-            .await?;
-        metrics::counter!(REPLIES, "result" => "handoff").increment(1);
-        return match handoff {
-            Some(t) => {
-                deliver(
-                    shared,
-                    job,
-                    merchant,
-                    conversation,
-                    &plan.customer,
-                    at,
-                    vec![t],
-                )
-                .await
-            }
-            None => finish(shared, merchant, &job.event_id).await,
-        };
-    }
-    let parts = reply::split(&text);
-    if parts.is_empty() {
-        metrics::counter!(REPLIES, "result" => "empty").increment(1);
-        return finish(shared, merchant, &job.event_id).await;
-    }
-    metrics::counter!(REPLIES, "result" => "answered").increment(1);
-    deliver(
-        shared,
-        job,
-        merchant,
-        plan.conversation,
-        &plan.customer,
-        at,
-        parts,
-    )
-    .await
-}
-
-/// Stores the parts and marks the event processed in one transaction, then enqueues their
-/// sends. A push that fails after the commit is repaired by the retry: it finds the event
-/// processed and re-enqueues the parts still pending.
-async fn deliver(
-    shared: &Shared,
-    job: &InboundEventV1,
-    merchant: MerchantId,
-    conversation: Uuid,
-    customer: &str,
-    at: DateTime<Utc>,
-    parts: Vec<String>,
-) -> Result<(), JobError> {
-    let (event_id, account) = (job.event_id.clone(), job.instagram_account_id.clone());
-    let customer_id = customer.to_owned();
-    let rows = shared
-        .db
-        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
-            let (rows, ()) = futures::try_join!(
-                outbound::create_parts(
-                    c,
-                    merchant,
-                    conversation,
-                    &event_id,
-                    &account,
-                    &customer_id,
-                    &parts
-                ),
-                events::mark_processed(c, &event_id),
-            )?;
-            Ok::<_, DbError>(rows)
-        })
-        .await?;
-    push_sends(shared, job, merchant, customer, at, rows).await
+    Ok(true)
 }
 
 async fn push_sends(
     shared: &Shared,
-    job: &InboundEventV1,
-    merchant: MerchantId,
+    ctx: &Ctx<'_>,
     customer: &str,
-    at: DateTime<Utc>,
     rows: Vec<Outbound>,
 ) -> Result<(), JobError> {
+    let (job, merchant, at) = (ctx.job, ctx.merchant, ctx.at);
     let sends: Vec<SendMessageV1> = rows
         .into_iter()
         .filter(|r| r.status != "sent")
@@ -562,19 +501,11 @@ async fn push_sends(
             delivery: Default::default(),
         })
         .collect();
+    if sends.is_empty() {
+        return Ok(());
+    }
     JobQueue::<SendMessageV1>::new(shared.redis.clone())
         .push_all(sends)
         .await
         .map_err(JobError::retry)
-}
-
-async fn finish(shared: &Shared, merchant: MerchantId, event_id: &str) -> Result<(), JobError> {
-    let id = event_id.to_owned();
-    shared
-        .db
-        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
-            Ok::<_, DbError>(events::mark_processed(c, &id).await?)
-        })
-        .await?;
-    Ok(())
 }
