@@ -47,7 +47,8 @@ struct Args {
     llm_latency_ms: u64,
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    #[arg(long, default_value_t = 40)]
+    /// Postgres connections of the worker: on 2 cores shared with Postgres, a few beat many.
+    #[arg(long, default_value_t = 8)]
     db_pool: usize,
 }
 

@@ -138,6 +138,10 @@ fn storage_config<J: Job>(settings: &RunSettings) -> Config {
         .batch_size(settings.prefetch)
         .heartbeat_interval(heartbeat)
         .missed_heartbeats(3)
+        // Per-job leases only write a task's status and holder, and the script that takes one
+        // scans the whole active list (`LREM`) for every job: with a backlog of N, N² work.
+        // Orphans are found by the worker's heartbeat, which this leaves as it is.
+        .lock_tasks(false)
 }
 
 /// Registers the worker of one queue.
