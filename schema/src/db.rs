@@ -22,6 +22,8 @@ use diesel_async::{
     TransactionManager,
 };
 use igsales_config::DbSettings;
+
+use crate::prepared::PreparedExt;
 use uuid::Uuid;
 
 /// Every table that holds tenant rows. The schema tests check this list against the database.
@@ -304,32 +306,51 @@ impl Db {
     {
         let mut conn = self.checkout().await?;
         let conn: &mut AsyncPgConnection = &mut conn;
-        // The transaction manager counts the transaction before BEGIN goes out: from here on a
-        // dropped future leaves a connection the pool discards.
-        AnsiTransactionManager::transaction_manager_status_mut(conn)
-            .transaction_state()
-            .and_then(|s| s.change_transaction_depth(TransactionDepthChange::IncreaseDepth))
-            .map_err(|e| E::from(DbError::from(e)))?;
-        // BEGIN and the context (a typed UUID, safe to inline) go out first and the work's first
-        // statements right behind them, in the same flight. Should BEGIN fail, those statements
-        // fail as well: in an aborted transaction, or outside one with no context, where RLS
-        // shows nothing and refuses every write.
-        let begin = format!("BEGIN; SELECT set_merchant_context('{}')", merchant.0);
-        let shared: &AsyncPgConnection = conn;
-        let mut starter = shared;
-        let (began, outcome) = futures::join!(starter.batch_execute(&begin), work(shared));
-        let error = match (began, outcome) {
-            (Ok(()), Ok(value)) => {
+        let error = match begin_and_run(conn, merchant, work).await {
+            Ok(value) => {
                 AnsiTransactionManager::commit_transaction(conn)
                     .await
                     .map_err(DbError::from)?;
                 return Ok(value);
             }
-            (Err(e), _) => E::from(DbError::from(e)),
-            (Ok(()), Err(e)) => e,
+            Err(e) => e,
         };
         // A failed rollback leaves the transaction manager broken: bb8 drops the connection.
         // The first error is the one worth reporting.
+        let _ = AnsiTransactionManager::rollback_transaction(conn).await;
+        Err(error)
+    }
+
+    /// [`Db::as_merchant`] for work that sends its own COMMIT in the same flight as its last
+    /// statements ([`commit`]), saving the round trip a separate COMMIT costs. The [`Committed`]
+    /// it must return can only come from a COMMIT that Postgres answered.
+    pub async fn as_merchant_committed<R, E, F>(
+        &self,
+        merchant: MerchantId,
+        work: F,
+    ) -> Result<R, E>
+    where
+        for<'c> F: AsyncFnOnce(&'c AsyncPgConnection) -> Result<(R, Committed), E>
+            + TenantWork<&'c AsyncPgConnection, Result<(R, Committed), E>, Fut: Send>
+            + Send,
+        E: From<DbError> + Send,
+        R: Send,
+    {
+        let mut conn = self.checkout().await?;
+        let conn: &mut AsyncPgConnection = &mut conn;
+        let error = match begin_and_run(conn, merchant, work).await {
+            Ok((value, Committed(()))) => {
+                // Postgres ended the transaction; the manager learns it here.
+                AnsiTransactionManager::transaction_manager_status_mut(conn)
+                    .transaction_state()
+                    .and_then(|s| s.change_transaction_depth(TransactionDepthChange::DecreaseDepth))
+                    .map_err(|e| E::from(DbError::from(e)))?;
+                return Ok(value);
+            }
+            Err(e) => e,
+        };
+        // After a pipelined COMMIT that ended an aborted transaction, this ROLLBACK only draws
+        // a warning; before one, it ends the transaction.
         let _ = AnsiTransactionManager::rollback_transaction(conn).await;
         Err(error)
     }
@@ -435,6 +456,53 @@ impl Db {
     > {
         self.checkout().await
     }
+}
+
+/// Opens the transaction and runs `work` in it. The transaction manager counts the
+/// transaction before BEGIN goes out: from then on a dropped future leaves a connection the
+/// pool discards. BEGIN and the context (a typed UUID, safe to inline) go out first and the
+/// work's first statements right behind them, in the same flight. Should BEGIN fail, those
+/// statements fail as well: in an aborted transaction, or outside one with no context, where
+/// RLS shows nothing and refuses every write; its error is the one returned.
+async fn begin_and_run<T, E, F>(
+    conn: &mut AsyncPgConnection,
+    merchant: MerchantId,
+    work: F,
+) -> Result<T, E>
+where
+    for<'c> F: AsyncFnOnce(&'c AsyncPgConnection) -> Result<T, E>
+        + TenantWork<&'c AsyncPgConnection, Result<T, E>, Fut: Send>
+        + Send,
+    E: From<DbError> + Send,
+    T: Send,
+{
+    AnsiTransactionManager::transaction_manager_status_mut(conn)
+        .transaction_state()
+        .and_then(|s| s.change_transaction_depth(TransactionDepthChange::IncreaseDepth))
+        .map_err(|e| E::from(DbError::from(e)))?;
+    let begin = format!("BEGIN; SELECT set_merchant_context('{}')", merchant.0);
+    let shared: &AsyncPgConnection = conn;
+    let mut starter = shared;
+    let (began, outcome) = futures::join!(starter.batch_execute(&begin), work(shared));
+    began.map_err(|e| E::from(DbError::from(e)))?;
+    outcome
+}
+
+/// Proof that a transaction's COMMIT went out behind its last statements and Postgres took it.
+/// Only [`commit`] makes one.
+#[must_use]
+pub struct Committed(());
+
+/// COMMIT, for [`Db::as_merchant_committed`]. List it *last* in the `futures::try_join!` of the
+/// transaction's final statements: the connection sends statements in the order they are first
+/// polled, so it reaches Postgres after them. If one of them failed, Postgres ends the aborted
+/// transaction with a rollback instead, and the join returns that statement's error.
+pub async fn commit(mut conn: &AsyncPgConnection) -> QueryResult<Committed> {
+    diesel::sql_query("COMMIT")
+        .prepared()
+        .execute(&mut conn)
+        .await?;
+    Ok(Committed(()))
 }
 
 diesel::define_sql_function! {

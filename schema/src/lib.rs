@@ -17,6 +17,7 @@ pub mod schema;
 pub mod vault;
 
 pub use db::{
-    Db, DbError, MerchantId, StartupError, TENANT_TABLES, TenantWork, check_app_role, establish,
+    Committed, Db, DbError, MerchantId, StartupError, TENANT_TABLES, TenantWork, check_app_role,
+    commit, establish,
 };
 pub use vault::{TokenRow, Vault, VaultError};

@@ -328,6 +328,73 @@ async fn a_context_does_not_outlive_its_transaction_on_a_pooled_connection() {
     );
 }
 
+/// The merchant context and the open transaction as the next checkout of a one-connection
+/// pool sees them.
+async fn next_checkout(db: &Db) -> (Session, bool) {
+    let mut raw = db.raw_connection_for_tests().await.expect("checkout");
+    // SAVEPOINT is refused outside a transaction block.
+    let open = raw.batch_execute("SAVEPOINT probe").await.is_ok();
+    (session(&raw).await, open)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipelined_commit_commits_only_when_every_statement_succeeded_and_leaves_no_context() {
+    let test_db = TestDb::migrated().await;
+    let db = test_db.app_db(1).await;
+    let a = MerchantId::new_random();
+    let inside = db
+        .as_merchant_committed(a, async |c: &AsyncPgConnection| {
+            let (s, (), done) = futures::try_join!(
+                async { Ok::<_, diesel::result::Error>(session(c).await) },
+                igsales_schema::merchants::create(c, a, "Piped", None),
+                igsales_schema::commit(c),
+            )?;
+            Ok::<_, DbError>((s, done))
+        })
+        .await
+        .expect("committed transaction");
+    assert_eq!(inside.setting.as_deref(), Some(a.to_string().as_str()));
+    assert_eq!(
+        count_as(&db, a, "SELECT count(*) AS n FROM merchants").await,
+        1
+    );
+    let (after, open) = next_checkout(&db).await;
+    assert_eq!(after.pid, inside.pid, "same pooled connection");
+    assert!(
+        after.setting.as_deref().unwrap_or("").is_empty(),
+        "{:?}",
+        after.setting
+    );
+    assert!(!open, "no transaction left open");
+
+    // A statement fails in the same flight as the COMMIT: nothing of the batch is kept, the
+    // statement's error is the one returned, and the connection comes back clean.
+    let b = MerchantId::new_random();
+    let err = db
+        .as_merchant_committed(b, async |c: &AsyncPgConnection| {
+            let ((), (), done) = futures::try_join!(
+                igsales_schema::merchants::create(c, b, "Kept?", None),
+                igsales_schema::merchants::create(c, b, "Duplicate id", None),
+                igsales_schema::commit(c),
+            )?;
+            Ok::<_, DbError>(((), done))
+        })
+        .await
+        .expect_err("the duplicate insert fails");
+    assert!(err.to_string().contains("duplicate key"), "{err}");
+    assert_eq!(
+        count_as(&db, b, "SELECT count(*) AS n FROM merchants").await,
+        0
+    );
+    let (after, open) = next_checkout(&db).await;
+    assert!(
+        after.setting.as_deref().unwrap_or("").is_empty(),
+        "{:?}",
+        after.setting
+    );
+    assert!(!open, "no transaction left open");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_transaction_does_not_leak_its_context_or_its_writes() {
     let test_db = TestDb::migrated().await;

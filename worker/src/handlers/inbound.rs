@@ -237,23 +237,25 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
     let text = msg.text.clone().unwrap_or_default();
     let words = reply::search_words(&text);
     let account = ctx.account();
+    // Everything in one flight, COMMIT included: the parts of an earlier run and the relevant
+    // products are read whether or not they turn out to be needed (both are cheap index or
+    // small-catalog reads), so nothing waits on a first answer.
     let seen = shared
         .db
-        .as_merchant(merchant, async |c: &AsyncPgConnection| {
-            let (state, conversation, shop, first, recent) = futures::try_join!(
+        .as_merchant_committed(merchant, async |c: &AsyncPgConnection| {
+            let (state, conversation, shop, first, relevant, recent, parts, done) = futures::try_join!(
                 events::state(c, &job.event_id),
                 conversations::find(c, account, &msg.customer),
                 merchants::find(c, merchant),
                 products::list_first(c, reply::SMALL_CATALOG + 1),
+                products::search(c, &words, reply::RELEVANT_PRODUCTS),
                 conversations::recent_messages_with(c, account, &msg.customer, HISTORY + 1),
+                outbound::for_event(c, &job.event_id),
+                igsales_schema::commit(c),
             )?;
-            let parts = match state {
-                Some(_) => outbound::for_event(c, &job.event_id).await?,
-                None => Vec::new(),
-            };
             // A small catalog goes in whole; a large one by relevance.
             let products = if first.len() as i64 > reply::SMALL_CATALOG {
-                products::search(c, &words, reply::RELEVANT_PRODUCTS).await?
+                relevant
             } else {
                 first
             };
@@ -262,14 +264,15 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
                 .filter(|(_, _, sent)| *sent < at)
                 .map(|(a, t, _)| (a, t))
                 .collect();
-            Ok::<_, DbError>(Seen {
+            let seen = Seen {
                 state,
                 conversation,
                 shop,
                 products,
                 history,
                 parts,
-            })
+            };
+            Ok::<_, DbError>((seen, done))
         })
         .await?;
 
@@ -362,7 +365,7 @@ async fn store(
     let (merchant, account) = (ctx.merchant, ctx.account());
     let rows = shared
         .db
-        .as_merchant(merchant, async |c: &AsyncPgConnection| {
+        .as_merchant_committed(merchant, async |c: &AsyncPgConnection| {
             let conv =
                 conversations::upsert(c, merchant, account, &msg.customer, Some(ctx.at)).await?;
             let parts: Vec<String> = match reply {
@@ -386,7 +389,7 @@ async fn store(
                 sent_at: ctx.at,
             };
             let event = ctx.new_event();
-            let (_, (), rows) = futures::try_join!(
+            let (_, (), rows, done) = futures::try_join!(
                 conversations::add_message(c, merchant, &message),
                 events::record_processed(c, merchant, &event),
                 async {
@@ -405,8 +408,9 @@ async fn store(
                         .await
                     }
                 },
+                igsales_schema::commit(c),
             )?;
-            Ok::<_, DbError>(rows)
+            Ok::<_, DbError>((rows, done))
         })
         .await?;
     Ok(rows)

@@ -46,6 +46,94 @@ enum Decision {
     Send(Box<(outbound::Outbound, igsales_config::Secret)>),
 }
 
+/// What the part's row says to do, read with the part before it and the token in one flight
+/// (the token is read even when the part turns out to be done, which is rare). Every outcome
+/// but a send is final here; a send is claimed by the caller.
+async fn decide(
+    c: &AsyncPgConnection,
+    shared: &Shared,
+    job: &SendMessageV1,
+    merchant: MerchantId,
+) -> Result<Decision, DbError> {
+    let (k, page, vault) = (
+        &job.idempotency_key,
+        &job.instagram_account_id,
+        &shared.vault,
+    );
+    let (echo_wait, window_closes_at) = (shared.settings.echo_confirm, job.window_closes_at);
+    // The part, the part before it and the token in one round trip (pipelined; the
+    // token is read even when the part turns out to be done, which is rare).
+    let (parts, token) = futures::join!(
+        outbound::with_previous(c, k),
+        accounts::token(c, vault, merchant, page)
+    );
+    let (this, before) = parts?;
+    let Some(row) = this else {
+        // The part is gone (data deletion): nothing to send.
+        return Ok(Decision::Done);
+    };
+    if matches!(row.status.as_str(), "sent" | "send_unknown") {
+        return Ok(Decision::Done);
+    }
+    if Utc::now() > window_closes_at {
+        outbound::mark_status(c, k, "failed", Some("24-hour window closed")).await?;
+        return Ok(Decision::Dead(
+            DeadReason::WindowExpired,
+            "the 24-hour messaging window closed before the send",
+        ));
+    }
+    // Parts go out in order: a later part waits for the one before it.
+    if before.is_some_and(|b| matches!(b.status.as_str(), "pending" | "sending")) {
+        return Ok(Decision::Wait(
+            std::time::Duration::from_millis(300),
+            "waiting for the previous part",
+        ));
+    }
+    if row.status == "sending" {
+        let since = row
+            .sending_started_at
+            .map_or(echo_wait, |t| (Utc::now() - t).to_std().unwrap_or_default());
+        if since < echo_wait {
+            return Ok(Decision::Wait(
+                echo_wait - since,
+                "send outcome unknown; waiting for the echo",
+            ));
+        }
+        if row.send_attempts >= 2 {
+            outbound::mark_status(
+                c,
+                k,
+                "send_unknown",
+                Some("no echo after two unknown outcomes"),
+            )
+            .await?;
+            return Ok(Decision::Dead(
+                DeadReason::SendUnknown,
+                "two sends timed out and no echo confirmed either",
+            ));
+        }
+    }
+    let token = match token {
+        Ok(t) => t,
+        Err(AccountError::NotFound) => {
+            outbound::mark_status(c, k, "failed", Some("account disconnected")).await?;
+            return Ok(Decision::Dead(
+                DeadReason::NeedsReauth,
+                "the account is disconnected",
+            ));
+        }
+        Err(AccountError::Db(e)) => return Err(e),
+        Err(_) => {
+            outbound::mark_status(c, k, "failed", Some("stored token unusable")).await?;
+            return Ok(Decision::Dead(
+                DeadReason::Permanent,
+                "the stored token cannot be decrypted",
+            ));
+        }
+    };
+    Ok(Decision::Send(Box::new((row, token))))
+}
+
 pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
     let merchant = MerchantId(job.merchant_id);
     let key = job.idempotency_key.clone();
@@ -59,87 +147,28 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
         return Err(JobError::Wait(wait, "graph rate limit"));
     }
     let echo_wait = shared.settings.echo_confirm;
-    let window_closes_at = job.window_closes_at;
-    let (k, page, vault) = (key.clone(), job.instagram_account_id.clone(), &shared.vault);
-    // One transaction reads the part, the part before it and the token, and claims the send by
-    // committing `sending` before the call.
+    // One transaction decides and, for a send, claims it: `sending` and one more attempt are
+    // committed before the call (the UPDATE and COMMIT in one flight).
     let decision = shared
         .db
-        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
-            // The part, the part before it and the token in one round trip (pipelined; the
-            // token is read even when the part turns out to be done, which is rare).
-            let (parts, token) = futures::join!(
-                outbound::with_previous(c, &k),
-                accounts::token(c, vault, merchant, &page)
-            );
-            let (this, before) = parts?;
-            let Some(row) = this else {
-                // The part is gone (data deletion): nothing to send.
-                return Ok::<_, DbError>(Decision::Done);
-            };
-            if matches!(row.status.as_str(), "sent" | "send_unknown") {
-                return Ok(Decision::Done);
-            }
-            if Utc::now() > window_closes_at {
-                outbound::mark_status(c, &k, "failed", Some("24-hour window closed")).await?;
-                return Ok(Decision::Dead(
-                    DeadReason::WindowExpired,
-                    "the 24-hour messaging window closed before the send",
-                ));
-            }
-            // Parts go out in order: a later part waits for the one before it.
-            if before.is_some_and(|b| matches!(b.status.as_str(), "pending" | "sending")) {
-                return Ok(Decision::Wait(
-                    std::time::Duration::from_millis(300),
-                    "waiting for the previous part",
-                ));
-            }
-            if row.status == "sending" {
-                let since = row
-                    .sending_started_at
-                    .map_or(echo_wait, |t| (Utc::now() - t).to_std().unwrap_or_default());
-                if since < echo_wait {
-                    return Ok(Decision::Wait(
-                        echo_wait - since,
-                        "send outcome unknown; waiting for the echo",
-                    ));
+        .as_merchant_committed(merchant, async |c: &AsyncPgConnection| {
+            match decide(c, shared, &job, merchant).await? {
+                Decision::Send(send) => {
+                    let (claimed, done) = futures::try_join!(
+                        outbound::mark_sending(c, &job.idempotency_key),
+                        igsales_schema::commit(c),
+                    )?;
+                    Ok::<_, DbError>((
+                        if claimed {
+                            Decision::Send(send)
+                        } else {
+                            Decision::Done
+                        },
+                        done,
+                    ))
                 }
-                if row.send_attempts >= 2 {
-                    outbound::mark_status(
-                        c,
-                        &k,
-                        "send_unknown",
-                        Some("no echo after two unknown outcomes"),
-                    )
-                    .await?;
-                    return Ok(Decision::Dead(
-                        DeadReason::SendUnknown,
-                        "two sends timed out and no echo confirmed either",
-                    ));
-                }
+                other => Ok((other, igsales_schema::commit(c).await?)),
             }
-            let token = match token {
-                Ok(t) => t,
-                Err(AccountError::NotFound) => {
-                    outbound::mark_status(c, &k, "failed", Some("account disconnected")).await?;
-                    return Ok(Decision::Dead(
-                        DeadReason::NeedsReauth,
-                        "the account is disconnected",
-                    ));
-                }
-                Err(AccountError::Db(e)) => return Err(e),
-                Err(_) => {
-                    outbound::mark_status(c, &k, "failed", Some("stored token unusable")).await?;
-                    return Ok(Decision::Dead(
-                        DeadReason::Permanent,
-                        "the stored token cannot be decrypted",
-                    ));
-                }
-            };
-            if !outbound::mark_sending(c, &k).await? {
-                return Ok(Decision::Done);
-            }
-            Ok(Decision::Send(Box::new((row, token))))
         })
         .await?;
     let (row, token) = match decision {
@@ -158,8 +187,12 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
             let k = key.clone();
             shared
                 .db
-                .as_merchant(merchant, async move |c: &AsyncPgConnection| {
-                    Ok::<_, DbError>(outbound::mark_sent(c, &k, &message_id).await?)
+                .as_merchant_committed(merchant, async move |c: &AsyncPgConnection| {
+                    let ((), done) = futures::try_join!(
+                        outbound::mark_sent(c, &k, &message_id),
+                        igsales_schema::commit(c),
+                    )?;
+                    Ok::<_, DbError>(((), done))
                 })
                 .await?;
             metrics::counter!(SENDS, "result" => "sent").increment(1);
