@@ -206,30 +206,9 @@ pub async fn edit_message(
     .map(|_| ())
 }
 
-/// The last `limit` messages with text, oldest first, as (author, text, sent_at).
-pub async fn recent_messages(
-    mut conn: &AsyncPgConnection,
-    conversation: Uuid,
-    limit: i64,
-) -> QueryResult<Vec<(String, String, DateTime<Utc>)>> {
-    let mut rows: Vec<(String, Option<String>, DateTime<Utc>)> = messages::table
-        .filter(messages::conversation_id.eq(conversation))
-        .filter(messages::is_deleted.eq(false))
-        .filter(messages::text.is_not_null())
-        .order(messages::sent_at.desc())
-        .limit(limit)
-        .select((messages::author, messages::text, messages::sent_at))
-        .load(&mut conn)
-        .await?;
-    rows.reverse();
-    Ok(rows
-        .into_iter()
-        .filter_map(|(a, t, s)| t.map(|t| (a, t, s)))
-        .collect())
-}
-
-/// [`recent_messages`] of the conversation between an account and a customer, found by them
-/// (so it can be read in the same flight as the conversation itself).
+/// The last `limit` messages with text, oldest first, as (author, text, sent_at), of the
+/// conversation between an account and a customer, found by them (so it can be read in the
+/// same flight as the conversation itself).
 pub async fn recent_messages_with(
     mut conn: &AsyncPgConnection,
     account: &str,

@@ -27,20 +27,34 @@ pub async fn record(
     e: &NewEvent<'_>,
 ) -> QueryResult<bool> {
     let n = diesel::insert_into(we::table)
-        .values((
-            we::merchant_id.eq(merchant.0),
-            we::event_id.eq(e.event_id),
-            we::kind.eq(e.kind),
-            we::instagram_page_id.eq(e.instagram_page_id),
-            we::event_time.eq(e.event_time),
-            we::received_at.eq(e.received_at),
-        ))
+        .values(row(merchant, e))
         .on_conflict((we::merchant_id, we::event_id))
         .do_nothing()
         .prepared()
         .execute(&mut conn)
         .await?;
     Ok(n == 1)
+}
+
+/// The columns of one event row, as `insert_into(…).values` takes them.
+type Row<'a> = (
+    diesel::dsl::Eq<we::merchant_id, uuid::Uuid>,
+    diesel::dsl::Eq<we::event_id, &'a str>,
+    diesel::dsl::Eq<we::kind, &'a str>,
+    diesel::dsl::Eq<we::instagram_page_id, &'a str>,
+    diesel::dsl::Eq<we::event_time, Option<DateTime<Utc>>>,
+    diesel::dsl::Eq<we::received_at, DateTime<Utc>>,
+);
+
+fn row<'a>(merchant: MerchantId, e: &NewEvent<'a>) -> Row<'a> {
+    (
+        we::merchant_id.eq(merchant.0),
+        we::event_id.eq(e.event_id),
+        we::kind.eq(e.kind),
+        we::instagram_page_id.eq(e.instagram_page_id),
+        we::event_time.eq(e.event_time),
+        we::received_at.eq(e.received_at),
+    )
 }
 
 /// Records the event as handled in one statement (the reply and the record commit together);
@@ -51,15 +65,7 @@ pub async fn record_processed(
     e: &NewEvent<'_>,
 ) -> QueryResult<()> {
     diesel::insert_into(we::table)
-        .values((
-            we::merchant_id.eq(merchant.0),
-            we::event_id.eq(e.event_id),
-            we::kind.eq(e.kind),
-            we::instagram_page_id.eq(e.instagram_page_id),
-            we::event_time.eq(e.event_time),
-            we::received_at.eq(e.received_at),
-            we::processed_at.eq(diesel::dsl::now),
-        ))
+        .values((row(merchant, e), we::processed_at.eq(diesel::dsl::now)))
         .on_conflict((we::merchant_id, we::event_id))
         .do_update()
         .set(we::processed_at.eq(diesel::dsl::now))
