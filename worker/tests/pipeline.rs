@@ -12,7 +12,7 @@ use igsales_schema::accounts::{self, Connection};
 use igsales_schema::products::Product;
 use igsales_schema::{DbError, MerchantId, Vault, merchants, products};
 use igsales_tests::cli::{key_entry, run};
-use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig};
+use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig, LlmFailure};
 use igsales_tests::fake_meta::{
     Endpoint, Failure, FakeAccount, FakeMeta, FakeMetaConfig, webhook as wh,
 };
@@ -581,6 +581,26 @@ async fn reauth_and_window_errors_are_dead_letters_without_retry_and_old_message
         "no retry of either"
     );
     assert!(p.fake.sent_messages().is_empty());
+
+    // The model refuses the request for good: the job is a dead letter, but the customer's
+    // message is stored, its event left unprocessed so that a replay answers it.
+    p.llm.fail_next(LlmFailure::ContextLength);
+    p.push(p.dm("5550012", "mid-refused", "Oi", now_ms())).await;
+    let dead = p.dead("inbound_event", 2, Duration::from_secs(10)).await;
+    assert!(
+        dead.iter().any(|d| d.reason == DeadReason::Permanent),
+        "{dead:?}"
+    );
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM messages WHERE mid = 'mid-refused'")
+            .await,
+        1
+    );
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM webhook_events WHERE event_id = 'message:mid-refused' AND processed_at IS NULL")
+            .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

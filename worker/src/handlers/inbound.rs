@@ -319,11 +319,15 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
     }
 
     let messages = reply::prompt(&shop.persona, &seen.products, &seen.history, &text);
-    let answer = shared
-        .llm
-        .complete(messages)
-        .await
-        .map_err(crate::llm::LlmError::into_job_error)?;
+    let answer = match shared.llm.complete(messages).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            // The customer's message is kept even if no answer ever comes (the job may end as a
+            // dead letter); the event stays unprocessed, so a retry still answers it.
+            store_unanswered(shared, ctx, &msg).await?;
+            return Err(e.into_job_error());
+        }
+    };
     if answer.contains(HANDOFF_MARKER) {
         return handoff(shared, ctx, &msg, &shop.handoff_message).await;
     }
@@ -354,6 +358,38 @@ async fn handoff(
     push_sends(shared, ctx, &msg.customer, rows).await
 }
 
+/// The message and the event record (not processed) alone, for a model call that failed.
+async fn store_unanswered(shared: &Shared, ctx: &Ctx<'_>, msg: &Incoming) -> Result<(), JobError> {
+    let (merchant, account) = (ctx.merchant, ctx.account());
+    shared
+        .db
+        .as_merchant(merchant, async |c: &AsyncPgConnection| {
+            let conv =
+                conversations::upsert(c, merchant, account, &msg.customer, Some(ctx.at)).await?;
+            let (message, event) = (incoming_row(ctx, msg, conv.id), ctx.new_event());
+            futures::try_join!(
+                conversations::add_message(c, merchant, &message),
+                events::record(c, merchant, &event),
+            )?;
+            Ok::<_, DbError>(())
+        })
+        .await?;
+    Ok(())
+}
+
+/// The customer's message as a `messages` row of `conversation`.
+fn incoming_row<'a>(ctx: &Ctx<'_>, msg: &'a Incoming, conversation: uuid::Uuid) -> NewMessage<'a> {
+    NewMessage {
+        conversation,
+        mid: &msg.mid,
+        direction: "inbound",
+        author: "customer",
+        text: msg.text.as_deref(),
+        attachments: msg.attachments.clone(),
+        sent_at: ctx.at,
+    }
+}
+
 /// The one write transaction of a customer's message: the conversation (and its clock), then
 /// the message, the reply parts and the processed event record in one flight.
 async fn store(
@@ -379,15 +415,7 @@ async fn store(
                     }
                 }
             };
-            let message = NewMessage {
-                conversation: conv.id,
-                mid: &msg.mid,
-                direction: "inbound",
-                author: "customer",
-                text: msg.text.as_deref(),
-                attachments: msg.attachments.clone(),
-                sent_at: ctx.at,
-            };
+            let message = incoming_row(ctx, msg, conv.id);
             let event = ctx.new_event();
             let (_, (), rows, done) = futures::try_join!(
                 conversations::add_message(c, merchant, &message),
