@@ -107,12 +107,6 @@ pub async fn delete_received_before(
 
 /// Whether a recorded event was fully handled (a crash between recording and finishing leaves
 /// it unprocessed, and the retry then finishes it).
-pub async fn is_processed(mut conn: &AsyncPgConnection, event_id: &str) -> QueryResult<bool> {
-    let at: Option<Option<DateTime<Utc>>> = we::table
-        .filter(we::event_id.eq(event_id))
-        .select(we::processed_at)
-        .first(&mut conn)
-        .await
-        .optional()?;
-    Ok(matches!(at, Some(Some(_))))
+pub async fn is_processed(conn: &AsyncPgConnection, event_id: &str) -> QueryResult<bool> {
+    Ok(state(conn, event_id).await? == Some(true))
 }
