@@ -1,4 +1,35 @@
 use std::fmt;
+use std::time::Duration;
+
+/// The unit a duration setting is written in.
+#[derive(Debug, Clone, Copy)]
+pub enum Unit {
+    Millis,
+    Secs,
+    Minutes,
+    Days,
+}
+
+impl Unit {
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Millis => "milliseconds",
+            Unit::Secs => "seconds",
+            Unit::Minutes => "minutes",
+            Unit::Days => "days",
+        }
+    }
+
+    fn of(self, n: u64) -> Option<Duration> {
+        let secs = |per: u64| n.checked_mul(per).map(Duration::from_secs);
+        match self {
+            Unit::Millis => Some(Duration::from_millis(n)),
+            Unit::Secs => Some(Duration::from_secs(n)),
+            Unit::Minutes => secs(60),
+            Unit::Days => secs(86_400),
+        }
+    }
+}
 
 /// One thing wrong with the environment. Holds the variable and the expected form, never the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,22 +122,33 @@ impl Checker {
         self.parse(var, raw.trim(), form, parse)
     }
 
-    /// A duration in whole milliseconds within `min..=max` (a variable with a default).
-    pub fn millis(
+    /// A duration in whole `unit`s within `min..=max` (a variable with a default).
+    pub fn duration(
         &mut self,
         var: &'static str,
         raw: &str,
+        unit: Unit,
         min: u64,
         max: u64,
-    ) -> Option<std::time::Duration> {
-        let form = format!("milliseconds, {min}–{max}");
+    ) -> Option<Duration> {
+        let form = format!("{}, {min}–{max}", unit.name());
         self.value(var, raw, &form, |s| {
             s.parse::<u64>()
                 .ok()
                 .filter(|v| (min..=max).contains(v))
-                .map(std::time::Duration::from_millis)
+                .and_then(|v| unit.of(v))
                 .ok_or_else(String::new)
         })
+    }
+
+    /// [`Checker::duration`] in milliseconds.
+    pub fn millis(&mut self, var: &'static str, raw: &str, min: u64, max: u64) -> Option<Duration> {
+        self.duration(var, raw, Unit::Millis, min, max)
+    }
+
+    /// [`Checker::duration`] in seconds.
+    pub fn secs(&mut self, var: &'static str, raw: &str, min: u64, max: u64) -> Option<Duration> {
+        self.duration(var, raw, Unit::Secs, min, max)
     }
 
     /// A cross-field or environment rule that failed.
@@ -157,5 +199,40 @@ pub fn must<T>(v: Option<T>) -> T {
     match v {
         Some(v) => v,
         None => unreachable!("Checker::finish succeeded, so every checked value is present"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_read_in_their_unit_and_named_with_their_range() {
+        let mut c = Checker::new();
+        assert_eq!(
+            c.duration("A_DAYS", "2", Unit::Days, 1, 59),
+            Some(Duration::from_secs(2 * 86_400))
+        );
+        assert_eq!(
+            c.duration("A_MINUTES", " 3 ", Unit::Minutes, 1, 60),
+            Some(Duration::from_secs(180))
+        );
+        assert_eq!(c.secs("A_SECS", "0", 0, 10), Some(Duration::ZERO));
+        assert_eq!(
+            c.millis("A_MS", "15", 1, 20),
+            Some(Duration::from_millis(15))
+        );
+        assert!(c.is_ok());
+        assert_eq!(c.secs("B_SECS", "11", 0, 10), None);
+        assert_eq!(c.duration("B_DAYS", "x", Unit::Days, 1, 59), None);
+        let err = c.finish().expect_err("two problems").to_string();
+        assert!(
+            err.contains("B_SECS is invalid: expected seconds, 0–10"),
+            "{err}"
+        );
+        assert!(
+            err.contains("B_DAYS is invalid: expected days, 1–59"),
+            "{err}"
+        );
     }
 }

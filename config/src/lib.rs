@@ -13,7 +13,7 @@ mod check;
 mod values;
 
 pub use args::{Common, CommonArgs, DbArgs, DbSettings, KeyArgs, RedisArgs, RedisSettings};
-pub use check::{Checker, ConfigError, Problem, must};
+pub use check::{Checker, ConfigError, Problem, Unit, must};
 pub use values::{
     AppEnv, GraphVersion, HttpUrl, KeyEntry, KeyRing, LogFormat, PgUrl, RedisUrl, Secret,
     parse_key_ring,

@@ -200,16 +200,6 @@ impl IngressSettings {
     }
 }
 
-fn secs(max: u64) -> impl FnOnce(&str) -> Result<Duration, String> {
-    move |s| {
-        s.parse::<u64>()
-            .ok()
-            .filter(|v| (1..=max).contains(v))
-            .map(Duration::from_secs)
-            .ok_or_else(String::new)
-    }
-}
-
 fn count(max: usize) -> impl FnOnce(&str) -> Result<usize, String> {
     move |s| {
         s.parse::<usize>()
@@ -366,23 +356,23 @@ impl IngressArgs {
             "a count, 1–1000000",
             count(1_000_000),
         );
-        let dedupe_ttl = c.value(
+        let dedupe_ttl = c.secs(
             "WEBHOOK_DEDUPE_TTL_SECS",
             &self.webhook_dedupe_ttl_secs,
-            "seconds, 1–2592000",
-            secs(2_592_000),
+            1,
+            2592000,
         );
-        let cache_hit = c.value(
+        let cache_hit = c.secs(
             "ACCOUNT_CACHE_HIT_SECS",
             &self.account_cache_hit_secs,
-            "seconds, 1–60",
-            secs(60),
+            1,
+            60,
         );
-        let cache_miss = c.value(
+        let cache_miss = c.secs(
             "ACCOUNT_CACHE_MISS_SECS",
             &self.account_cache_miss_secs,
-            "seconds, 1–5",
-            secs(5),
+            1,
+            5,
         );
         let meta_timeout = c.millis(
             "META_HTTP_TIMEOUT_MS",
@@ -390,30 +380,14 @@ impl IngressArgs {
             1,
             120_000,
         );
-        let dns_cache = c.value(
-            "HTTP_DNS_CACHE_SECS",
-            &self.http_dns_cache_secs,
-            "seconds, 0–3600",
-            |s: &str| {
-                s.parse::<u64>()
-                    .ok()
-                    .filter(|v| *v <= 3600)
-                    .map(Duration::from_secs)
-                    .ok_or_else(String::new)
-            },
-        );
+        let dns_cache = c.secs("HTTP_DNS_CACHE_SECS", &self.http_dns_cache_secs, 0, 3600);
         let meta_concurrency = c.value(
             "META_HTTP_MAX_CONCURRENCY",
             &self.meta_http_max_concurrency,
             "a count, 1–256",
             count(256),
         );
-        let oauth_ttl = c.value(
-            "OAUTH_STATE_TTL_SECS",
-            &self.oauth_state_ttl_secs,
-            "seconds, 1–3600",
-            secs(3600),
-        );
+        let oauth_ttl = c.secs("OAUTH_STATE_TTL_SECS", &self.oauth_state_ttl_secs, 1, 3600);
         let shutdown = c.millis("SHUTDOWN_TIMEOUT_MS", &self.shutdown_timeout_ms, 1, 600_000);
 
         if env == Some(AppEnv::Production) {

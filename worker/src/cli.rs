@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use igsales_config::Unit;
 use igsales_config::{
     Checker, Common, CommonArgs, ConfigError, DbArgs, DbSettings, KeyArgs, KeyRing, PgUrl,
     RedisArgs, RedisSettings, must,
@@ -488,17 +489,12 @@ impl Cli {
                 let env = common.as_ref().map(|c| c.app_env);
                 let db = db.check(&mut c);
                 let redis = redis.check(&mut c, env);
-                let window = c.value(
+                let window = c.duration(
                     "TOKEN_REFRESH_WINDOW_DAYS",
                     &token_refresh_window_days,
-                    "days, 1–59",
-                    |s| {
-                        s.parse::<u64>()
-                            .ok()
-                            .filter(|d| (1..=59).contains(d))
-                            .map(|d| Duration::from_secs(d * 86_400))
-                            .ok_or_else(String::new)
-                    },
+                    Unit::Days,
+                    1,
+                    59,
                 );
                 (|| {
                     Some(Action::TokensRefresh {

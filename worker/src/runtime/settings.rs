@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
+use igsales_config::Unit;
 use igsales_config::{
     Checker, DbArgs, DbSettings, GraphVersion, HttpUrl, KeyArgs, KeyRing, RedisArgs, RedisSettings,
     Secret,
@@ -380,22 +381,20 @@ impl RunArgs {
             "tokens, 16–4096",
             int(16u32, 4096),
         );
-        let throttle_wait = c
-            .value(
-                "GRAPH_THROTTLE_WAIT_SECS",
-                &self.graph_throttle_wait_secs,
-                "seconds, 1–3600",
-                int(1u64, 3600),
-            )
-            .map(Duration::from_secs);
-        let max_pause = c
-            .value(
-                "GRAPH_MAX_PAUSE_SECS",
-                &self.graph_max_pause_secs,
-                "seconds, 1–86400",
-                int(1u64, 86_400),
-            )
-            .map(Duration::from_secs);
+        let throttle_wait = c.duration(
+            "GRAPH_THROTTLE_WAIT_SECS",
+            &self.graph_throttle_wait_secs,
+            Unit::Secs,
+            1,
+            3600,
+        );
+        let max_pause = c.duration(
+            "GRAPH_MAX_PAUSE_SECS",
+            &self.graph_max_pause_secs,
+            Unit::Secs,
+            1,
+            86400,
+        );
         let metrics_port = c.value(
             "METRICS_PORT",
             &self.metrics_port,
@@ -456,22 +455,20 @@ impl RunArgs {
             0,
             60_000,
         );
-        let job_timeout = c
-            .value(
-                "JOB_TIMEOUT_SECS",
-                &self.job_timeout_secs,
-                "seconds, 1–3600",
-                int(1u64, 3600),
-            )
-            .map(Duration::from_secs);
-        let orphan = c
-            .value(
-                "WORKER_ORPHAN_TIMEOUT_SECS",
-                &self.worker_orphan_timeout_secs,
-                "seconds, 3–3600",
-                int(3u64, 3600),
-            )
-            .map(Duration::from_secs);
+        let job_timeout = c.duration(
+            "JOB_TIMEOUT_SECS",
+            &self.job_timeout_secs,
+            Unit::Secs,
+            1,
+            3600,
+        );
+        let orphan = c.duration(
+            "WORKER_ORPHAN_TIMEOUT_SECS",
+            &self.worker_orphan_timeout_secs,
+            Unit::Secs,
+            3,
+            3600,
+        );
         let poll = c.millis(
             "WORKER_POLL_INTERVAL_MS",
             &self.worker_poll_interval_ms,
@@ -496,14 +493,13 @@ impl RunArgs {
             CRON_FORM,
             cron,
         );
-        let window = c
-            .value(
-                "TOKEN_REFRESH_WINDOW_DAYS",
-                &self.token_refresh_window_days,
-                "days, 1–59",
-                int(1u64, 59),
-            )
-            .map(|d| Duration::from_secs(d * 86_400));
+        let window = c.duration(
+            "TOKEN_REFRESH_WINDOW_DAYS",
+            &self.token_refresh_window_days,
+            Unit::Days,
+            1,
+            59,
+        );
         let housekeeping_cron = c.value(
             "HOUSEKEEPING_CRON",
             &self.housekeeping_cron,
@@ -516,30 +512,21 @@ impl RunArgs {
             "an integer 1–100",
             int(1u32, 100),
         );
-        let takeover = c
-            .value(
-                "HUMAN_TAKEOVER_MINUTES",
-                &self.human_takeover_minutes,
-                "minutes, 1–43200",
-                int(1u64, 43_200),
-            )
-            .map(|m| Duration::from_secs(m * 60));
-        let echo = c
-            .value(
-                "ECHO_CONFIRM_SECS",
-                &self.echo_confirm_secs,
-                "seconds, 1–3600",
-                int(1u64, 3600),
-            )
-            .map(Duration::from_secs);
-        let retention = c
-            .value(
-                "RETENTION_DAYS",
-                &self.retention_days,
-                "days, 1–3650",
-                int(1u64, 3650),
-            )
-            .map(|d| Duration::from_secs(d * 86_400));
+        let takeover = c.duration(
+            "HUMAN_TAKEOVER_MINUTES",
+            &self.human_takeover_minutes,
+            Unit::Minutes,
+            1,
+            43200,
+        );
+        let echo = c.duration(
+            "ECHO_CONFIRM_SECS",
+            &self.echo_confirm_secs,
+            Unit::Secs,
+            1,
+            3600,
+        );
+        let retention = c.duration("RETENTION_DAYS", &self.retention_days, Unit::Days, 1, 3650);
         let dlq_max = c.value(
             "DLQ_MAX_LEN",
             &self.dlq_max_len,
@@ -552,14 +539,13 @@ impl RunArgs {
             1,
             120_000,
         );
-        let dns_cache = c
-            .value(
-                "HTTP_DNS_CACHE_SECS",
-                &self.http_dns_cache_secs,
-                "seconds, 0–3600",
-                int(0u64, 3600),
-            )
-            .map(Duration::from_secs);
+        let dns_cache = c.duration(
+            "HTTP_DNS_CACHE_SECS",
+            &self.http_dns_cache_secs,
+            Unit::Secs,
+            0,
+            3600,
+        );
         let meta_concurrency = c.value(
             "META_HTTP_MAX_CONCURRENCY",
             &self.meta_http_max_concurrency,
