@@ -1,5 +1,5 @@
 //! Test support shared by the workspace's tests: isolated databases and roles, running the
-//! real binaries (and, later, the fake Meta and fake LLM servers). The end-to-end tests
+//! real binaries, the fake Meta and fake LLM servers, the whole stack. The end-to-end tests
 //! themselves live in `tests/tests/`.
 
 pub mod cli;
@@ -8,6 +8,7 @@ pub mod fake_llm;
 pub mod fake_meta;
 pub mod process;
 pub mod redis;
+mod served;
 pub mod stack;
 
 pub use db::TestDb;

@@ -19,6 +19,7 @@ mod failure;
 pub mod responder;
 mod server;
 
+use crate::served::Served;
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,19 +73,7 @@ impl LlmRequest {
 /// Handle to a running fake; clones share it. The server stops when the last clone drops.
 #[derive(Clone)]
 pub struct FakeLlm {
-    inner: Arc<Running>,
-}
-
-struct Running {
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    inner: Arc<Served<Shared>>,
 }
 
 /// What the server task and the handles share. The counters are atomics so that benchmarks
@@ -131,8 +120,6 @@ impl FakeLlm {
     }
 
     pub async fn start_on(addr: SocketAddr, config: FakeLlmConfig) -> std::io::Result<FakeLlm> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             api_key: config.api_key,
             request_count: AtomicU64::new(0),
@@ -141,23 +128,14 @@ impl FakeLlm {
             state: Mutex::new(State::default()),
         });
         let app = server::router(shared.clone());
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                eprintln!("fake-llm: server stopped: {e}");
-            }
-        });
         Ok(FakeLlm {
-            inner: Arc::new(Running { shared, addr, task }),
+            inner: Arc::new(Served::start(addr, shared, app, "fake-llm").await?),
         })
     }
 
     /// `http://127.0.0.1:PORT/v1`: what `OPENAI_BASE_URL` is set to.
     pub fn base_url(&self) -> String {
-        let mut addr = self.inner.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(Ipv4Addr::LOCALHOST.into());
-        }
-        format!("http://{addr}/v1")
+        format!("{}/v1", self.inner.base_url())
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -23,6 +23,7 @@ mod failure;
 mod server;
 pub mod webhook;
 
+use crate::served::Served;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -153,19 +154,7 @@ pub struct SentMessage {
 /// Handle to a running fake; clones share it. The server stops when the last clone drops.
 #[derive(Clone)]
 pub struct FakeMeta {
-    inner: Arc<Running>,
-}
-
-struct Running {
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    inner: Arc<Served<Shared>>,
 }
 
 /// What the server task and the handles share.
@@ -247,8 +236,6 @@ impl FakeMeta {
     }
 
     pub async fn start_on(addr: SocketAddr, config: FakeMetaConfig) -> std::io::Result<FakeMeta> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             client_id: config.client_id,
             client_secret: config.client_secret,
@@ -259,23 +246,14 @@ impl FakeMeta {
             }),
         });
         let app = server::router(shared.clone());
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                eprintln!("fake-meta: server stopped: {e}");
-            }
-        });
         Ok(FakeMeta {
-            inner: Arc::new(Running { shared, addr, task }),
+            inner: Arc::new(Served::start(addr, shared, app, "fake-meta").await?),
         })
     }
 
     /// `http://127.0.0.1:PORT`, the base for the OAuth, authorize and Graph paths alike.
     pub fn base_url(&self) -> String {
-        let mut addr = self.inner.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(Ipv4Addr::LOCALHOST.into());
-        }
-        format!("http://{addr}")
+        self.inner.base_url()
     }
 
     pub fn addr(&self) -> SocketAddr {
