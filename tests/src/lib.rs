@@ -10,6 +10,7 @@ pub mod process;
 pub mod redis;
 mod served;
 pub mod stack;
+pub mod worker_env;
 
 pub use db::TestDb;
 pub use redis::{PrivateRedis, TestRedis};

@@ -16,7 +16,8 @@ use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig, LlmFailure};
 use igsales_tests::fake_meta::{
     Endpoint, Failure, FakeAccount, FakeMeta, FakeMetaConfig, webhook as wh,
 };
-use igsales_tests::process::{Process, free_port};
+use igsales_tests::process::Process;
+use igsales_tests::worker_env::{self, Env, with};
 use igsales_tests::{TestDb, TestRedis};
 use redis::AsyncCommands;
 
@@ -39,48 +40,19 @@ struct Pipeline {
     _worker: Process,
 }
 
-fn base_env(
-    db: &TestDb,
-    redis: &TestRedis,
-    fake: &FakeMeta,
-    llm: &FakeLlm,
-) -> Vec<(&'static str, String)> {
-    vec![
-        ("DATABASE_URL", db.app_url()),
-        ("REDIS_URL", redis.url()),
-        ("ENCRYPTION_KEY", key_entry(1, 1)),
-        ("IG_APP_SECRET", "fake-ig-app-secret".into()),
-        ("GRAPH_API_VERSION", "v26.0".into()),
-        ("GRAPH_API_BASE_URL", fake.base_url()),
-        ("OPENAI_API_KEY", "test-llm-key".into()),
-        ("OPENAI_BASE_URL", llm.base_url()),
-        ("METRICS_PORT", free_port().to_string()),
-        ("WORKER_CONCURRENCY", "8".into()),
-        ("JOB_MAX_ATTEMPTS", "3".into()),
-        ("JOB_BACKOFF_BASE_MS", "50".into()),
-        ("JOB_BACKOFF_MAX_MS", "200".into()),
-        ("JOB_INPROCESS_WAIT_MAX_MS", "2500".into()),
-        ("WORKER_ORPHAN_TIMEOUT_SECS", "3".into()),
-        ("WORKER_POLL_INTERVAL_MS", "50".into()),
-        ("WORKER_SHUTDOWN_TIMEOUT_MS", "2000".into()),
-        ("META_HTTP_TIMEOUT_MS", "700".into()),
-        ("ECHO_CONFIRM_SECS", "2".into()),
-        ("GRAPH_THROTTLE_WAIT_SECS", "1".into()),
-        ("GRAPH_MAX_PAUSE_SECS", "1".into()),
-        ("TOKEN_REFRESH_CRON", "0 0 0 1 1 *".into()),
-        ("HOUSEKEEPING_CRON", "0 0 0 1 1 *".into()),
-        ("RUST_LOG", "info,apalis=warn".into()),
-    ]
-}
-
-fn with(
-    env: &[(&'static str, String)],
-    var: &'static str,
-    value: &str,
-) -> Vec<(&'static str, String)> {
-    let mut e: Vec<_> = env.iter().filter(|(k, _)| *k != var).cloned().collect();
-    e.push((var, value.to_owned()));
-    e
+fn base_env(db: &TestDb, redis: &TestRedis, fake: &FakeMeta, llm: &FakeLlm) -> Env {
+    let fast = worker_env::fast(db.app_url(), redis.url(), fake.base_url(), llm.base_url());
+    worker_env::with_all(
+        &fast,
+        &[
+            ("WORKER_CONCURRENCY", "8"),
+            ("JOB_INPROCESS_WAIT_MAX_MS", "2500"),
+            ("META_HTTP_TIMEOUT_MS", "700"),
+            ("ECHO_CONFIRM_SECS", "2"),
+            ("GRAPH_THROTTLE_WAIT_SECS", "1"),
+            ("GRAPH_MAX_PAUSE_SECS", "1"),
+        ],
+    )
 }
 
 fn product(sku: &str, name: &str, price: &str, stock: i32) -> Product {
@@ -142,13 +114,7 @@ impl Pipeline {
             })
             .await
             .expect("seed");
-        let env = adjust(base_env(&db, &redis, &fake, &llm));
-        let port = env
-            .iter()
-            .find(|(k, _)| *k == "METRICS_PORT")
-            .and_then(|(_, v)| v.parse().ok())
-            .expect("port");
-        let worker = Process::start(BIN, &["run"], &env, port);
+        let worker = worker_env::start(BIN, &adjust(base_env(&db, &redis, &fake, &llm)));
         Pipeline {
             db,
             redis,
@@ -685,14 +651,11 @@ async fn a_human_reply_pauses_the_assistant_and_a_request_for_a_person_hands_off
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_sweeping_refresh_each_due_account_once_per_tick() {
     let p = Pipeline::start(|e| with(&e, "TOKEN_REFRESH_CRON", "*/2 * * * * *")).await;
-    let mut second_env = base_env(&p.db, &p.redis, &p.fake, &p.llm);
-    second_env = with(&second_env, "TOKEN_REFRESH_CRON", "*/2 * * * * *");
-    let port = second_env
-        .iter()
-        .find(|(k, _)| *k == "METRICS_PORT")
-        .and_then(|(_, v)| v.parse().ok())
-        .expect("port");
-    let _second = Process::start(BIN, &["run"], &second_env, port);
+    let second_env = base_env(&p.db, &p.redis, &p.fake, &p.llm);
+    let _second = worker_env::start(
+        BIN,
+        &with(&second_env, "TOKEN_REFRESH_CRON", "*/2 * * * * *"),
+    );
     // Due: last refreshed two days ago, expiring within the window.
     use diesel_async::SimpleAsyncConnection;
     p.db.superuser_conn()

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use igsales_jobs::{CanaryFailure, CanaryV1, DeadLetter, JobQueue};
 use igsales_tests::cli::{key_entry, run};
 use igsales_tests::process::{Process, free_port};
+use igsales_tests::worker_env::{self, Env, with};
 use igsales_tests::{PrivateRedis, TestDb, TestRedis};
 use redis::AsyncCommands;
 
@@ -16,51 +17,18 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Settings shrunk for tests; each test overrides what it exercises.
-fn env(db: &TestDb, redis_url: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("DATABASE_URL", db.app_url()),
-        ("REDIS_URL", redis_url.to_owned()),
-        ("ENCRYPTION_KEY", key_entry(1, 1)),
-        ("IG_APP_SECRET", "test-secret".into()),
-        ("GRAPH_API_VERSION", "v26.0".into()),
-        ("GRAPH_API_BASE_URL", "http://127.0.0.1:9".into()),
-        ("OPENAI_API_KEY", "test-key".into()),
-        ("METRICS_PORT", free_port().to_string()),
-        ("WORKER_CONCURRENCY", "4".into()),
-        ("JOB_MAX_ATTEMPTS", "3".into()),
-        ("JOB_BACKOFF_BASE_MS", "50".into()),
-        ("JOB_BACKOFF_MAX_MS", "200".into()),
-        ("JOB_INPROCESS_WAIT_MAX_MS", "1000".into()),
-        ("WORKER_ORPHAN_TIMEOUT_SECS", "3".into()),
-        ("WORKER_POLL_INTERVAL_MS", "50".into()),
-        ("WORKER_SHUTDOWN_TIMEOUT_MS", "2000".into()),
-        ("WORKER_MAX_RESTARTS", "3".into()),
-        // Crons far away unless a test wants them.
-        ("TOKEN_REFRESH_CRON", "0 0 0 1 1 *".into()),
-        ("HOUSEKEEPING_CRON", "0 0 0 1 1 *".into()),
-        ("RUST_LOG", "info,apalis=warn".into()),
-    ]
+/// The shared test settings, against no Graph or model API (canaries call neither).
+fn env(db: &TestDb, redis_url: &str) -> Env {
+    worker_env::fast(
+        db.app_url(),
+        redis_url.to_owned(),
+        "http://127.0.0.1:9".into(),
+        "http://127.0.0.1:9/v1".into(),
+    )
 }
 
-fn with(
-    env: &[(&'static str, String)],
-    var: &'static str,
-    value: &str,
-) -> Vec<(&'static str, String)> {
-    let mut e: Vec<_> = env.iter().filter(|(k, _)| *k != var).cloned().collect();
-    e.push((var, value.to_owned()));
-    e
-}
-
-/// `worker run` with these settings, up once its metrics port answers.
 fn start_worker(env: &[(&'static str, String)]) -> Process {
-    let port = env
-        .iter()
-        .find(|(k, _)| *k == "METRICS_PORT")
-        .and_then(|(_, v)| v.parse().ok())
-        .expect("METRICS_PORT");
-    Process::start(BIN, &["run"], env, port)
+    worker_env::start(BIN, env)
 }
 
 async fn connection(url: &str) -> redis::aio::ConnectionManager {

@@ -21,7 +21,8 @@ use igsales_schema::{Db, DbError, MerchantId, Vault, merchants, products};
 use igsales_tests::cli::key_entry;
 use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig};
 use igsales_tests::fake_meta::{FakeAccount, FakeMeta, FakeMetaConfig, webhook as wh};
-use igsales_tests::process::{Process, free_port};
+use igsales_tests::process::free_port;
+use igsales_tests::worker_env;
 
 #[derive(Parser)]
 struct Args {
@@ -80,7 +81,7 @@ async fn redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
     Ok(redis::Client::open(url)?.get_connection_manager().await?)
 }
 
-fn worker_env(args: &Args, graph: &str, llm: &str) -> Vec<(&'static str, String)> {
+fn bench_env(args: &Args, graph: &str, llm: &str) -> worker_env::Env {
     vec![
         ("DATABASE_URL", args.database_url.clone()),
         ("DATABASE_POOL_SIZE", args.db_pool.to_string()),
@@ -102,13 +103,8 @@ fn worker_env(args: &Args, graph: &str, llm: &str) -> Vec<(&'static str, String)
 }
 
 async fn runtime(args: &Args) -> anyhow::Result<()> {
-    let env = worker_env(args, "http://127.0.0.1:9", "http://127.0.0.1:9/v1");
-    let port = env
-        .iter()
-        .find(|(k, _)| *k == "METRICS_PORT")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let worker = Process::start(&args.worker_bin, &["run"], &env, port);
+    let env = bench_env(args, "http://127.0.0.1:9", "http://127.0.0.1:9/v1");
+    let worker = worker_env::start(&args.worker_bin, &env);
     let mut conn = redis(&args.redis_url).await?;
     let queue = JobQueue::<CanaryV1>::new(conn.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -245,13 +241,8 @@ async fn pipeline(args: &Args) -> anyhow::Result<()> {
         .await?;
         accounts_made.push((m, page));
     }
-    let env = worker_env(args, &fake.base_url(), &llm.base_url());
-    let port = env
-        .iter()
-        .find(|(k, _)| *k == "METRICS_PORT")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let worker = Process::start(&args.worker_bin, &["run"], &env, port);
+    let env = bench_env(args, &fake.base_url(), &llm.base_url());
+    let worker = worker_env::start(&args.worker_bin, &env);
     let queue = JobQueue::<InboundEventV1>::new(redis(&args.redis_url).await?);
     let jobs: Vec<InboundEventV1> = (0..args.events)
         .map(|i| {
