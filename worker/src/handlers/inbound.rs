@@ -216,6 +216,9 @@ struct Seen {
 /// What the write transaction stores besides the message.
 enum Reply<'a> {
     Nothing,
+    /// The model call failed: the event is recorded but left unprocessed, so a retry (or a
+    /// replay of the dead letter) still answers it.
+    Unanswered,
     Parts(&'a [String]),
     /// Flag the conversation for a person; the hand-off message goes out only if this run
     /// flipped the flag.
@@ -324,7 +327,7 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
         Err(e) => {
             // The customer's message is kept even if no answer ever comes (the job may end as a
             // dead letter); the event stays unprocessed, so a retry still answers it.
-            store_unanswered(shared, ctx, &msg).await?;
+            store(shared, ctx, &msg, Reply::Unanswered).await?;
             return Err(e.into_job_error());
         }
     };
@@ -358,25 +361,6 @@ async fn handoff(
     push_sends(shared, ctx, &msg.customer, rows).await
 }
 
-/// The message and the event record (not processed) alone, for a model call that failed.
-async fn store_unanswered(shared: &Shared, ctx: &Ctx<'_>, msg: &Incoming) -> Result<(), JobError> {
-    let (merchant, account) = (ctx.merchant, ctx.account());
-    shared
-        .db
-        .as_merchant(merchant, async |c: &AsyncPgConnection| {
-            let conv =
-                conversations::upsert(c, merchant, account, &msg.customer, Some(ctx.at)).await?;
-            let (message, event) = (incoming_row(ctx, msg, conv.id), ctx.new_event());
-            futures::try_join!(
-                conversations::add_message(c, merchant, &message),
-                events::record(c, merchant, &event),
-            )?;
-            Ok::<_, DbError>(())
-        })
-        .await?;
-    Ok(())
-}
-
 /// The customer's message as a `messages` row of `conversation`.
 fn incoming_row<'a>(ctx: &Ctx<'_>, msg: &'a Incoming, conversation: uuid::Uuid) -> NewMessage<'a> {
     NewMessage {
@@ -391,7 +375,8 @@ fn incoming_row<'a>(ctx: &Ctx<'_>, msg: &'a Incoming, conversation: uuid::Uuid) 
 }
 
 /// The one write transaction of a customer's message: the conversation (and its clock), then
-/// the message, the reply parts and the processed event record in one flight.
+/// the message, the reply parts and the event record (processed unless `Unanswered`) in one
+/// flight.
 async fn store(
     shared: &Shared,
     ctx: &Ctx<'_>,
@@ -405,7 +390,7 @@ async fn store(
             let conv =
                 conversations::upsert(c, merchant, account, &msg.customer, Some(ctx.at)).await?;
             let parts: Vec<String> = match reply {
-                Reply::Nothing => Vec::new(),
+                Reply::Nothing | Reply::Unanswered => Vec::new(),
                 Reply::Parts(p) => p.to_vec(),
                 Reply::Handoff(text) => {
                     if conversations::set_needs_human(c, conv.id).await? {
@@ -419,7 +404,13 @@ async fn store(
             let event = ctx.new_event();
             let (_, (), rows, done) = futures::try_join!(
                 conversations::add_message(c, merchant, &message),
-                events::record_processed(c, merchant, &event),
+                async {
+                    if matches!(reply, Reply::Unanswered) {
+                        events::record(c, merchant, &event).await.map(|_| ())
+                    } else {
+                        events::record_processed(c, merchant, &event).await
+                    }
+                },
                 async {
                     if parts.is_empty() {
                         Ok(Vec::new())

@@ -235,12 +235,16 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                     Err(JobError::Retry(e.into()))
                 }
                 ErrorClass::Reauth => {
-                    set_status(shared, merchant, &key, "failed", Some(error)).await?;
-                    let page = job.instagram_account_id.clone();
+                    // The part fails and the account needs its owner, in one transaction.
+                    let page = &job.instagram_account_id;
                     shared
                         .db
-                        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
-                            Ok::<_, DbError>(accounts::mark_needs_reauth(c, &page).await?)
+                        .as_merchant(merchant, async |c: &AsyncPgConnection| {
+                            futures::try_join!(
+                                outbound::mark_status(c, &key, "failed", Some(&error)),
+                                accounts::mark_needs_reauth(c, page),
+                            )?;
+                            Ok::<_, DbError>(())
                         })
                         .await?;
                     Err(JobError::Dead(DeadReason::NeedsReauth, e.into()))
