@@ -3,10 +3,8 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use chrono::Utc;
 use diesel_async::AsyncPgConnection;
 use igsales_config::{AppEnv, DbSettings, GraphVersion, HttpUrl, KeyRing, RedisSettings, Secret};
-use igsales_jobs::{JobQueue, RefreshTokenV1};
 use igsales_meta::{MetaClient, MetaClientConfig};
 use igsales_schema::accounts::{self, AccountError};
 use igsales_schema::{Db, DbError, MerchantId, Vault, conversations};
@@ -55,24 +53,11 @@ pub async fn tokens_refresh(
             .map(|a| (m, a.instagram_page_id))
             .collect(),
         None => {
-            let now = Utc::now();
             let window = chrono::Duration::from_std(window).context("window")?;
-            db.accounts_due_for_token_refresh(now + window, now - chrono::Duration::hours(24))
-                .await?
+            crate::handlers::tokens::due_accounts(&db, window).await?
         }
     };
-    let jobs: Vec<RefreshTokenV1> = targets
-        .iter()
-        .map(|(m, account)| RefreshTokenV1 {
-            merchant_id: m.0,
-            instagram_account_id: account.clone(),
-            delivery: Default::default(),
-        })
-        .collect();
-    let n = jobs.len();
-    JobQueue::<RefreshTokenV1>::new(redis)
-        .push_all(jobs)
-        .await?;
+    let n = crate::handlers::tokens::enqueue_refreshes(redis, &targets).await?;
     println!("enqueued {n} refresh_token job(s)");
     Ok(())
 }

@@ -2,9 +2,10 @@
 
 use chrono::Utc;
 use diesel_async::AsyncPgConnection;
+use igsales_jobs::queue::EnqueueError;
 use igsales_jobs::{DeadReason, JobQueue, RefreshTokenV1, TokenRefreshSweepV1};
 use igsales_schema::accounts::{self, AccountError};
-use igsales_schema::{DbError, MerchantId};
+use igsales_schema::{Db, DbError, MerchantId};
 
 use crate::handlers::meta_error;
 use crate::runtime::Shared;
@@ -15,18 +16,22 @@ pub const REFRESH_RESULTS: &str = "igsales_token_refresh_total";
 /// Meta refreshes only tokens at least 24 hours old.
 const MIN_TOKEN_AGE: chrono::Duration = chrono::Duration::hours(24);
 
-/// Enqueues `refresh_token` for every connected account at least a day old whose token
-/// expires within the window. Running it twice enqueues twice; the second refresh of an
-/// account then finds it fresh and is a no-op at Meta's side (and refreshing is harmless).
-pub async fn sweep(job: TokenRefreshSweepV1, shared: &Shared) -> Result<(), JobError> {
+/// Accounts at least a day old whose token expires within `window`.
+pub async fn due_accounts(
+    db: &Db,
+    window: chrono::Duration,
+) -> Result<Vec<(MerchantId, String)>, DbError> {
     let now = Utc::now();
-    let window = chrono::Duration::from_std(shared.settings.token_refresh_window)
-        .map_err(JobError::permanent)?;
-    let due = shared
-        .db
-        .accounts_due_for_token_refresh(now + window, now - MIN_TOKEN_AGE)
-        .await?;
-    let jobs: Vec<RefreshTokenV1> = due
+    db.accounts_due_for_token_refresh(now + window, now - MIN_TOKEN_AGE)
+        .await
+}
+
+/// One `refresh_token` job per account, pushed at once; how many.
+pub async fn enqueue_refreshes(
+    redis: redis::aio::ConnectionManager,
+    accounts: &[(MerchantId, String)],
+) -> Result<usize, EnqueueError> {
+    let jobs: Vec<RefreshTokenV1> = accounts
         .iter()
         .map(|(merchant, account)| RefreshTokenV1 {
             merchant_id: merchant.0,
@@ -35,8 +40,20 @@ pub async fn sweep(job: TokenRefreshSweepV1, shared: &Shared) -> Result<(), JobE
         })
         .collect();
     let n = jobs.len();
-    JobQueue::<RefreshTokenV1>::new(shared.redis.clone())
+    JobQueue::<RefreshTokenV1>::new(redis)
         .push_all(jobs)
+        .await?;
+    Ok(n)
+}
+
+/// Enqueues `refresh_token` for every account due. Running it twice enqueues twice; the second
+/// refresh of an account then finds it fresh and is a no-op at Meta's side (and refreshing is
+/// harmless).
+pub async fn sweep(job: TokenRefreshSweepV1, shared: &Shared) -> Result<(), JobError> {
+    let window = chrono::Duration::from_std(shared.settings.token_refresh_window)
+        .map_err(JobError::permanent)?;
+    let due = due_accounts(&shared.db, window).await?;
+    let n = enqueue_refreshes(shared.redis.clone(), &due)
         .await
         .map_err(JobError::retry)?;
     tracing::info!(
