@@ -474,3 +474,80 @@ async fn keys_rotate_reports_tokens_it_cannot_decrypt_and_exits_1() {
         out.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_refresh_enqueues_the_due_accounts_or_one_merchants() {
+    use redis::AsyncCommands;
+    let db = TestDb::migrated().await;
+    let redis = igsales_tests::TestRedis::lease().await;
+    let vault = Vault::new(&ring(&key_entry(1, 1)));
+    let app = db.app_db(2).await;
+    let mut made = Vec::new();
+    for (i, expires_in_days) in [3, 60].into_iter().enumerate() {
+        let m = create_merchant(&db, &format!("Shop {i}"));
+        let page = format!("1784150000000{i}");
+        let (vault, page_id) = (&vault, page.clone());
+        app.as_merchant(m, async move |c: &AsyncPgConnection| {
+            accounts::connect(
+                c,
+                vault,
+                m,
+                &accounts::Connection {
+                    instagram_page_id: &page_id,
+                    instagram_user_id: None,
+                    username: "shop",
+                    token: &Secret::new("IGAA-token"),
+                    expires_at: Utc::now() + ChronoDuration::days(expires_in_days),
+                },
+            )
+            .await
+        })
+        .await
+        .expect("connect account");
+        made.push((m, page));
+    }
+    // Both connected two days ago (Meta refreshes only tokens a day old or more).
+    diesel::sql_query(
+        "UPDATE instagram_accounts SET connected_at = now() - interval '2 days', token_refreshed_at = NULL",
+    )
+    .execute(&mut db.superuser_conn().await)
+    .await
+    .expect("age the accounts");
+    let tokens = |args: &[&str]| {
+        run(
+            BIN,
+            args,
+            &[("DATABASE_URL", db.app_url()), ("REDIS_URL", redis.url())],
+        )
+    };
+    let mut conn = redis.connection().await;
+    let queued = async |conn: &mut redis::aio::MultiplexedConnection| -> Vec<String> {
+        let jobs: Vec<String> = conn.hvals("refresh_token:data").await.expect("jobs");
+        let _: () = conn.del("refresh_token:data").await.expect("clear");
+        jobs
+    };
+
+    // Only the token expiring within the (default 10-day) window is due.
+    let out = tokens(&["tokens", "refresh", "--due"]);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains("enqueued 1 refresh_token job"),
+        "{}",
+        out.stdout
+    );
+    let jobs = queued(&mut conn).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert!(jobs[0].contains(&made[0].1), "{}", jobs[0]);
+
+    // A named merchant's accounts go whether due or not.
+    let out = tokens(&["tokens", "refresh", "--merchant", &made[1].0.to_string()]);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains("enqueued 1 refresh_token job"),
+        "{}",
+        out.stdout
+    );
+    let jobs = queued(&mut conn).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert!(jobs[0].contains(&made[1].1), "{}", jobs[0]);
+}
