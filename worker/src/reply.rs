@@ -10,7 +10,8 @@ pub const HANDOFF_MARKER: &str = "[[HANDOFF]]";
 pub const MAX_REPLY_BYTES: usize = 2048;
 /// Instagram's limit for one message.
 pub const MAX_PART_BYTES: usize = 1000;
-pub const MAX_PARTS: usize = 3;
+/// At most this many parts per reply: the parts table keys them by event and index.
+pub use igsales_schema::outbound::MAX_PARTS;
 /// Catalogs up to this size go into the prompt whole; larger ones by relevance.
 pub const SMALL_CATALOG: i64 = 20;
 pub const RELEVANT_PRODUCTS: i64 = 8;
