@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::check::Checker;
-use crate::values::{AppEnv, KeyRing, LogFormat, PgUrl, RedisUrl, parse_key_ring};
+use crate::values::{
+    AppEnv, GraphVersion, HttpUrl, KeyRing, LogFormat, PgUrl, RedisUrl, parse_key_ring,
+};
 
 fn positive_u32(max: u32) -> impl FnOnce(&str) -> Result<u32, String> {
     move |s| {
@@ -247,5 +249,73 @@ impl KeyArgs {
             KeyRing::FORM,
             parse_key_ring,
         )
+    }
+}
+
+/// Meta's Graph API as the binaries that call it reach it.
+#[derive(Debug, Clone, Args)]
+pub struct GraphArgs {
+    #[arg(long, env = "GRAPH_API_VERSION", hide_env_values = true)]
+    pub graph_api_version: Option<String>,
+    #[arg(
+        long,
+        env = "GRAPH_API_BASE_URL",
+        default_value = "https://graph.instagram.com",
+        hide_env_values = true
+    )]
+    pub graph_api_base_url: String,
+    /// Timeout of one call to Meta's OAuth or Graph API.
+    #[arg(
+        long,
+        env = "META_HTTP_TIMEOUT_MS",
+        default_value = "10000",
+        hide_env_values = true
+    )]
+    pub meta_http_timeout_ms: String,
+    /// How long a looked-up host name (Meta's, the model API's) is reused before a new lookup.
+    #[arg(
+        long,
+        env = "HTTP_DNS_CACHE_SECS",
+        default_value = "30",
+        hide_env_values = true
+    )]
+    pub http_dns_cache_secs: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    pub version: GraphVersion,
+    pub base_url: HttpUrl,
+    pub timeout: Duration,
+    pub dns_cache: Duration,
+}
+
+impl GraphArgs {
+    pub fn check(&self, c: &mut Checker) -> Option<GraphSettings> {
+        let version = c.required(
+            "GRAPH_API_VERSION",
+            self.graph_api_version.as_deref(),
+            GraphVersion::FORM,
+            GraphVersion::parse,
+        );
+        let base_url = c.value(
+            "GRAPH_API_BASE_URL",
+            &self.graph_api_base_url,
+            HttpUrl::FORM,
+            HttpUrl::parse,
+        );
+        let timeout = c.millis(
+            "META_HTTP_TIMEOUT_MS",
+            &self.meta_http_timeout_ms,
+            1,
+            120_000,
+        );
+        let dns_cache = c.secs("HTTP_DNS_CACHE_SECS", &self.http_dns_cache_secs, 0, 3600);
+        Some(GraphSettings {
+            version: version?,
+            base_url: base_url?,
+            timeout: timeout?,
+            dns_cache: dns_cache?,
+        })
     }
 }

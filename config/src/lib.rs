@@ -12,7 +12,10 @@ mod args;
 mod check;
 mod values;
 
-pub use args::{Common, CommonArgs, DbArgs, DbSettings, KeyArgs, RedisArgs, RedisSettings};
+pub use args::{
+    Common, CommonArgs, DbArgs, DbSettings, GraphArgs, GraphSettings, KeyArgs, RedisArgs,
+    RedisSettings,
+};
 pub use check::{Checker, ConfigError, Problem, Unit, must};
 pub use values::{
     AppEnv, GraphVersion, HttpUrl, KeyEntry, KeyRing, LogFormat, PgUrl, RedisUrl, Secret,

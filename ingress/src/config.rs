@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use igsales_config::{
-    AppEnv, Checker, Common, CommonArgs, ConfigError, DbArgs, DbSettings, GraphVersion, HttpUrl,
-    KeyArgs, KeyRing, RedisArgs, RedisSettings, Secret, must,
+    AppEnv, Checker, Common, CommonArgs, ConfigError, DbArgs, DbSettings, GraphArgs, GraphSettings,
+    HttpUrl, KeyArgs, KeyRing, RedisArgs, RedisSettings, Secret, must,
 };
 
 #[derive(Debug, Parser)]
@@ -33,9 +33,8 @@ pub struct IngressArgs {
     /// A second accepted webhook-signing secret.
     #[arg(long, env = "META_APP_SECRET", hide_env_values = true)]
     meta_app_secret: Option<String>,
-    /// vNN.N, such as v26.0.
-    #[arg(long, env = "GRAPH_API_VERSION", hide_env_values = true)]
-    graph_api_version: Option<String>,
+    #[command(flatten)]
+    graph: GraphArgs,
     /// Public base URL; redirect_uri = {API_BASE_URL}/oauth/instagram/callback.
     #[arg(long, env = "API_BASE_URL", hide_env_values = true)]
     api_base_url: Option<String>,
@@ -50,13 +49,6 @@ pub struct IngressArgs {
     oauth_success_redirect_url: Option<String>,
     #[arg(long, env = "OAUTH_FAILURE_REDIRECT_URL", hide_env_values = true)]
     oauth_failure_redirect_url: Option<String>,
-    #[arg(
-        long,
-        env = "GRAPH_API_BASE_URL",
-        default_value = "https://graph.instagram.com",
-        hide_env_values = true
-    )]
-    graph_api_base_url: String,
     #[arg(
         long,
         env = "IG_OAUTH_BASE_URL",
@@ -118,22 +110,6 @@ pub struct IngressArgs {
         hide_env_values = true
     )]
     account_cache_miss_secs: String,
-    /// Timeout of one call to Meta's OAuth or Graph API.
-    #[arg(
-        long,
-        env = "META_HTTP_TIMEOUT_MS",
-        default_value = "10000",
-        hide_env_values = true
-    )]
-    meta_http_timeout_ms: String,
-    /// How long a looked-up host name (Meta's OAuth and Graph hosts) is reused.
-    #[arg(
-        long,
-        env = "HTTP_DNS_CACHE_SECS",
-        default_value = "30",
-        hide_env_values = true
-    )]
-    http_dns_cache_secs: String,
     /// Calls to Meta in flight at once (each holds a blocking thread).
     #[arg(
         long,
@@ -170,14 +146,13 @@ pub struct IngressSettings {
     pub meta_app_id: String,
     pub ig_app_secret: Secret,
     pub meta_app_secret: Option<Secret>,
-    pub graph_api_version: GraphVersion,
+    pub graph: GraphSettings,
     pub api_base_url: HttpUrl,
     pub port: u16,
     pub webhook_verify_token: Secret,
     pub admin_api_token: Secret,
     pub oauth_success_redirect_url: HttpUrl,
     pub oauth_failure_redirect_url: HttpUrl,
-    pub graph_api_base_url: HttpUrl,
     pub ig_oauth_base_url: HttpUrl,
     pub ig_authorize_url: HttpUrl,
     pub cors_allowed_origins: Vec<String>,
@@ -186,9 +161,7 @@ pub struct IngressSettings {
     pub webhook_dedupe_ttl: Duration,
     pub account_cache_hit: Duration,
     pub account_cache_miss: Duration,
-    pub meta_http_timeout: Duration,
     pub meta_http_max_concurrency: usize,
-    pub http_dns_cache: Duration,
     pub oauth_state_ttl: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -260,12 +233,7 @@ impl IngressArgs {
             "the app secret",
             secret,
         );
-        let graph_api_version = c.required(
-            "GRAPH_API_VERSION",
-            self.graph_api_version.as_deref(),
-            GraphVersion::FORM,
-            GraphVersion::parse,
-        );
+        let graph = self.graph.check(&mut c);
         let api_base_url = c.required(
             "API_BASE_URL",
             self.api_base_url.as_deref(),
@@ -305,12 +273,6 @@ impl IngressArgs {
         let failure = c.required(
             "OAUTH_FAILURE_REDIRECT_URL",
             self.oauth_failure_redirect_url.as_deref(),
-            HttpUrl::FORM,
-            HttpUrl::parse,
-        );
-        let graph_api_base_url = c.value(
-            "GRAPH_API_BASE_URL",
-            &self.graph_api_base_url,
             HttpUrl::FORM,
             HttpUrl::parse,
         );
@@ -374,13 +336,6 @@ impl IngressArgs {
             1,
             5,
         );
-        let meta_timeout = c.millis(
-            "META_HTTP_TIMEOUT_MS",
-            &self.meta_http_timeout_ms,
-            1,
-            120_000,
-        );
-        let dns_cache = c.secs("HTTP_DNS_CACHE_SECS", &self.http_dns_cache_secs, 0, 3600);
         let meta_concurrency = c.value(
             "META_HTTP_MAX_CONCURRENCY",
             &self.meta_http_max_concurrency,
@@ -413,14 +368,13 @@ impl IngressArgs {
                 meta_app_id: must(meta_app_id),
                 ig_app_secret: must(ig_app_secret),
                 meta_app_secret: must(meta_app_secret),
-                graph_api_version: must(graph_api_version),
+                graph: must(graph),
                 api_base_url: must(api_base_url),
                 port: must(port),
                 webhook_verify_token: must(webhook_verify_token),
                 admin_api_token: must(admin_api_token),
                 oauth_success_redirect_url: must(success),
                 oauth_failure_redirect_url: must(failure),
-                graph_api_base_url: must(graph_api_base_url),
                 ig_oauth_base_url: must(ig_oauth_base_url),
                 ig_authorize_url: must(ig_authorize_url),
                 cors_allowed_origins: must(cors),
@@ -429,9 +383,7 @@ impl IngressArgs {
                 webhook_dedupe_ttl: must(dedupe_ttl),
                 account_cache_hit: must(cache_hit),
                 account_cache_miss: must(cache_miss),
-                meta_http_timeout: must(meta_timeout),
                 meta_http_max_concurrency: must(meta_concurrency),
-                http_dns_cache: must(dns_cache),
                 oauth_state_ttl: must(oauth_ttl),
                 shutdown_timeout: must(shutdown),
             },

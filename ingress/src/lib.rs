@@ -68,13 +68,13 @@ impl AppState {
         let verifier = WebhookVerifier::new(secrets.iter().map(String::as_str));
         let meta = MetaClient::new(MetaClientConfig {
             oauth_base: settings.ig_oauth_base_url.base().to_owned(),
-            graph_base: settings.graph_api_base_url.base().to_owned(),
-            version: settings.graph_api_version.as_str().to_owned(),
+            graph_base: settings.graph.base_url.base().to_owned(),
+            version: settings.graph.version.as_str().to_owned(),
             client_id: settings.meta_app_id.clone(),
             client_secret: settings.ig_app_secret.clone(),
-            timeout: settings.meta_http_timeout,
+            timeout: settings.graph.timeout,
             max_concurrency: settings.meta_http_max_concurrency,
-            dns_cache_ttl: settings.http_dns_cache,
+            dns_cache_ttl: settings.graph.dns_cache,
         });
         let accounts = AccountResolver::new(
             db.clone(),

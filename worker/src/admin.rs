@@ -4,20 +4,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use diesel_async::AsyncPgConnection;
-use igsales_config::{AppEnv, DbSettings, GraphVersion, HttpUrl, KeyRing, RedisSettings, Secret};
+use igsales_config::{AppEnv, DbSettings, GraphSettings, KeyRing, RedisSettings, Secret};
 use igsales_meta::{MetaClient, MetaClientConfig};
 use igsales_schema::accounts::{self, AccountError};
 use igsales_schema::{Db, DbError, MerchantId, Vault, conversations};
 
 /// The fields subscribed when an account connects (SPEC §4.2).
 const SUBSCRIBED_FIELDS: &str = "messages,messaging_postbacks,messaging_seen,message_reactions";
-
-#[derive(Debug, Clone)]
-pub struct GraphSettings {
-    pub version: GraphVersion,
-    pub base_url: HttpUrl,
-    pub timeout: Duration,
-}
 
 fn meta_client(graph: &GraphSettings) -> MetaClient {
     MetaClient::new(MetaClientConfig {
@@ -28,8 +21,7 @@ fn meta_client(graph: &GraphSettings) -> MetaClient {
         client_secret: Secret::new(""),
         timeout: graph.timeout,
         max_concurrency: 4,
-        // A one-shot command looks each name up once anyway.
-        dns_cache_ttl: Duration::from_secs(30),
+        dns_cache_ttl: graph.dns_cache,
     })
 }
 

@@ -69,54 +69,6 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Args)]
-pub struct GraphArgs {
-    #[arg(long, env = "GRAPH_API_VERSION", hide_env_values = true)]
-    graph_api_version: Option<String>,
-    #[arg(
-        long,
-        env = "GRAPH_API_BASE_URL",
-        default_value = "https://graph.instagram.com",
-        hide_env_values = true
-    )]
-    graph_api_base_url: String,
-    #[arg(
-        long,
-        env = "META_HTTP_TIMEOUT_MS",
-        default_value = "10000",
-        hide_env_values = true
-    )]
-    meta_http_timeout_ms: String,
-}
-
-impl GraphArgs {
-    fn check(&self, c: &mut Checker) -> Option<crate::admin::GraphSettings> {
-        let version = c.required(
-            "GRAPH_API_VERSION",
-            self.graph_api_version.as_deref(),
-            igsales_config::GraphVersion::FORM,
-            igsales_config::GraphVersion::parse,
-        );
-        let base_url = c.value(
-            "GRAPH_API_BASE_URL",
-            &self.graph_api_base_url,
-            igsales_config::HttpUrl::FORM,
-            igsales_config::HttpUrl::parse,
-        );
-        let timeout = c.millis(
-            "META_HTTP_TIMEOUT_MS",
-            &self.meta_http_timeout_ms,
-            1,
-            120_000,
-        );
-        Some(crate::admin::GraphSettings {
-            version: version?,
-            base_url: base_url?,
-            timeout: timeout?,
-        })
-    }
-}
-
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
     /// Enqueue token refreshes for one merchant's accounts, or for every account due.
@@ -150,7 +102,7 @@ pub enum AccountsCommand {
         #[command(flatten)]
         keys: KeyArgs,
         #[command(flatten)]
-        graph: GraphArgs,
+        graph: igsales_config::GraphArgs,
         #[arg(long)]
         merchant: Option<MerchantId>,
         #[arg(long)]
@@ -163,7 +115,7 @@ pub enum AccountsCommand {
         #[command(flatten)]
         keys: KeyArgs,
         #[command(flatten)]
-        graph: GraphArgs,
+        graph: igsales_config::GraphArgs,
         #[arg(long)]
         merchant: MerchantId,
         /// The Instagram account id.
@@ -381,13 +333,13 @@ pub enum Action {
     AccountsResubscribe {
         db: DbSettings,
         keys: KeyRing,
-        graph: crate::admin::GraphSettings,
+        graph: igsales_config::GraphSettings,
         merchant: Option<MerchantId>,
     },
     AccountsDisconnect {
         db: DbSettings,
         keys: KeyRing,
-        graph: crate::admin::GraphSettings,
+        graph: igsales_config::GraphSettings,
         merchant: MerchantId,
         account: String,
     },

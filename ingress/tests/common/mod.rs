@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::Utc;
 use diesel_async::AsyncPgConnection;
 use igsales_config::{
-    AppEnv, DbSettings, GraphVersion, HttpUrl, KeyEntry, KeyRing, PgUrl, RedisSettings, RedisUrl,
-    Secret,
+    AppEnv, DbSettings, GraphSettings, GraphVersion, HttpUrl, KeyEntry, KeyRing, PgUrl,
+    RedisSettings, RedisUrl, Secret,
 };
 use igsales_ingress::{AppState, IngressSettings, router};
 use igsales_jobs::InboundEventV1;
@@ -56,14 +56,18 @@ pub fn settings(base: &str, db: &TestDb, redis_url: &str, fake: &FakeMeta) -> In
         meta_app_id: APP_ID.into(),
         ig_app_secret: Secret::new(IG_SECRET),
         meta_app_secret: Some(Secret::new(META_SECRET)),
-        graph_api_version: GraphVersion::parse("v26.0").expect("version"),
+        graph: GraphSettings {
+            version: GraphVersion::parse("v26.0").expect("version"),
+            base_url: url(&fake.base_url()),
+            timeout: Duration::from_secs(5),
+            dns_cache: Duration::from_secs(30),
+        },
         api_base_url: url(base),
         port: 0,
         webhook_verify_token: Secret::new(VERIFY),
         admin_api_token: Secret::new(ADMIN),
         oauth_success_redirect_url: url(SUCCESS_URL),
         oauth_failure_redirect_url: url(FAILURE_URL),
-        graph_api_base_url: url(&fake.base_url()),
         ig_oauth_base_url: url(&fake.base_url()),
         ig_authorize_url: url(&format!("{}/oauth/authorize", fake.base_url())),
         cors_allowed_origins: vec!["https://dashboard.example".into()],
@@ -72,9 +76,7 @@ pub fn settings(base: &str, db: &TestDb, redis_url: &str, fake: &FakeMeta) -> In
         webhook_dedupe_ttl: Duration::from_secs(172_800),
         account_cache_hit: Duration::from_secs(60),
         account_cache_miss: Duration::from_secs(1),
-        meta_http_timeout: Duration::from_secs(5),
         meta_http_max_concurrency: 8,
-        http_dns_cache: Duration::from_secs(30),
         oauth_state_ttl: Duration::from_secs(600),
         shutdown_timeout: Duration::from_secs(5),
     }

@@ -253,13 +253,13 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let db = Db::connect(&settings.db).await?;
     let meta = MetaClient::new(MetaClientConfig {
         oauth_base: String::new(),
-        graph_base: settings.graph_api_base_url.base().to_owned(),
-        version: settings.graph_api_version.as_str().to_owned(),
+        graph_base: settings.graph.base_url.base().to_owned(),
+        version: settings.graph.version.as_str().to_owned(),
         client_id: String::new(),
         client_secret: settings.ig_app_secret.clone(),
-        timeout: settings.meta_http_timeout,
+        timeout: settings.graph.timeout,
         max_concurrency: settings.meta_http_max_concurrency,
-        dns_cache_ttl: settings.http_dns_cache,
+        dns_cache_ttl: settings.graph.dns_cache,
     });
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.metrics_port))
         .await
@@ -276,7 +276,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         max_tokens: settings.openai_max_tokens,
         timeout: settings.openai_timeout,
         max_concurrency: settings.openai_max_concurrency,
-        dns_cache_ttl: settings.http_dns_cache,
+        dns_cache_ttl: settings.graph.dns_cache,
     });
     let shared = Arc::new(Shared {
         vault: Vault::new(&settings.keys),

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::Args;
 use igsales_config::Unit;
 use igsales_config::{
-    Checker, DbArgs, DbSettings, GraphVersion, HttpUrl, KeyArgs, KeyRing, RedisArgs, RedisSettings,
-    Secret,
+    Checker, DbArgs, DbSettings, GraphArgs, GraphSettings, HttpUrl, KeyArgs, KeyRing, RedisArgs,
+    RedisSettings, Secret,
 };
 
 #[derive(Debug, Args)]
@@ -21,15 +21,8 @@ pub struct RunArgs {
     keys: KeyArgs,
     #[arg(long, env = "IG_APP_SECRET", hide_env_values = true)]
     ig_app_secret: Option<String>,
-    #[arg(long, env = "GRAPH_API_VERSION", hide_env_values = true)]
-    graph_api_version: Option<String>,
-    #[arg(
-        long,
-        env = "GRAPH_API_BASE_URL",
-        default_value = "https://graph.instagram.com",
-        hide_env_values = true
-    )]
-    graph_api_base_url: String,
+    #[command(flatten)]
+    graph: GraphArgs,
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
     openai_api_key: Option<String>,
     #[arg(
@@ -243,21 +236,6 @@ pub struct RunArgs {
     dlq_max_len: String,
     #[arg(
         long,
-        env = "META_HTTP_TIMEOUT_MS",
-        default_value = "10000",
-        hide_env_values = true
-    )]
-    meta_http_timeout_ms: String,
-    /// How long a looked-up host name (Graph, the model API) is reused before a new lookup.
-    #[arg(
-        long,
-        env = "HTTP_DNS_CACHE_SECS",
-        default_value = "30",
-        hide_env_values = true
-    )]
-    http_dns_cache_secs: String,
-    #[arg(
-        long,
         env = "META_HTTP_MAX_CONCURRENCY",
         default_value = "64",
         hide_env_values = true
@@ -271,8 +249,7 @@ pub struct RunSettings {
     pub redis: RedisSettings,
     pub keys: KeyRing,
     pub ig_app_secret: Secret,
-    pub graph_api_version: GraphVersion,
-    pub graph_api_base_url: HttpUrl,
+    pub graph: GraphSettings,
     pub openai_api_key: Secret,
     pub openai_base_url: HttpUrl,
     pub openai_model: String,
@@ -304,9 +281,7 @@ pub struct RunSettings {
     pub echo_confirm: Duration,
     pub retention: Duration,
     pub dlq_max_len: usize,
-    pub meta_http_timeout: Duration,
     pub meta_http_max_concurrency: usize,
-    pub http_dns_cache: Duration,
 }
 
 fn int<T: FromStr + PartialOrd + Copy>(min: T, max: T) -> impl FnOnce(&str) -> Result<T, String> {
@@ -341,18 +316,7 @@ impl RunArgs {
             "the app secret",
             |s| Ok(Secret::new(s)),
         );
-        let graph_api_version = c.required(
-            "GRAPH_API_VERSION",
-            self.graph_api_version.as_deref(),
-            GraphVersion::FORM,
-            GraphVersion::parse,
-        );
-        let graph_api_base_url = c.value(
-            "GRAPH_API_BASE_URL",
-            &self.graph_api_base_url,
-            HttpUrl::FORM,
-            HttpUrl::parse,
-        );
+        let graph = self.graph.check(c);
         let openai_api_key = c.required(
             "OPENAI_API_KEY",
             self.openai_api_key.as_deref(),
@@ -533,19 +497,6 @@ impl RunArgs {
             "a count, 1–1000000",
             int(1usize, 1_000_000),
         );
-        let meta_timeout = c.millis(
-            "META_HTTP_TIMEOUT_MS",
-            &self.meta_http_timeout_ms,
-            1,
-            120_000,
-        );
-        let dns_cache = c.duration(
-            "HTTP_DNS_CACHE_SECS",
-            &self.http_dns_cache_secs,
-            Unit::Secs,
-            0,
-            3600,
-        );
         let meta_concurrency = c.value(
             "META_HTTP_MAX_CONCURRENCY",
             &self.meta_http_max_concurrency,
@@ -563,8 +514,7 @@ impl RunArgs {
             redis: redis?,
             keys: keys?,
             ig_app_secret: ig_app_secret?,
-            graph_api_version: graph_api_version?,
-            graph_api_base_url: graph_api_base_url?,
+            graph: graph?,
             openai_api_key: openai_api_key?,
             openai_base_url: openai_base_url?,
             openai_model: openai_model?,
@@ -596,9 +546,7 @@ impl RunArgs {
             echo_confirm: echo?,
             retention: retention?,
             dlq_max_len: dlq_max?,
-            meta_http_timeout: meta_timeout?,
             meta_http_max_concurrency: meta_concurrency?,
-            http_dns_cache: dns_cache?,
         })
     }
 }
