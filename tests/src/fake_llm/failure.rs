@@ -3,9 +3,6 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// An answer to force instead of the normal one (see
@@ -149,60 +146,15 @@ impl OpenAiError {
         struct Envelope<'a> {
             error: &'a OpenAiError,
         }
-        Reply::json(self.status, &Envelope { error: self })
+        json(self.status, &Envelope { error: self })
     }
 }
 
-/// A response before it becomes an axum one, so header values are checked in one place.
-#[derive(Clone, Debug)]
-pub(crate) struct Reply {
-    pub(crate) status: u16,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) body: String,
-}
+pub(crate) use crate::served::Reply;
 
-impl Reply {
-    pub(crate) fn json(status: u16, body: &impl Serialize) -> Self {
-        // Plain structs of strings and numbers: serializing them cannot fail.
-        let body = serde_json::to_string(body).expect("serialize a fake-llm response");
-        Self {
-            status,
-            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
-            body,
-        }
-    }
-
-    pub(crate) fn header(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.headers.push((name.to_owned(), value.into()));
-        self
-    }
-}
-
-impl IntoResponse for Reply {
-    fn into_response(self) -> Response {
-        let Ok(status) = StatusCode::from_u16(self.status) else {
-            return invalid(format!("status {}", self.status));
-        };
-        let mut response = Response::new(Body::from(self.body));
-        *response.status_mut() = status;
-        for (name, value) in self.headers {
-            // Raw failures carry test-written headers; say which one is bad rather than panic.
-            let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) else {
-                return invalid(format!("header {name}: {value}"));
-            };
-            response.headers_mut().append(n, v);
-        }
-        response
-    }
-}
-
-fn invalid(what: String) -> Response {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("fake-llm: invalid scripted response ({what})"),
-    )
-        .into_response()
+/// A JSON response as OpenAI sends it.
+pub(crate) fn json(status: u16, body: &impl Serialize) -> Reply {
+    // Plain structs of strings and numbers: serializing them cannot fail.
+    let body = serde_json::to_string(body).expect("serialize a fake-llm response");
+    Reply::typed(status, "application/json", body)
 }

@@ -14,7 +14,7 @@ use axum::routing::post;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::failure::{OpenAiError, Reply};
+use super::failure::{OpenAiError, Reply, json};
 use super::{LlmFailure, LlmRequest, Shared, State, responder};
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -326,7 +326,7 @@ fn completion(chat: &Chat, content: String, finish_reason: &'static str) -> Repl
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    Reply::json(
+    json(
         200,
         &Completion {
             id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),

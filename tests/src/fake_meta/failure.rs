@@ -2,10 +2,6 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-
 /// An answer to force on an endpoint instead of its normal one (see
 /// [`FakeMeta::fail_next`](super::FakeMeta::fail_next)). Statuses, codes and headers follow
 /// meta-platform.md §5.3.
@@ -198,59 +194,11 @@ impl Failure {
 pub(crate) const EXPIRED_MESSAGE: &str = "Error validating access token: Session has expired on \
      Saturday, 30-Mar-24 16:00:00 PDT. The current time is Sunday, 31-Mar-24 14:58:07 PDT.";
 
-/// A response before it becomes an axum one, so header values can be checked in one place.
-#[derive(Clone, Debug)]
-pub(crate) struct Reply {
-    pub(crate) status: u16,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) body: String,
-}
+pub(crate) use crate::served::Reply;
 
-impl Reply {
-    pub(crate) fn json(status: u16, body: String) -> Self {
-        Self {
-            status,
-            headers: vec![(
-                "content-type".to_owned(),
-                "application/json; charset=UTF-8".to_owned(),
-            )],
-            body,
-        }
-    }
-
-    pub(crate) fn header(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.headers.push((name.to_owned(), value.into()));
-        self
-    }
-}
-
-impl IntoResponse for Reply {
-    fn into_response(self) -> Response {
-        let mut response = Response::new(Body::from(self.body));
-        let Ok(status) = StatusCode::from_u16(self.status) else {
-            return invalid(format!("status {}", self.status));
-        };
-        *response.status_mut() = status;
-        for (name, value) in self.headers {
-            // Raw failures carry test-written headers; say which one is bad rather than panic.
-            let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) else {
-                return invalid(format!("header {name}: {value}"));
-            };
-            response.headers_mut().append(n, v);
-        }
-        response
-    }
-}
-
-fn invalid(what: String) -> Response {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("fake-meta: invalid scripted response ({what})"),
-    )
-        .into_response()
+/// A JSON response as Meta sends it.
+pub(crate) fn json(status: u16, body: String) -> Reply {
+    Reply::typed(status, "application/json; charset=UTF-8", body)
 }
 
 /// A Graph API error (meta-platform.md §5.3), rendered with Meta's key order.
@@ -305,7 +253,7 @@ impl GraphError {
         }
         fields.push(("fbtrace_id", json_str(&super::server::random_alnum(11))));
         let body = format!("{{\"error\":{}}}", json_object(&fields));
-        let reply = Reply::json(self.status, body);
+        let reply = json(self.status, body);
         match self.www_authenticate {
             Some(kind) => reply.header(
                 "www-authenticate",
@@ -321,7 +269,7 @@ impl GraphError {
 
 /// The Instagram OAuth endpoint's own envelope (not the Graph one), always HTTP 400.
 pub(crate) fn oauth_error(message: &str) -> Reply {
-    Reply::json(
+    json(
         400,
         json_object(&[
             ("error_type", json_str("OAuthException")),

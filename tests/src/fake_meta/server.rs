@@ -13,7 +13,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::Value;
 use url::Url;
 
-use super::failure::{EXPIRED_MESSAGE, GraphError, Reply, json_object, json_str, oauth_error};
+use super::failure::{
+    EXPIRED_MESSAGE, GraphError, Reply, json, json_object, json_str, oauth_error,
+};
 use super::{
     CodeGrant, Endpoint, Failure, FakeAccount, Recorded, SentMessage, Shared, State, TokenGrant,
     TokenKind, TokenShape, find,
@@ -440,7 +442,7 @@ fn exchange_code(shared: &Shared, state: &mut State, req: &Req) -> Reply {
             ])
         ),
     };
-    Reply::json(200, body)
+    json(200, body)
 }
 
 /// The id's digits as a bare JSON number, written as text so no float ever rounds it; a
@@ -478,7 +480,7 @@ pub(crate) fn issue(
 }
 
 fn long_lived_reply(token: &str) -> Reply {
-    Reply::json(
+    json(
         200,
         json_object(&[
             ("access_token", json_str(token)),
@@ -638,7 +640,7 @@ fn me(state: &State, req: &Req, node: &str) -> Result<Reply, Reply> {
         };
         out.push((field.as_str(), value));
     }
-    Ok(Reply::json(200, json_object(&out)))
+    Ok(json(200, json_object(&out)))
 }
 
 fn subscribed_apps(
@@ -650,7 +652,7 @@ fn subscribed_apps(
     let grant = authenticate(state, req.access_token())?;
     resolve_node(&grant, node, &req.method)?;
     let user_id = grant.account.user_id.clone();
-    let success = || Reply::json(200, r#"{"success":true}"#.to_owned());
+    let success = || json(200, r#"{"success":true}"#.to_owned());
     match req.method {
         Method::DELETE => {
             state.subscriptions.remove(&user_id);
@@ -667,7 +669,7 @@ fn subscribed_apps(
                 }
                 None => String::new(),
             };
-            Ok(Reply::json(200, format!("{{\"data\":[{data}]}}")))
+            Ok(json(200, format!("{{\"data\":[{data}]}}")))
         }
         _ => {
             let raw = req
@@ -732,7 +734,7 @@ fn messages(state: &mut State, req: &Req, node: &str) -> Result<Reply, Reply> {
         if !ok {
             return Err(param("Param sender_action or its payload is invalid"));
         }
-        return Ok(Reply::json(
+        return Ok(json(
             200,
             json_object(&[("recipient_id", json_str(&recipient_id))]),
         ));
@@ -796,7 +798,7 @@ fn messages(state: &mut State, req: &Req, node: &str) -> Result<Reply, Reply> {
         body: body.clone(),
         message_id: message_id.clone(),
     });
-    Ok(Reply::json(
+    Ok(json(
         200,
         json_object(&[
             ("recipient_id", json_str(&recipient_id)),
