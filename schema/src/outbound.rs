@@ -126,12 +126,21 @@ pub async fn with_previous(
     Ok((this, before))
 }
 
-/// Claims the part for a send: `sending`, one more attempt, the time it started.
-pub async fn mark_sending(mut conn: &AsyncPgConnection, key: &str) -> QueryResult<bool> {
+/// Claims the part for a send: `sending`, one more attempt, the time it started — only if the
+/// row is still as the caller read it (status and attempt count). Copies of one part that read
+/// it at the same time race here, and exactly one wins: under READ COMMITTED the others' UPDATE
+/// waits for the winner's commit, then sees a row that no longer matches.
+pub async fn mark_sending(
+    mut conn: &AsyncPgConnection,
+    key: &str,
+    observed_status: &str,
+    observed_attempts: i32,
+) -> QueryResult<bool> {
     let n = diesel::update(
         om::table
             .filter(om::idempotency_key.eq(key))
-            .filter(om::status.eq_any(["pending", "failed", "sending"])),
+            .filter(om::status.eq(observed_status))
+            .filter(om::send_attempts.eq(observed_attempts)),
     )
     .set((
         om::status.eq("sending"),

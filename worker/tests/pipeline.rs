@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use chrono::Utc;
 use diesel_async::AsyncPgConnection;
 use igsales_config::{Secret, parse_key_ring};
-use igsales_jobs::{DeadLetter, DeadReason, InboundEventV1, JobQueue};
+use igsales_jobs::{DeadLetter, DeadReason, InboundEventV1, JobQueue, SendMessageV1};
 use igsales_meta::webhook::EventKind;
 use igsales_schema::accounts::{self, Connection};
 use igsales_schema::products::Product;
@@ -16,7 +16,7 @@ use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig, LlmFailure};
 use igsales_tests::fake_meta::{
     Endpoint, Failure, FakeAccount, FakeMeta, FakeMetaConfig, webhook as wh,
 };
-use igsales_tests::process::Process;
+use igsales_tests::process::{Process, free_port};
 use igsales_tests::worker_env::{self, Env, with};
 use igsales_tests::{TestDb, TestRedis};
 use redis::AsyncCommands;
@@ -37,6 +37,7 @@ struct Pipeline {
     llm: FakeLlm,
     merchant: MerchantId,
     account: String,
+    env: Env,
     _worker: Process,
 }
 
@@ -114,7 +115,8 @@ impl Pipeline {
             })
             .await
             .expect("seed");
-        let worker = worker_env::start(BIN, &adjust(base_env(&db, &redis, &fake, &llm)));
+        let env = adjust(base_env(&db, &redis, &fake, &llm));
+        let worker = worker_env::start(BIN, &env);
         Pipeline {
             db,
             redis,
@@ -122,6 +124,7 @@ impl Pipeline {
             llm,
             merchant,
             account: account.user_id,
+            env,
             _worker: worker,
         }
     }
@@ -153,6 +156,12 @@ impl Pipeline {
             format!("echo:{mid}"),
             wh::echo(&self.account, customer, mid, text, now_ms()),
         )
+    }
+
+    /// A second `worker run` process on the same queues (its own metrics port).
+    fn another_worker(&self) -> Process {
+        let env = with(&self.env, "METRICS_PORT", &free_port().to_string());
+        worker_env::start(BIN, &env)
     }
 
     async fn push(&self, job: InboundEventV1) {
@@ -673,5 +682,69 @@ async fn two_workers_sweeping_refresh_each_due_account_once_per_tick() {
         p.sql_count("SELECT count(*) AS n FROM instagram_accounts WHERE token_expires_at > now() + interval '59 days' AND token_ciphertext LIKE 'v1:%'").await,
         1,
         "the new token is stored encrypted with its new expiry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_copies_of_one_part_running_at_once_in_two_workers_call_graph_once() {
+    let p = Pipeline::start(|e| with(&e, "WORKER_CONCURRENCY", "16")).await;
+    let _second = p.another_worker();
+    // Four answered DMs, then every part made `pending` again, as a redelivery, an orphan
+    // re-run or a replay would find it.
+    let customers: Vec<String> = (0..4).map(|i| format!("555090{i}")).collect();
+    for (i, customer) in customers.iter().enumerate() {
+        p.push(p.dm(customer, &format!("mid-copies-{i}"), "Oi", now_ms()))
+            .await;
+    }
+    assert_eq!(p.sends(4, Duration::from_secs(10)).await.len(), 4);
+    use diesel_async::SimpleAsyncConnection;
+    p.db.superuser_conn()
+        .await
+        .batch_execute("UPDATE outbound_messages SET status = 'pending', send_attempts = 0, meta_message_id = NULL, sending_started_at = NULL")
+        .await
+        .expect("make the parts pending");
+    p.fake.clear_requests();
+
+    let jobs: Vec<SendMessageV1> = customers
+        .iter()
+        .enumerate()
+        .map(|(i, customer)| SendMessageV1 {
+            merchant_id: p.merchant.0,
+            instagram_account_id: p.account.clone(),
+            recipient_igsid: customer.clone(),
+            idempotency_key: format!("message:mid-copies-{i}#0"),
+            window_closes_at: Utc::now() + chrono::Duration::hours(1),
+            delivery: Default::default(),
+        })
+        .collect();
+    // 8 copies of each part in one pipelined burst, so both workers fetch them together.
+    let queue = JobQueue::<SendMessageV1>::new(p.conn().await);
+    let pushes = (0..8).flat_map(|_| jobs.iter().cloned()).map(|j| {
+        let q = queue.clone();
+        async move { q.push(j).await }
+    });
+    for r in futures::future::join_all(pushes).await {
+        r.expect("push");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.fake.requests_to(Endpoint::Messages).len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The losers saw `sending`: they wait out ECHO_CONFIRM_SECS (2 s), then find `sent`.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut recipients: Vec<String> = p
+        .fake
+        .sent_messages()
+        .iter()
+        .skip(4)
+        .map(|s| s.recipient_id.clone())
+        .collect();
+    recipients.sort();
+    assert_eq!(recipients, customers, "exactly one Graph send per part");
+    assert_eq!(p.fake.requests_to(Endpoint::Messages).len(), 4);
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM outbound_messages WHERE status = 'sent' AND send_attempts = 1")
+            .await,
+        4
     );
 }

@@ -154,8 +154,9 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
         .as_merchant_committed(merchant, async |c: &AsyncPgConnection| {
             match decide(c, shared, &job, merchant).await? {
                 Decision::Send(send) => {
+                    let (status, attempts) = (send.0.status.clone(), send.0.send_attempts);
                     let (claimed, done) = futures::try_join!(
-                        outbound::mark_sending(c, &job.idempotency_key),
+                        outbound::mark_sending(c, &job.idempotency_key, &status, attempts),
                         igsales_schema::commit(c),
                     )?;
                     Ok::<_, DbError>((
