@@ -51,8 +51,13 @@ pub struct GraphError {
 pub enum MetaError {
     #[error("Meta did not answer within the timeout")]
     Timeout,
+    /// Failed before the request left (resolve, connect, TLS handshake): Meta got nothing.
     #[error("Meta could not be reached: {0}")]
     Transport(String),
+    /// Failed after the request was written (a reset, a cut body, a protocol error): Meta may
+    /// have acted on it.
+    #[error("Meta's answer was lost after the request went out: {0}")]
+    Unanswered(String),
     #[error("Meta answered HTTP {status} with Graph error code {}{}", .error.code, .error.error_subcode.map(|s| format!("/{s}")).unwrap_or_default())]
     Graph {
         status: u16,
@@ -117,25 +122,32 @@ struct Answer {
     body: String,
 }
 
+/// Whether a failed call may have reached Meta. Only what fails before the request is written
+/// is safe to repeat: the name did not resolve, nothing listened, the network was unreachable,
+/// the TLS handshake failed. Everything else (a reset, a cut or garbled answer, a timeout after
+/// connecting) leaves the outcome unknown.
 fn transport(e: ureq::Error) -> MetaError {
+    use std::io::ErrorKind as K;
     match e {
-        // Before the request was written nothing reached Meta: safe to retry. Any later
-        // timeout leaves the outcome unknown.
         ureq::Error::Timeout(ureq::Timeout::Resolve | ureq::Timeout::Connect) => {
             MetaError::Transport("connect timeout".to_owned())
         }
         ureq::Error::Timeout(_) => MetaError::Timeout,
-        // The error text names the host at most, never the query (which holds tokens).
-        ureq::Error::Io(io) => MetaError::Transport(io.kind().to_string()),
-        other => MetaError::Transport(
-            match other {
-                ureq::Error::ConnectionFailed => "connection failed",
-                ureq::Error::HostNotFound => "host not found",
-                ureq::Error::Tls(_) | ureq::Error::Rustls(_) => "TLS failure",
-                _ => "protocol error",
-            }
-            .to_owned(),
-        ),
+        // The error text names the kind at most, never the query (which holds tokens).
+        ureq::Error::Io(io) => match io.kind() {
+            K::ConnectionRefused
+            | K::AddrNotAvailable
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown => MetaError::Transport(io.kind().to_string()),
+            kind => MetaError::Unanswered(kind.to_string()),
+        },
+        ureq::Error::ConnectionFailed => MetaError::Transport("connection failed".to_owned()),
+        ureq::Error::HostNotFound => MetaError::Transport("host not found".to_owned()),
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => {
+            MetaError::Transport("TLS failure".to_owned())
+        }
+        _ => MetaError::Unanswered("protocol error".to_owned()),
     }
 }
 
@@ -149,7 +161,14 @@ fn answer(
         .get("x-business-use-case-usage")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = resp.body_mut().read_to_string().map_err(transport)?;
+    // The status came: whatever fails now, the request arrived.
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| match transport(e) {
+            MetaError::Transport(why) => MetaError::Unanswered(why),
+            other => other,
+        })?;
     Ok(Answer { status, buc, body })
 }
 
@@ -521,7 +540,8 @@ pub enum ErrorClass {
     Throttled { regain_after: Option<Duration> },
     /// Worth retrying with backoff: 5xx, transport failures, Meta's transient errors.
     Transient,
-    /// Timed out after the request may have reached Meta: the outcome is unknown.
+    /// The request may have reached Meta (a timeout, a reset, a cut or garbled answer after it
+    /// was written): the outcome is unknown, so a send is not repeated blindly.
     Unknown,
     /// The token is invalid or expired (190): the account needs re-authorisation.
     Reauth,
@@ -536,10 +556,11 @@ const THROTTLE_CODES: &[i64] = &[4, 17, 32, 613, 80002, 80006];
 impl MetaError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            MetaError::Timeout => ErrorClass::Unknown,
-            MetaError::Transport(_) | MetaError::Closed | MetaError::Decode(_) => {
-                ErrorClass::Transient
+            // A 2xx whose body does not decode is an answer we cannot read: unknown too.
+            MetaError::Timeout | MetaError::Unanswered(_) | MetaError::Decode(_) => {
+                ErrorClass::Unknown
             }
+            MetaError::Transport(_) | MetaError::Closed => ErrorClass::Transient,
             MetaError::Graph {
                 status,
                 error,
@@ -594,6 +615,69 @@ mod classify_tests {
             },
             regain_after: None,
         }
+    }
+
+    /// One connection on a local port, answered by `respond` after the request was read.
+    fn serve_once(respond: &'static [u8]) -> std::net::SocketAddr {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(respond);
+            }
+        });
+        addr
+    }
+
+    fn post(addr: std::net::SocketAddr) -> Result<Answer, MetaError> {
+        let agent = crate::http::agent(&crate::http::AgentSettings {
+            timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            dns_cache_ttl: Duration::from_secs(30),
+            user_agent: None,
+        });
+        answer(
+            agent
+                .post(format!("http://{addr}/v26.0/me/messages"))
+                .send(&b"{}"[..]),
+        )
+    }
+
+    #[test]
+    fn only_failures_before_the_request_left_are_safe_to_repeat() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let refused = post(closed).err().expect("refused");
+        assert_eq!(refused.class(), ErrorClass::Transient, "{refused}");
+
+        let hung_up = post(serve_once(b"")).err().expect("no answer");
+        assert_eq!(hung_up.class(), ErrorClass::Unknown, "{hung_up}");
+
+        let cut = post(serve_once(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 80\r\n\r\n{\"recipient_id\":",
+        ))
+        .err()
+        .expect("cut body");
+        assert_eq!(cut.class(), ErrorClass::Unknown, "{cut}");
+
+        #[derive(Debug, Deserialize)]
+        struct Sent {
+            #[expect(dead_code, reason = "only decoded")]
+            message_id: String,
+        }
+        let garbled = post(serve_once(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 9\r\n\r\n<html>ok<",
+        ))
+        .and_then(decode::<Sent>)
+        .err()
+        .expect("not json");
+        assert_eq!(garbled.class(), ErrorClass::Unknown, "{garbled}");
     }
 
     #[test]

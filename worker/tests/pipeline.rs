@@ -748,3 +748,40 @@ async fn eight_copies_of_one_part_running_at_once_in_two_workers_call_graph_once
         4
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_send_whose_answer_is_cut_or_garbled_waits_for_the_echo_instead_of_sending_again() {
+    let p = Pipeline::start(|e| e).await;
+    for (i, failure) in [Failure::cut_body(), Failure::garbled_body()]
+        .into_iter()
+        .enumerate()
+    {
+        let customer = format!("555070{i}");
+        p.fake.fail_next(Endpoint::Messages, failure);
+        p.push(p.dm(&customer, &format!("mid-lost-answer-{i}"), "Oi", now_ms()))
+            .await;
+        let sent = p.sends(i + 1, Duration::from_secs(10)).await;
+        assert_eq!(sent.len(), i + 1);
+        // Inside ECHO_CONFIRM_SECS (2 s) nothing is repeated: Meta took the message.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(p.fake.requests_to(Endpoint::Messages).len(), i + 1);
+        let last = sent.last().expect("sent");
+        p.push(p.echo(
+            &customer,
+            &last.message_id,
+            last.text.as_deref().expect("text"),
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(
+            p.fake.requests_to(Endpoint::Messages).len(),
+            i + 1,
+            "confirmed by the echo: sent once"
+        );
+    }
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM outbound_messages WHERE status = 'sent' AND send_attempts = 1")
+            .await,
+        2
+    );
+}

@@ -36,6 +36,13 @@ pub enum Failure {
     /// response), then waits this long before answering: a client timeout shorter than this sees
     /// no answer although the work was done.
     Hang(Duration),
+    /// Handles the request normally (its effects happen at once), then answers its normal
+    /// status and headers with a body that stops half-way and a cut connection: the client knows
+    /// the request arrived, not what came of it.
+    CutBody,
+    /// Handles the request normally, then answers its normal status with a body that is not
+    /// the JSON the endpoint documents (a broken proxy, a truncated write).
+    GarbledBody,
     /// Exactly this response.
     Raw {
         status: u16,
@@ -89,6 +96,14 @@ impl Failure {
         }
     }
 
+    pub fn cut_body() -> Self {
+        Self::CutBody
+    }
+
+    pub fn garbled_body() -> Self {
+        Self::GarbledBody
+    }
+
     pub fn hang(delay: Duration) -> Self {
         Self::Hang(delay)
     }
@@ -105,7 +120,8 @@ impl Failure {
     }
 
     /// The response this failure stands for; `account_id` keys the BUC usage header. `None` for
-    /// [`Failure::Hang`], which answers normally.
+    /// [`Failure::Hang`], [`Failure::CutBody`] and [`Failure::GarbledBody`], which do the
+    /// normal work first.
     pub(crate) fn reply(&self, account_id: &str) -> Option<Reply> {
         let reply = match self {
             Self::TokenExpired => GraphError::new(400, 190, EXPIRED_MESSAGE)
@@ -175,7 +191,7 @@ impl Failure {
                 e.is_transient = *is_transient;
                 e.reply()
             }
-            Self::Hang(_) => return None,
+            Self::Hang(_) | Self::CutBody | Self::GarbledBody => return None,
             Self::Raw {
                 status,
                 headers,

@@ -188,7 +188,7 @@ async fn handle(
         headers,
         body,
     };
-    let (delay, reply, raw, echo) = {
+    let (delay, reply, raw, echo, mangle) = {
         let mut state = shared.state();
         let sent_before = state.sent.len();
         state.requests.push(record(&req, route.endpoint));
@@ -208,12 +208,17 @@ async fn handle(
         let scripted = failure.as_ref().and_then(|f| f.reply(&account));
         let reply = scripted.unwrap_or_else(|| answer(&shared, &mut state, &req, &route));
         let raw = matches!(failure, Some(Failure::Raw { .. }));
+        let mangle = match failure {
+            Some(Failure::CutBody) => Some(true),
+            Some(Failure::GarbledBody) => Some(false),
+            _ => None,
+        };
         // Meta echoes every message the account sends back to the app's webhook.
         let echo = match (&state.echo_to, state.sent.get(sent_before)) {
             (Some(target), Some(sent)) => Some((target.clone(), sent.clone())),
             _ => None,
         };
-        (state.latency + hang, reply, raw, echo)
+        (state.latency + hang, reply, raw, echo, mangle)
     };
     if let Some(((url, secret), sent)) = echo {
         tokio::spawn(async move {
@@ -240,11 +245,39 @@ async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let reply = match (&route.graph_version, raw) {
+    let mut reply = match (&route.graph_version, raw) {
         (Some(version), false) => reply.header("facebook-api-version", version.clone()),
         _ => reply,
     };
-    reply.into_response()
+    match mangle {
+        Some(true) => cut(reply),
+        Some(false) => {
+            reply.body = "<html><body>OK</body></html>".to_owned();
+            reply.into_response()
+        }
+        None => reply.into_response(),
+    }
+}
+
+/// `reply`'s status and headers, then half its body and an error: hyper closes the connection
+/// short of the declared `Content-Length`.
+fn cut(reply: Reply) -> Response {
+    let body = reply.body.clone();
+    let half = Bytes::from(body.as_bytes()[..body.len() / 2].to_vec());
+    let chunks = futures::stream::iter([
+        Ok(half),
+        Err(std::io::Error::other("connection cut by the fake")),
+    ]);
+    let mut response = Reply {
+        body: String::new(),
+        ..reply
+    }
+    .into_response();
+    *response.body_mut() = axum::body::Body::from_stream(chunks);
+    if let Ok(len) = header::HeaderValue::from_str(&(body.len() + 64).to_string()) {
+        response.headers_mut().insert(header::CONTENT_LENGTH, len);
+    }
+    response
 }
 
 fn record(req: &Req, endpoint: Endpoint) -> Recorded {
