@@ -675,8 +675,7 @@ mod classify_tests {
             b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 9\r\n\r\n<html>ok<",
         ))
         .and_then(decode::<Sent>)
-        .err()
-        .expect("not json");
+        .expect_err("not json");
         assert_eq!(garbled.class(), ErrorClass::Unknown, "{garbled}");
     }
 
