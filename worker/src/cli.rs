@@ -257,8 +257,9 @@ pub enum MerchantCommand {
         persona: Option<String>,
         #[arg(long)]
         ai: Option<OnOff>,
-        /// The message sent once when a customer asks for a person.
-        #[arg(long, value_parser = bounded_text(1, 1000))]
+        /// The message sent once when a customer asks for a person: one Instagram message,
+        /// at most 1000 bytes of UTF-8.
+        #[arg(long, value_parser = bounded_bytes(1, 1000))]
         handoff_message: Option<String>,
     },
 }
@@ -288,6 +289,22 @@ fn bounded_text(min: usize, max: usize) -> impl Fn(&str) -> Result<String, Strin
             Ok(s.trim().to_owned())
         } else {
             Err(format!("expected {min}–{max} characters"))
+        }
+    }
+}
+
+/// Text that must fit one Instagram message, which counts UTF-8 bytes, not characters.
+fn bounded_bytes(min: usize, max: usize) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |s| {
+        let t = s.trim();
+        if (min..=max).contains(&t.len()) {
+            Ok(t.to_owned())
+        } else {
+            Err(format!(
+                "expected {min}–{max} bytes of UTF-8 (one Instagram message); got {} bytes ({} characters)",
+                t.len(),
+                t.chars().count()
+            ))
         }
     }
 }

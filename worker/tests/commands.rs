@@ -166,6 +166,48 @@ async fn merchant_create_and_set_work_under_rls() {
         m.handoff_message
     );
 
+    // Instagram counts bytes: 600 "é" are 600 characters but 1200 bytes, refused before any
+    // write; 500 fit.
+    let too_long = "é".repeat(600);
+    let out = worker(
+        &db.app_url(),
+        &[
+            "merchant",
+            "set",
+            "--merchant",
+            &id.to_string(),
+            "--handoff-message",
+            &too_long,
+        ],
+    );
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("--handoff-message") && out.stderr.contains("1000 bytes"),
+        "{}",
+        out.stderr
+    );
+    let fits = "é".repeat(500);
+    worker(
+        &db.app_url(),
+        &[
+            "merchant",
+            "set",
+            "--merchant",
+            &id.to_string(),
+            "--handoff-message",
+            &fits,
+        ],
+    )
+    .assert_code(0);
+    let m = app
+        .as_merchant(id, async |c: &AsyncPgConnection| {
+            Ok::<_, DbError>(merchants::find(c, id).await?)
+        })
+        .await
+        .expect("find")
+        .expect("merchant exists");
+    assert_eq!(m.handoff_message, fits);
+
     let unknown = MerchantId::new_random().to_string();
     let out = worker(
         &db.app_url(),

@@ -785,3 +785,28 @@ async fn a_send_whose_answer_is_cut_or_garbled_waits_for_the_echo_instead_of_sen
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_multibyte_handoff_message_over_one_message_still_reaches_the_customer() {
+    let p = Pipeline::start(|e| e).await;
+    // 600 characters, 1200 bytes: within the column's character check, over one message.
+    use diesel_async::SimpleAsyncConnection;
+    let long = "é".repeat(600);
+    p.db.superuser_conn()
+        .await
+        .batch_execute(&format!("UPDATE merchants SET handoff_message = '{long}'"))
+        .await
+        .expect("store a long hand-off message");
+    p.push(p.dm("5550801", "mid-person", "Quero falar com um atendente", now_ms()))
+        .await;
+    let sent = p.sends(2, Duration::from_secs(10)).await;
+    let texts: Vec<&str> = sent.iter().filter_map(|s| s.text.as_deref()).collect();
+    assert_eq!(texts.concat(), long, "the whole hand-off message, in parts");
+    assert!(texts.iter().all(|t| t.len() <= 1000));
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM conversations WHERE needs_human")
+            .await,
+        1
+    );
+    assert_eq!(p.llm.request_count(), 0, "no model call for a hand-off");
+}

@@ -394,7 +394,9 @@ async fn store(
                 Reply::Parts(p) => p.to_vec(),
                 Reply::Handoff(text) => {
                     if conversations::set_needs_human(c, conv.id).await? {
-                        vec![text.to_owned()]
+                        // A message stored before bytes were checked may not fit one part:
+                        // split it rather than fail the store and lose the request.
+                        crate::reply::split(text)
                     } else {
                         Vec::new()
                     }
