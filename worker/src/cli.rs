@@ -162,12 +162,13 @@ fn dlq_queue(s: &str) -> Result<String, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
-    /// Show dead letters, newest first (message text redacted unless --show-payload).
+    /// Show dead letters, newest first (message text redacted unless --show-payload); every
+    /// queue's, each row naming its queue, unless --queue picks one.
     List {
         #[command(flatten)]
         redis: RedisArgs,
         #[arg(long, value_parser = dlq_queue)]
-        queue: String,
+        queue: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
         /// One JSON array instead of a table.
@@ -367,7 +368,7 @@ pub enum Action {
     },
     DlqList {
         redis: RedisSettings,
-        queue: String,
+        queue: Option<String>,
         limit: usize,
         json: bool,
         show_payload: bool,

@@ -58,7 +58,9 @@ pub fn redact(v: &mut Value) {
     match v {
         Value::Object(map) => {
             for (k, child) in map.iter_mut() {
-                if matches!(k.as_str(), "text" | "title" | "body") && child.is_string() {
+                if matches!(k.as_str(), "text" | "title" | "body" | "body_base64")
+                    && child.is_string()
+                {
                     *child = Value::String("[redacted]".into());
                 } else {
                     redact(child);
@@ -70,27 +72,58 @@ pub fn redact(v: &mut Value) {
     }
 }
 
+/// Every dead-letter list there is: each queue the pool serves, and the ingress's unreadable
+/// webhooks.
+pub fn all_queues() -> Vec<&'static str> {
+    crate::runtime::QUEUES
+        .iter()
+        .copied()
+        .chain(std::iter::once(WEBHOOK_INVALID))
+        .collect()
+}
+
+/// The ingress parks signed payloads it cannot read here (not a job queue: nothing to replay).
+pub const WEBHOOK_INVALID: &str = "webhook_invalid";
+
 pub async fn list(
     settings: &RedisSettings,
-    queue: &str,
+    queue: Option<&str>,
     limit: usize,
     json: bool,
     show_payload: bool,
 ) -> anyhow::Result<()> {
     let mut conn = connect(settings).await?;
-    let stored = read(
-        &mut conn,
-        queue,
-        isize::try_from(limit).unwrap_or(isize::MAX),
-    )
-    .await?;
-    let mut values: Vec<Value> = stored
-        .iter()
-        .map(|s| match &s.record {
-            Ok(r) => serde_json::to_value(r).unwrap_or(Value::Null),
-            Err(v) => v.clone(),
-        })
-        .collect();
+    let queues: Vec<&str> = match queue {
+        Some(q) => vec![q],
+        None => all_queues(),
+    };
+    let take = isize::try_from(limit).unwrap_or(isize::MAX);
+    let mut values: Vec<(Option<chrono::DateTime<Utc>>, Value)> = Vec::new();
+    let mut total = 0usize;
+    for q in &queues {
+        for s in read(&mut conn, q, take).await? {
+            let mut v = match s.record {
+                Ok(r) => serde_json::to_value(r).unwrap_or(Value::Null),
+                Err(v) => v,
+            };
+            if let Value::Object(map) = &mut v {
+                map.insert("queue".into(), Value::String((*q).to_owned()));
+            }
+            let at = v
+                .get("failed_at")
+                .or_else(|| v.get("received_at"))
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc));
+            values.push((at, v));
+        }
+        let n: usize = conn.llen(dlq_key(q)).await.context("counting")?;
+        total += n;
+    }
+    // Newest first across queues; the sort is stable, so each list keeps its own order.
+    values.sort_by(|a, b| b.0.cmp(&a.0));
+    values.truncate(limit);
+    let mut values: Vec<Value> = values.into_iter().map(|(_, v)| v).collect();
     if !show_payload {
         values.iter_mut().for_each(redact);
     }
@@ -99,8 +132,8 @@ pub async fn list(
         return Ok(());
     }
     println!(
-        "{:<28} {:<15} {:>8}  {:<24} error",
-        "id", "reason", "attempts", "failed_at"
+        "{:<16} {:<28} {:<15} {:>8}  {:<24} error",
+        "queue", "id", "reason", "attempts", "failed_at"
     );
     for v in &values {
         let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
@@ -109,19 +142,19 @@ pub async fn list(
             error = error.chars().take(59).collect::<String>() + "…";
         }
         println!(
-            "{:<28} {:<15} {:>8}  {:<24} {error}",
+            "{:<16} {:<28} {:<15} {:>8}  {:<24} {error}",
+            field("queue"),
             field("id"),
             field("reason"),
             v.get("attempts").and_then(Value::as_u64).unwrap_or(0),
             field("failed_at"),
         );
     }
-    let total: usize = conn.llen(dlq_key(queue)).await.context("counting")?;
-    eprintln!(
-        "{} of {total} record(s) in {}",
-        values.len(),
-        dlq_key(queue)
-    );
+    let lists = match queue {
+        Some(q) => dlq_key(q),
+        None => format!("{} dead-letter lists", queues.len()),
+    };
+    eprintln!("{} of {total} record(s) in {lists}", values.len());
     Ok(())
 }
 

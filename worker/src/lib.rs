@@ -79,7 +79,7 @@ async fn run(action: Action) -> anyhow::Result<()> {
             limit,
             json,
             show_payload,
-        } => dlq::list(&redis, &queue, limit, json, show_payload).await,
+        } => dlq::list(&redis, queue.as_deref(), limit, json, show_payload).await,
         Action::DlqReplay { redis, queue, id } => dlq::replay(&redis, &queue, id.as_deref()).await,
         Action::DlqDrain {
             redis,

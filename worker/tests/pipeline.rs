@@ -797,8 +797,13 @@ async fn a_stored_multibyte_handoff_message_over_one_message_still_reaches_the_c
         .batch_execute(&format!("UPDATE merchants SET handoff_message = '{long}'"))
         .await
         .expect("store a long hand-off message");
-    p.push(p.dm("5550801", "mid-person", "Quero falar com um atendente", now_ms()))
-        .await;
+    p.push(p.dm(
+        "5550801",
+        "mid-person",
+        "Quero falar com um atendente",
+        now_ms(),
+    ))
+    .await;
     let sent = p.sends(2, Duration::from_secs(10)).await;
     let texts: Vec<&str> = sent.iter().filter_map(|s| s.text.as_deref()).collect();
     assert_eq!(texts.concat(), long, "the whole hand-off message, in parts");

@@ -425,6 +425,63 @@ async fn the_dlq_cli_lists_redacted_replays_and_drains() {
     table.assert_code(0);
     assert!(table.stdout.contains("permanent"));
 
+    // Without --queue: every list at once, each row naming its queue, newest first.
+    let mut sent_record = record.clone();
+    sent_record.id = "send-record".into();
+    sent_record.job = "send_message".into();
+    sent_record.failed_at = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let _: () = c
+        .lpush(
+            "dlq:send_message",
+            serde_json::to_string(&sent_record).expect("json"),
+        )
+        .await
+        .expect("lpush");
+    let _: () = c
+        .lpush(
+            "dlq:webhook_invalid",
+            r#"{"received_at":"2020-01-01T00:00:00.000Z","reason":"not_json","body":"hello from a customer"}"#,
+        )
+        .await
+        .expect("lpush");
+    let everything = cli(&["dlq", "list", "--json"]);
+    everything.assert_code(0);
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&everything.stdout).expect("one JSON array");
+    let queues: Vec<&str> = rows.iter().filter_map(|r| r["queue"].as_str()).collect();
+    assert_eq!(
+        queues,
+        [
+            "send_message",
+            "canary",
+            "canary",
+            "canary",
+            "webhook_invalid"
+        ],
+        "{}",
+        everything.stdout
+    );
+    assert_eq!(rows[0]["id"], "send-record");
+    assert!(!everything.stdout.contains("my home address"));
+    assert!(!everything.stdout.contains("hello from a customer"));
+    let table = cli(&["dlq", "list"]);
+    table.assert_code(0);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{}", table.stdout);
+    assert!(lines[0].starts_with("queue"));
+    assert!(lines[1].starts_with("send_message") && lines[5].starts_with("webhook_invalid"));
+    assert_eq!(
+        cli(&["dlq", "list", "--limit", "2", "--json"])
+            .stdout
+            .matches("\"queue\"")
+            .count(),
+        2
+    );
+    let _: () = c
+        .del(&["dlq:send_message", "dlq:webhook_invalid"])
+        .await
+        .expect("del");
+
     // Replay one by id: it runs again (now succeeding: its fail_first is spent) and leaves.
     let target = dead_letters(&url)
         .await
