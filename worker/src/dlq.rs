@@ -121,7 +121,7 @@ pub async fn list(
         total += n;
     }
     // Newest first across queues; the sort is stable, so each list keeps its own order.
-    values.sort_by(|a, b| b.0.cmp(&a.0));
+    values.sort_by_key(|v| std::cmp::Reverse(v.0));
     values.truncate(limit);
     let mut values: Vec<Value> = values.into_iter().map(|(_, v)| v).collect();
     if !show_payload {
