@@ -17,6 +17,8 @@ pub enum AccountError {
     AlreadyConnected,
     #[error("no such connected Instagram account")]
     NotFound,
+    #[error("the Instagram account needs its owner to authorise it again")]
+    NeedsReauth,
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -154,6 +156,45 @@ pub async fn token(
         instagram_page_id,
     };
     Ok(vault.decrypt(row, &stored)?)
+}
+
+/// The decrypted token of one account that may still call Graph: an account flagged
+/// `needs_reauth` (Meta rejected its token with 190) is refused, so nothing calls with it.
+pub async fn usable_token(
+    mut conn: &AsyncPgConnection,
+    vault: &Vault,
+    merchant: MerchantId,
+    instagram_page_id: &str,
+) -> Result<Secret, AccountError> {
+    let stored: Option<(Option<String>, bool)> = ia::table
+        .filter(ia::instagram_page_id.eq(instagram_page_id))
+        .select((ia::token_ciphertext, ia::needs_reauth))
+        .first(&mut conn)
+        .await
+        .optional()?;
+    let (stored, needs_reauth) = stored.ok_or(AccountError::NotFound)?;
+    if needs_reauth {
+        return Err(AccountError::NeedsReauth);
+    }
+    let stored = stored.ok_or(AccountError::NotFound)?;
+    let row = TokenRow {
+        merchant,
+        instagram_page_id,
+    };
+    Ok(vault.decrypt(row, &stored)?)
+}
+
+/// Whether the account waits for its owner to authorise it again (`None`: not connected).
+pub async fn needs_reauth(
+    mut conn: &AsyncPgConnection,
+    instagram_page_id: &str,
+) -> QueryResult<Option<bool>> {
+    ia::table
+        .filter(ia::instagram_page_id.eq(instagram_page_id))
+        .select(ia::needs_reauth)
+        .first(&mut conn)
+        .await
+        .optional()
 }
 
 /// Stored tokens of this merchant per key version (`None`: not in the `v{kver}:` form).

@@ -25,6 +25,17 @@ pub struct Outbound {
     pub send_attempts: i32,
     pub meta_message_id: Option<String>,
     pub sending_started_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    /// For a part that ended, `{reason}: {error}` (see [`mark_dead`]).
+    pub last_error: Option<String>,
+}
+
+impl Outbound {
+    /// Why the part ended `failed` or `send_unknown`: the dead-letter reason [`mark_dead`]
+    /// wrote in front of the error.
+    pub fn dead_reason(&self) -> Option<&str> {
+        self.last_error.as_deref()?.split_once(": ").map(|(r, _)| r)
+    }
 }
 
 /// The idempotency key of one part of the reply to one event.
@@ -173,8 +184,8 @@ pub async fn mark_sent(
         .map(|_| ())
 }
 
-/// Sets a status (`pending` after a failure that certainly did not send, `failed`,
-/// `send_unknown`) with the error that led to it.
+/// Sets a status (`pending` after a failure that certainly did not send) with the error that
+/// led to it.
 pub async fn mark_status(
     mut conn: &AsyncPgConnection,
     key: &str,
@@ -185,6 +196,27 @@ pub async fn mark_status(
         .set((
             om::status.eq(status),
             om::last_error.eq(error),
+            om::updated_at.eq(diesel::dsl::now),
+        ))
+        .prepared()
+        .execute(&mut conn)
+        .await
+        .map(|_| ())
+}
+
+/// Ends a part for good (`failed` or `send_unknown`). `last_error` becomes `{reason}: {error}`,
+/// with the reason its dead letter carries, so the parts after it die for the same reason.
+pub async fn mark_dead(
+    mut conn: &AsyncPgConnection,
+    key: &str,
+    status: &str,
+    reason: &str,
+    error: &str,
+) -> QueryResult<()> {
+    diesel::update(om::table.filter(om::idempotency_key.eq(key)))
+        .set((
+            om::status.eq(status),
+            om::last_error.eq(format!("{reason}: {error}")),
             om::updated_at.eq(diesel::dsl::now),
         ))
         .prepared()

@@ -557,6 +557,13 @@ async fn reauth_and_window_errors_are_dead_letters_without_retry_and_old_message
     );
     assert!(p.fake.sent_messages().is_empty());
 
+    // The owner reconnected (a new token clears the flag).
+    use diesel_async::SimpleAsyncConnection;
+    p.db.superuser_conn()
+        .await
+        .batch_execute("UPDATE instagram_accounts SET needs_reauth = false")
+        .await
+        .expect("reconnect");
     // The model refuses the request for good: the job is a dead letter, but the customer's
     // message is stored, its event left unprocessed so that a replay answers it.
     p.llm.fail_next(LlmFailure::ContextLength);
@@ -814,4 +821,106 @@ async fn a_stored_multibyte_handoff_message_over_one_message_still_reaches_the_c
         1
     );
     assert_eq!(p.llm.request_count(), 0, "no model call for a hand-off");
+}
+
+/// Three ≤ 1000-byte parts (the fake model answers this text verbatim).
+fn three_parts() -> String {
+    "palavra ".repeat(300)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_a_part_dies_the_parts_after_it_die_with_it_for_the_same_reason() {
+    let p = Pipeline::start(|e| with(&e, "OPENAI_MAX_TOKENS", "600")).await;
+    // Refused for good: one Graph call, three dead letters, all `permanent`.
+    p.fake.fail_next(
+        Endpoint::Messages,
+        Failure::graph(400, 100, Some(2534014), "No matching user found"),
+    );
+    p.llm.reply_next(three_parts());
+    p.push(p.dm("5550901", "mid-dead-first", "Me conta tudo", now_ms()))
+        .await;
+    let dead = p.dead("send_message", 3, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(
+        dead.iter().all(|d| d.reason == DeadReason::Permanent),
+        "{dead:?}"
+    );
+    assert_eq!(p.fake.requests_to(Endpoint::Messages).len(), 1);
+
+    // Out of attempts on 5xx: the first part is `exhausted`, and so are the two after it.
+    let _: () = p.conn().await.del("dlq:send_message").await.expect("del");
+    p.fake
+        .fail_always(Endpoint::Messages, Failure::server_error(503));
+    p.llm.reply_next(three_parts());
+    p.push(p.dm("5550902", "mid-exhausted-first", "Me conta tudo", now_ms()))
+        .await;
+    let dead = p.dead("send_message", 3, Duration::from_secs(15)).await;
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(
+        dead.iter().all(|d| d.reason == DeadReason::Exhausted),
+        "{dead:?}"
+    );
+    // JOB_MAX_ATTEMPTS=3 calls for the first part; none for the others.
+    assert_eq!(p.fake.requests_to(Endpoint::Messages).len(), 1 + 3);
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM outbound_messages WHERE status = 'failed'")
+            .await,
+        6
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_needing_reauthorisation_gets_no_model_call_and_no_graph_call() {
+    let p = Pipeline::start(|e| with(&e, "OPENAI_MAX_TOKENS", "600")).await;
+    // A 190 on the first of three parts: the account is flagged, the other two parts go to
+    // the dead letters as `needs_reauth` without calling Graph.
+    p.fake
+        .fail_next(Endpoint::Messages, Failure::token_expired());
+    p.llm.reply_next(three_parts());
+    p.push(p.dm("5550911", "mid-reauth-1", "Me conta tudo", now_ms()))
+        .await;
+    let dead = p.dead("send_message", 3, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(
+        dead.iter().all(|d| d.reason == DeadReason::NeedsReauth),
+        "{dead:?}"
+    );
+    assert_eq!(p.fake.requests_to(Endpoint::Messages).len(), 1);
+
+    // A queued part of the flagged account: dead at once, no call.
+    let job = SendMessageV1 {
+        merchant_id: p.merchant.0,
+        instagram_account_id: p.account.clone(),
+        recipient_igsid: "5550911".into(),
+        idempotency_key: "message:mid-reauth-1#0".into(),
+        window_closes_at: Utc::now() + chrono::Duration::hours(1),
+        delivery: Default::default(),
+    };
+    JobQueue::<SendMessageV1>::new(p.conn().await)
+        .push(job)
+        .await
+        .expect("push");
+    let dead = p.dead("send_message", 4, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 4);
+    assert_eq!(dead[0].reason, DeadReason::NeedsReauth);
+
+    // A new customer message: kept, not answered, no model call, dead-lettered for a replay.
+    let calls = p.llm.request_count();
+    p.push(p.dm("5550912", "mid-reauth-2", "Oi", now_ms()))
+        .await;
+    let dead = p.dead("inbound_event", 1, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, DeadReason::NeedsReauth);
+    assert_eq!(p.llm.request_count(), calls, "no model call");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        p.fake.requests_to(Endpoint::Messages).len(),
+        1,
+        "no Graph call"
+    );
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM webhook_events WHERE event_id = 'message:mid-reauth-2' AND processed_at IS NULL")
+            .await,
+        1
+    );
 }

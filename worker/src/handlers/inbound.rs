@@ -18,7 +18,7 @@ use igsales_schema::conversations::{self, Conversation, NewMessage};
 use igsales_schema::events::{self, NewEvent};
 use igsales_schema::merchants::{self, Merchant};
 use igsales_schema::outbound::{self, Outbound};
-use igsales_schema::{DbError, MerchantId, products};
+use igsales_schema::{DbError, MerchantId, accounts, products};
 use serde::Deserialize;
 
 use crate::reply::{self, HANDOFF_MARKER};
@@ -211,6 +211,8 @@ struct Seen {
     history: Vec<(String, String)>,
     /// Parts an earlier run stored.
     parts: Vec<Outbound>,
+    /// Meta rejected the account's token: no model call, no send, until its owner reconnects.
+    needs_reauth: bool,
 }
 
 /// What the write transaction stores besides the message.
@@ -246,7 +248,7 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
     let seen = shared
         .db
         .as_merchant_committed(merchant, async |c: &AsyncPgConnection| {
-            let (state, conversation, shop, first, relevant, recent, parts, done) = futures::try_join!(
+            let (state, conversation, shop, first, relevant, recent, parts, reauth, done) = futures::try_join!(
                 events::state(c, &job.event_id),
                 conversations::find(c, account, &msg.customer),
                 merchants::find(c, merchant),
@@ -254,6 +256,7 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
                 products::search(c, &words, reply::RELEVANT_PRODUCTS),
                 conversations::recent_messages_with(c, account, &msg.customer, HISTORY + 1),
                 outbound::for_event(c, &job.event_id),
+                accounts::needs_reauth(c, account),
                 igsales_schema::commit(c),
             )?;
             // A small catalog goes in whole; a large one by relevance.
@@ -274,6 +277,7 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
                 products,
                 history,
                 parts,
+                needs_reauth: reauth == Some(true),
             };
             Ok::<_, DbError>((seen, done))
         })
@@ -321,6 +325,16 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
         return push_sends(shared, ctx, &msg.customer, seen.parts).await;
     }
 
+    if seen.needs_reauth {
+        // Kept unprocessed and dead-lettered, so a replay after the owner reconnects (and
+        // within the window) still answers it; the model is not paid for a reply that cannot go.
+        store(shared, ctx, &msg, Reply::Unanswered).await?;
+        metrics::counter!(REPLIES, "result" => "needs_reauth").increment(1);
+        return Err(JobError::Dead(
+            DeadReason::NeedsReauth,
+            anyhow::anyhow!("the account needs its owner to authorise it again"),
+        ));
+    }
     let messages = reply::prompt(&shop.persona, &seen.products, &seen.history, &text);
     let answer = match shared.llm.complete(messages).await {
         Ok(answer) => answer,

@@ -37,6 +37,24 @@ async fn set_status(
     Ok(())
 }
 
+/// Ends the part as `failed` for `reason` after a Graph answer.
+async fn end(
+    shared: &Shared,
+    merchant: MerchantId,
+    key: &str,
+    reason: DeadReason,
+    error: &str,
+) -> Result<(), JobError> {
+    let (key, error) = (key.to_owned(), error.to_owned());
+    shared
+        .db
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
+            Ok::<_, DbError>(outbound::mark_dead(c, &key, "failed", reason.as_str(), &error).await?)
+        })
+        .await?;
+    Ok(())
+}
+
 /// What the part's row says to do, decided (and, for a send, claimed) in one transaction.
 enum Decision {
     /// Nothing to do: sent already, confirmed, unknown (never re-sent), or gone.
@@ -44,6 +62,38 @@ enum Decision {
     Wait(std::time::Duration, &'static str),
     Dead(DeadReason, &'static str),
     Send(Box<(outbound::Outbound, igsales_config::Secret)>),
+}
+
+/// Ends the part for good: the row records why, the job becomes a dead letter with that reason.
+async fn die(
+    c: &AsyncPgConnection,
+    key: &str,
+    status: &'static str,
+    reason: DeadReason,
+    why: &'static str,
+) -> Result<Decision, DbError> {
+    outbound::mark_dead(c, key, status, reason.as_str(), why).await?;
+    Ok(Decision::Dead(reason, why))
+}
+
+fn reason_of(part: &outbound::Outbound) -> DeadReason {
+    match part.dead_reason() {
+        Some("exhausted") => DeadReason::Exhausted,
+        Some("window_expired") => DeadReason::WindowExpired,
+        Some("needs_reauth") => DeadReason::NeedsReauth,
+        Some("send_unknown") => DeadReason::SendUnknown,
+        _ if part.status == "send_unknown" => DeadReason::SendUnknown,
+        _ => DeadReason::Permanent,
+    }
+}
+
+/// How long a part waits for the one before it: half its own age, from 300 ms up to 30 s, so
+/// a part that waits long polls ever more rarely (geometric) instead of every 300 ms.
+pub fn wait_for_previous(age: std::time::Duration) -> std::time::Duration {
+    (age / 2).clamp(
+        std::time::Duration::from_millis(300),
+        std::time::Duration::from_secs(30),
+    )
 }
 
 /// What the part's row says to do, read with the part before it and the token in one flight
@@ -61,11 +111,9 @@ async fn decide(
         &shared.vault,
     );
     let (echo_wait, window_closes_at) = (shared.settings.echo_confirm, job.window_closes_at);
-    // The part, the part before it and the token in one round trip (pipelined; the
-    // token is read even when the part turns out to be done, which is rare).
     let (parts, token) = futures::join!(
         outbound::with_previous(c, k),
-        accounts::token(c, vault, merchant, page)
+        accounts::usable_token(c, vault, merchant, page)
     );
     let (this, before) = parts?;
     let Some(row) = this else {
@@ -76,18 +124,60 @@ async fn decide(
         return Ok(Decision::Done);
     }
     if Utc::now() > window_closes_at {
-        outbound::mark_status(c, k, "failed", Some("24-hour window closed")).await?;
-        return Ok(Decision::Dead(
+        return die(
+            c,
+            k,
+            "failed",
             DeadReason::WindowExpired,
             "the 24-hour messaging window closed before the send",
-        ));
+        )
+        .await;
     }
-    // Parts go out in order: a later part waits for the one before it.
-    if before.is_some_and(|b| matches!(b.status.as_str(), "pending" | "sending")) {
-        return Ok(Decision::Wait(
-            std::time::Duration::from_millis(300),
-            "waiting for the previous part",
-        ));
+    match &token {
+        Err(AccountError::NotFound) => {
+            return die(
+                c,
+                k,
+                "failed",
+                DeadReason::NeedsReauth,
+                "the account is disconnected",
+            )
+            .await;
+        }
+        Err(AccountError::NeedsReauth) => {
+            return die(
+                c,
+                k,
+                "failed",
+                DeadReason::NeedsReauth,
+                "the account needs its owner to authorise it again",
+            )
+            .await;
+        }
+        _ => {}
+    }
+    // Parts go out in order: a later part waits for the one before it, and dies with it.
+    if let Some(b) = &before {
+        match b.status.as_str() {
+            "pending" | "sending" => {
+                let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();
+                return Ok(Decision::Wait(
+                    wait_for_previous(age),
+                    "waiting for the previous part",
+                ));
+            }
+            "failed" | "send_unknown" => {
+                return die(
+                    c,
+                    k,
+                    "failed",
+                    reason_of(b),
+                    "an earlier part of this reply could not be sent",
+                )
+                .await;
+            }
+            _ => {}
+        }
     }
     if row.status == "sending" {
         let since = row
@@ -100,35 +190,28 @@ async fn decide(
             ));
         }
         if row.send_attempts >= 2 {
-            outbound::mark_status(
+            return die(
                 c,
                 k,
                 "send_unknown",
-                Some("no echo after two unknown outcomes"),
-            )
-            .await?;
-            return Ok(Decision::Dead(
                 DeadReason::SendUnknown,
                 "two sends timed out and no echo confirmed either",
-            ));
+            )
+            .await;
         }
     }
     let token = match token {
         Ok(t) => t,
-        Err(AccountError::NotFound) => {
-            outbound::mark_status(c, k, "failed", Some("account disconnected")).await?;
-            return Ok(Decision::Dead(
-                DeadReason::NeedsReauth,
-                "the account is disconnected",
-            ));
-        }
         Err(AccountError::Db(e)) => return Err(e),
         Err(_) => {
-            outbound::mark_status(c, k, "failed", Some("stored token unusable")).await?;
-            return Ok(Decision::Dead(
+            return die(
+                c,
+                k,
+                "failed",
                 DeadReason::Permanent,
                 "the stored token cannot be decrypted",
-            ));
+            )
+            .await;
         }
     };
     Ok(Decision::Send(Box::new((row, token))))
@@ -232,6 +315,12 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                     Err(JobError::Wait(wait, "meta throttled the merchant"))
                 }
                 ErrorClass::Transient => {
+                    // Out of attempts: the part dies here, so the parts after it die too
+                    // instead of waiting for it.
+                    if job.delivery.attempt + 1 >= shared.settings.max_attempts_send_message {
+                        end(shared, merchant, &key, DeadReason::Exhausted, &error).await?;
+                        return Err(JobError::Dead(DeadReason::Exhausted, e.into()));
+                    }
                     set_status(shared, merchant, &key, "pending", Some(error)).await?;
                     Err(JobError::Retry(e.into()))
                 }
@@ -242,7 +331,13 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                         .db
                         .as_merchant(merchant, async |c: &AsyncPgConnection| {
                             futures::try_join!(
-                                outbound::mark_status(c, &key, "failed", Some(&error)),
+                                outbound::mark_dead(
+                                    c,
+                                    &key,
+                                    "failed",
+                                    DeadReason::NeedsReauth.as_str(),
+                                    &error
+                                ),
                                 accounts::mark_needs_reauth(c, page),
                             )?;
                             Ok::<_, DbError>(())
@@ -251,14 +346,47 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                     Err(JobError::Dead(DeadReason::NeedsReauth, e.into()))
                 }
                 ErrorClass::WindowExpired => {
-                    set_status(shared, merchant, &key, "failed", Some(error)).await?;
+                    end(shared, merchant, &key, DeadReason::WindowExpired, &error).await?;
                     Err(JobError::Dead(DeadReason::WindowExpired, e.into()))
                 }
                 ErrorClass::Permanent => {
-                    set_status(shared, merchant, &key, "failed", Some(error)).await?;
+                    end(shared, merchant, &key, DeadReason::Permanent, &error).await?;
                     Err(JobError::permanent(e))
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::wait_for_previous;
+
+    #[test]
+    fn waiting_for_the_previous_part_backs_off_with_the_parts_age() {
+        assert_eq!(
+            wait_for_previous(Duration::ZERO),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            wait_for_previous(Duration::from_secs(4)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            wait_for_previous(Duration::from_secs(3600)),
+            Duration::from_secs(30)
+        );
+        // Each wait is half the age so far: the age grows by half each time, the polls thin out.
+        let (mut age, mut polls) = (Duration::ZERO, 0);
+        while age < Duration::from_secs(24 * 3600) {
+            age += wait_for_previous(age);
+            polls += 1;
+        }
+        assert!(
+            polls < 3_000,
+            "{polls} polls in 24 h (every 300 ms: 288,000)"
+        );
     }
 }
