@@ -72,15 +72,33 @@ pub enum DbError {
 
 impl DbError {
     /// Postgres could not be reached (as opposed to a query that failed): callers answer 503.
+    /// Also a server that is failing over: read-only (a standby, or a primary being demoted),
+    /// in recovery, starting up or shutting down, or a connection cut under a query.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, DbError::Unavailable(_) | DbError::Connect(_))
-            || matches!(
-                self,
-                DbError::Query(diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::ClosedConnection,
-                    _
-                ))
-            )
+        use diesel::result::{DatabaseErrorKind as K, Error as E};
+        match self {
+            DbError::Unavailable(_) | DbError::Connect(_) => true,
+            DbError::Query(E::DatabaseError(K::ClosedConnection | K::ReadOnlyTransaction, _)) => {
+                true
+            }
+            DbError::Query(E::DatabaseError(_, info)) => {
+                let m = info.message().to_ascii_lowercase();
+                [
+                    "read-only transaction",
+                    "recovery",
+                    "starting up",
+                    "shutting down",
+                    "terminating connection",
+                    "connection closed",
+                    "connection reset",
+                    "broken pipe",
+                    "server closed the connection",
+                ]
+                .iter()
+                .any(|s| m.contains(s))
+            }
+            _ => false,
+        }
     }
 }
 

@@ -924,3 +924,72 @@ async fn an_account_needing_reauthorisation_gets_no_model_call_and_no_graph_call
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_outage_is_waited_out_without_dead_letters_or_a_second_model_call() {
+    use igsales_tests::proxy::{Proxy, target, through};
+    let proxy = Proxy::start(target(&igsales_tests::db::server())).await;
+    let addr = proxy.addr();
+    let p = Pipeline::start(|e| {
+        let url = e
+            .iter()
+            .find(|(k, _)| *k == "DATABASE_URL")
+            .map(|(_, v)| v.clone())
+            .expect("DATABASE_URL");
+        worker_env::with_all(
+            &e,
+            &[
+                ("DATABASE_URL", &through(&url, addr)),
+                ("DATABASE_CONNECT_TIMEOUT_MS", "300"),
+                ("JOB_UNAVAILABLE_WAIT_MS", "200"),
+            ],
+        )
+    })
+    .await;
+
+    // 1. Down before the messages arrive, for far longer than 3 attempts' backoff (50–200 ms).
+    proxy.cut();
+    for i in 0..5 {
+        p.push(p.dm(
+            &format!("555100{i}"),
+            &format!("mid-outage-{i}"),
+            "Oi",
+            now_ms(),
+        ))
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(p.fake.sent_count(), 0);
+    proxy.restore().await;
+    assert_eq!(p.sends(5, Duration::from_secs(15)).await.len(), 5);
+    assert_eq!(p.llm.request_count(), 5);
+
+    // 2. Down while the model answers: the store fails, the answer is kept, and the run after
+    // the outage stores and sends it without asking the model again.
+    p.llm.set_latency(Duration::from_millis(1200));
+    p.push(p.dm("5551010", "mid-outage-store", "Oi", now_ms()))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.llm.request_count() < 6 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore().await;
+    assert_eq!(p.sends(6, Duration::from_secs(15)).await.len(), 6);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        p.llm.request_count(),
+        6,
+        "the model was paid once per message"
+    );
+    assert_eq!(p.fake.sent_count(), 6, "one reply each");
+    for queue in ["inbound_event", "send_message"] {
+        assert!(p.dead(queue, 0, Duration::ZERO).await.is_empty(), "{queue}");
+    }
+    let kept: Vec<String> = p.conn().await.keys("kept_answer:*").await.expect("keys");
+    assert!(
+        kept.is_empty(),
+        "a kept answer is dropped once stored: {kept:?}"
+    );
+}

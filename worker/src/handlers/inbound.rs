@@ -335,8 +335,19 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
             anyhow::anyhow!("the account needs its owner to authorise it again"),
         ));
     }
+    // A run after a failed one may find the model's answer kept from it (the store failed).
+    let kept = if job.delivery.is_fresh() {
+        None
+    } else {
+        kept_answer(shared, ctx).await
+    };
+    let from_kept = kept.is_some();
     let messages = reply::prompt(&shop.persona, &seen.products, &seen.history, &text);
-    let answer = match shared.llm.complete(messages).await {
+    let answer = match kept {
+        Some(answer) => Ok(answer),
+        None => shared.llm.complete(messages).await,
+    };
+    let answer = match answer {
         Ok(answer) => answer,
         Err(e) => {
             // The customer's message is kept even if no answer ever comes (the job may end as a
@@ -355,8 +366,66 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
         return Ok(());
     }
     metrics::counter!(REPLIES, "result" => "answered").increment(1);
-    let rows = store(shared, ctx, &msg, Reply::Parts(&parts)).await?;
+    let rows = match store(shared, ctx, &msg, Reply::Parts(&parts)).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            // Paid for: keep the answer until it is stored, so the next run does not buy it
+            // again (best effort: without Redis the next run asks the model once more).
+            if !from_kept {
+                keep_answer(shared, ctx, &answer).await;
+            }
+            return Err(e);
+        }
+    };
+    if from_kept {
+        forget_answer(shared, ctx).await;
+    }
     push_sends(shared, ctx, &msg.customer, rows).await
+}
+
+/// Where a model answer waits for its store: `kept_answer:{merchant}:{sha256(event_id)[..32]}`.
+fn kept_key(ctx: &Ctx<'_>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, ctx.job.event_id.as_bytes());
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("kept_answer:{}:{hex}", ctx.merchant)
+}
+
+/// Kept as long as the event could still be answered (the 24-hour window).
+const KEPT_ANSWER_SECS: u64 = 24 * 3600;
+
+async fn keep_answer(shared: &Shared, ctx: &Ctx<'_>, answer: &str) {
+    let mut redis = shared.redis.clone();
+    let kept: redis::RedisResult<()> = redis::cmd("SET")
+        .arg(kept_key(ctx))
+        .arg(answer)
+        .arg("EX")
+        .arg(KEPT_ANSWER_SECS)
+        .query_async(&mut redis)
+        .await;
+    if let Err(e) = kept {
+        tracing::warn!(merchant.id = %ctx.merchant, error = %e, "could not keep the model's answer for the next run");
+    }
+}
+
+async fn kept_answer(shared: &Shared, ctx: &Ctx<'_>) -> Option<String> {
+    let mut redis = shared.redis.clone();
+    redis::cmd("GET")
+        .arg(kept_key(ctx))
+        .query_async::<Option<String>>(&mut redis)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn forget_answer(shared: &Shared, ctx: &Ctx<'_>) {
+    let mut redis = shared.redis.clone();
+    let _: redis::RedisResult<()> = redis::cmd("DEL")
+        .arg(kept_key(ctx))
+        .query_async(&mut redis)
+        .await;
 }
 
 /// The customer asked for a person (or the model handed over): flag the conversation and send

@@ -11,10 +11,14 @@ use igsales_schema::DbError;
 
 use crate::runtime::outcome::JobError;
 
-/// Postgres trouble is transient unless the query itself is wrong.
+/// Postgres out of reach waits without using attempts; any other database error is a retry.
 impl From<DbError> for JobError {
     fn from(e: DbError) -> Self {
-        JobError::Retry(e.into())
+        if e.is_unavailable() {
+            JobError::Unavailable(e.into())
+        } else {
+            JobError::Retry(e.into())
+        }
     }
 }
 

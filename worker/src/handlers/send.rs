@@ -268,17 +268,31 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
         .await
     {
         Ok(message_id) => {
-            let k = key.clone();
-            shared
-                .db
-                .as_merchant_committed(merchant, async move |c: &AsyncPgConnection| {
-                    let ((), done) = futures::try_join!(
-                        outbound::mark_sent(c, &k, &message_id),
-                        igsales_schema::commit(c),
-                    )?;
-                    Ok::<_, DbError>(((), done))
-                })
-                .await?;
+            // Meta has the message: the mark is retried in place while Postgres is out of
+            // reach (up to ECHO_CONFIRM_SECS; after that the echo confirms the send), since a
+            // re-run would find the part `sending` and could send it again.
+            let started = std::time::Instant::now();
+            loop {
+                let (k, id) = (key.clone(), message_id.clone());
+                let marked = shared
+                    .db
+                    .as_merchant_committed(merchant, async move |c: &AsyncPgConnection| {
+                        let ((), done) = futures::try_join!(
+                            outbound::mark_sent(c, &k, &id),
+                            igsales_schema::commit(c),
+                        )?;
+                        Ok::<_, DbError>(((), done))
+                    })
+                    .await;
+                match marked {
+                    Ok(()) => break,
+                    Err(e) if e.is_unavailable() && started.elapsed() < echo_wait => {
+                        tracing::warn!(merchant.id = %merchant, part = %key, error = %e, "sent, but Postgres is unavailable; marking again");
+                        tokio::time::sleep(shared.settings.unavailable_wait).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             metrics::counter!(SENDS, "result" => "sent").increment(1);
             Ok(())
         }

@@ -27,6 +27,7 @@ pub struct Policy {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub inprocess_wait_max: Duration,
+    pub unavailable_wait: Duration,
     pub timeout: Duration,
     pub dlq_max_len: usize,
 }
@@ -102,6 +103,27 @@ where
                 metrics::counter!(m::JOBS, "job" => J::NAME, "outcome" => "waited").increment(1);
                 tracing::debug!(job.name = J::NAME, job.id = %task_id, wait_ms = d.as_millis() as u64, why, "job waits");
                 (d, false, None)
+            }
+            Err(JobError::Unavailable(e)) => {
+                // Bounded like every wait: past the day the work is stale anyway.
+                if Utc::now() - first_enqueued_at > chrono::Duration::hours(24) {
+                    let attempts = job.delivery().attempt + 1;
+                    return dead_letter(
+                        &job,
+                        &task_id,
+                        ctx,
+                        policy,
+                        DeadReason::Exhausted,
+                        &e,
+                        attempts,
+                        first_enqueued_at,
+                    )
+                    .await;
+                }
+                metrics::counter!(m::JOBS, "job" => J::NAME, "outcome" => "unavailable")
+                    .increment(1);
+                tracing::warn!(job.name = J::NAME, job.id = %task_id, error = %e, "a dependency is unavailable; the job waits");
+                (policy.unavailable_wait, false, None)
             }
             Err(JobError::Retry(e)) => (Duration::ZERO, true, Some(e)),
             Err(JobError::RetryAfter(d, e)) => (d, true, Some(e)),

@@ -235,6 +235,7 @@ impl Setup {
                 backoff_base: settings.backoff_base,
                 backoff_max: settings.backoff_max,
                 inprocess_wait_max: settings.inprocess_wait_max,
+                unavailable_wait: settings.unavailable_wait,
                 timeout: settings.job_timeout,
                 dlq_max_len: settings.dlq_max_len,
             },

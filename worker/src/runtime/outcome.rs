@@ -14,6 +14,10 @@ pub enum JobError {
     /// Not a failure: come back after `after` (throttling, rate limits, a merchant paused by
     /// Meta). Uses no attempt; bounded by the job's own deadline (e.g. the 24-hour window).
     Wait(Duration, &'static str),
+    /// A dependency is down (Postgres unreachable, failing over, read-only): the job waits
+    /// `JOB_UNAVAILABLE_WAIT_MS` and runs again without using an attempt, so an outage does not
+    /// exhaust healthy work; after 24 h it is a dead letter (`exhausted`).
+    Unavailable(anyhow::Error),
     /// Never retry; goes straight to the dead-letter list with this reason.
     Dead(DeadReason, anyhow::Error),
 }

@@ -128,6 +128,15 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     job_inprocess_wait_max_ms: String,
+    /// How long a job waits, without using an attempt, while Postgres is unavailable (a
+    /// failover, a restart); such waits end after 24 h like any other.
+    #[arg(
+        long,
+        env = "JOB_UNAVAILABLE_WAIT_MS",
+        default_value = "2000",
+        hide_env_values = true
+    )]
+    job_unavailable_wait_ms: String,
     /// The longest one run of a job may take.
     #[arg(
         long,
@@ -268,6 +277,7 @@ pub struct RunSettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub inprocess_wait_max: Duration,
+    pub unavailable_wait: Duration,
     pub job_timeout: Duration,
     pub orphan_timeout: Duration,
     pub poll_interval: Duration,
@@ -419,6 +429,12 @@ impl RunArgs {
             0,
             60_000,
         );
+        let unavailable = c.millis(
+            "JOB_UNAVAILABLE_WAIT_MS",
+            &self.job_unavailable_wait_ms,
+            1,
+            600_000,
+        );
         let job_timeout = c.duration(
             "JOB_TIMEOUT_SECS",
             &self.job_timeout_secs,
@@ -533,6 +549,7 @@ impl RunArgs {
             backoff_base: backoff_base?,
             backoff_max: backoff_max?,
             inprocess_wait_max: inprocess?,
+            unavailable_wait: unavailable?,
             job_timeout: job_timeout?,
             orphan_timeout: orphan?,
             poll_interval: poll?,
