@@ -86,6 +86,22 @@ pub struct IngressArgs {
         hide_env_values = true
     )]
     webhook_invalid_dlq_max: String,
+    /// The whole of one delivery's work, under Meta's 5 s: later → 503 and Meta delivers again.
+    #[arg(
+        long,
+        env = "WEBHOOK_DEADLINE_MS",
+        default_value = "4000",
+        hide_env_values = true
+    )]
+    webhook_deadline_ms: String,
+    /// Deliveries worked on at once; one more is answered 503 at once (Meta delivers it again).
+    #[arg(
+        long,
+        env = "WEBHOOK_MAX_IN_FLIGHT",
+        default_value = "2048",
+        hide_env_values = true
+    )]
+    webhook_max_in_flight: String,
     /// How long an event's dedupe claim lives (Meta retries for up to 36 h).
     #[arg(
         long,
@@ -158,6 +174,8 @@ pub struct IngressSettings {
     pub cors_allowed_origins: Vec<String>,
     pub webhook_max_body_bytes: usize,
     pub webhook_invalid_dlq_max: usize,
+    pub webhook_deadline: Duration,
+    pub webhook_max_in_flight: usize,
     pub webhook_dedupe_ttl: Duration,
     pub account_cache_hit: Duration,
     pub account_cache_miss: Duration,
@@ -318,6 +336,13 @@ impl IngressArgs {
             "a count, 1–1000000",
             count(1_000_000),
         );
+        let deadline = c.millis("WEBHOOK_DEADLINE_MS", &self.webhook_deadline_ms, 1, 4_900);
+        let max_in_flight = c.value(
+            "WEBHOOK_MAX_IN_FLIGHT",
+            &self.webhook_max_in_flight,
+            "a count, 1–1000000",
+            count(1_000_000),
+        );
         let dedupe_ttl = c.secs(
             "WEBHOOK_DEDUPE_TTL_SECS",
             &self.webhook_dedupe_ttl_secs,
@@ -380,6 +405,8 @@ impl IngressArgs {
                 cors_allowed_origins: must(cors),
                 webhook_max_body_bytes: must(max_body),
                 webhook_invalid_dlq_max: must(dlq_max),
+                webhook_deadline: must(deadline),
+                webhook_max_in_flight: must(max_in_flight),
                 webhook_dedupe_ttl: must(dedupe_ttl),
                 account_cache_hit: must(cache_hit),
                 account_cache_miss: must(cache_miss),

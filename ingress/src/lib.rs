@@ -47,6 +47,9 @@ pub struct Inner {
     pub vault: Vault,
     pub admin: auth::SecretMatcher,
     pub verify_token: auth::SecretMatcher,
+    /// One permit per delivery being worked on (`WEBHOOK_MAX_IN_FLIGHT`), held until its work
+    /// ends, also when the answer went out first.
+    pub webhook_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Deref for AppState {
@@ -84,6 +87,7 @@ impl AppState {
         let admin = auth::SecretMatcher::new(settings.admin_api_token.expose());
         let verify_token = auth::SecretMatcher::new(settings.webhook_verify_token.expose());
         AppState(Arc::new(Inner {
+            webhook_permits: Arc::new(tokio::sync::Semaphore::new(settings.webhook_max_in_flight)),
             inbound: JobQueue::new(redis.clone()),
             vault: Vault::new(&settings.keys),
             verifier,

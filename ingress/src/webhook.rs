@@ -34,6 +34,7 @@ use crate::auth::sha256_hex;
 use crate::error::AppError;
 use crate::metrics::{
     ENQUEUE_SECONDS, INVALID_PARKED, LAST_WEBHOOK, SIGNATURE_FAILURES, WEBHOOK_EVENTS,
+    WEBHOOK_REFUSED,
 };
 
 pub const INVALID_DLQ: &str = "dlq:webhook_invalid";
@@ -89,16 +90,38 @@ pub async fn receive(
         .map_or(0.0, |d| d.as_secs_f64());
     metrics::gauge!(LAST_WEBHOOK).set(now);
 
+    // Overloaded: refuse at once rather than queue up work Meta will have given up on.
+    let Ok(permit) = state.webhook_permits.clone().try_acquire_owned() else {
+        metrics::counter!(WEBHOOK_REFUSED, "reason" => "overloaded").increment(1);
+        return Err(AppError::Unavailable(
+            "capacity",
+            "WEBHOOK_MAX_IN_FLIGHT deliveries in flight".to_owned(),
+        ));
+    };
     let task_state = state.clone();
-    match tokio::spawn(async move { process(&task_state, &body).await }).await {
-        Ok(Ok(())) => Ok((
+    let work = tokio::spawn(async move {
+        let _permit = permit;
+        process(&task_state, &body).await
+    });
+    // Past the deadline the answer is 503, and the task goes on to its end: every step keeps
+    // the invariant above (never a claim without its job), so whatever it finishes is
+    // absorbed as a duplicate when Meta delivers again.
+    match tokio::time::timeout(state.settings.webhook_deadline, work).await {
+        Ok(Ok(Ok(()))) => Ok((
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             "EVENT_RECEIVED",
         )
             .into_response()),
-        Ok(Err(e)) => Err(e),
-        Err(join) => Err(AppError::Internal(format!("webhook task failed: {join}"))),
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(join)) => Err(AppError::Internal(format!("webhook task failed: {join}"))),
+        Err(_) => {
+            metrics::counter!(WEBHOOK_REFUSED, "reason" => "deadline").increment(1);
+            Err(AppError::Unavailable(
+                "deadline",
+                "the delivery's work passed WEBHOOK_DEADLINE_MS".to_owned(),
+            ))
+        }
     }
 }
 

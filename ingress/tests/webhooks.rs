@@ -621,3 +621,116 @@ async fn postgres_down_for_an_uncached_account_means_503() {
         serde_json::json!({"redis": "ok", "postgres": "error"})
     );
 }
+
+/// The ingress of `h`'s own shape, but talking to Redis through a proxy the test can stall.
+async fn through_stallable_redis(
+    adjust: impl FnOnce(&mut igsales_ingress::IngressSettings),
+) -> (Harness, igsales_tests::proxy::Proxy) {
+    let upstream = igsales_tests::proxy::target(&igsales_tests::redis::server());
+    let proxy = igsales_tests::proxy::Proxy::start(upstream).await;
+    let addr = proxy.addr();
+    let h = Harness::start_with(|s| {
+        let url = igsales_tests::proxy::through(s.redis.url.expose(), addr);
+        s.redis.url = igsales_config::RedisUrl::parse(&url).expect("url");
+        // Redis answers late, never "too late" for the client: only the deadline can cut.
+        s.redis.response_timeout = Duration::from_secs(30);
+        adjust(s);
+    })
+    .await;
+    (h, proxy)
+}
+
+async fn inbound_jobs(h: &Harness) -> i64 {
+    redis::cmd("HLEN")
+        .arg("inbound_event:data")
+        .query_async(&mut h.redis_conn().await)
+        .await
+        .expect("hlen")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_past_its_deadline_is_503_and_its_redelivery_makes_one_job() {
+    let (h, proxy) = through_stallable_redis(|s| {
+        s.webhook_deadline = Duration::from_millis(400);
+    })
+    .await;
+    h.merchant_with_account(ACCOUNT).await;
+    let body = text_body(ACCOUNT, "mid-stalled-redis", "oi");
+    let deadline_before = counter(&h, "igsales_webhook_refused_total{reason=\"deadline\"}").await;
+
+    // Redis hangs for 2 s: without a deadline the delivery would wait and then answer 200.
+    proxy.stall();
+    let unstall = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        proxy.unstall();
+    };
+    let (r, ()) = tokio::join!(deliver(&h, &body, IG_SECRET), unstall);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "unavailable");
+    assert!(
+        counter(&h, "igsales_webhook_refused_total{reason=\"deadline\"}").await > deadline_before
+    );
+
+    // Meta delivers again: whatever the late work finished is absorbed, never doubled.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = deliver(&h, &body, IG_SECRET).await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(inbound_jobs(&h).await, 1, "one job for the event");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_over_the_in_flight_bound_are_503_at_once() {
+    let (h, proxy) = through_stallable_redis(|s| {
+        s.webhook_max_in_flight = 2;
+        s.webhook_deadline = Duration::from_secs(4);
+    })
+    .await;
+    h.merchant_with_account(ACCOUNT).await;
+    let overloaded_before =
+        counter(&h, "igsales_webhook_refused_total{reason=\"overloaded\"}").await;
+
+    proxy.stall();
+    let (a, b) = (
+        text_body(ACCOUNT, "mid-flight-a", "oi"),
+        text_body(ACCOUNT, "mid-flight-b", "oi"),
+    );
+    let held = {
+        let (h2, a2, b2) = (&h, a.clone(), b.clone());
+        async move { tokio::join!(deliver(h2, &a2, IG_SECRET), deliver(h2, &b2, IG_SECRET)) }
+    };
+    let third = text_body(ACCOUNT, "mid-flight-c", "oi");
+    let refused = async {
+        for _ in 0..200 {
+            if h.state.webhook_permits.available_permits() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(h.state.webhook_permits.available_permits(), 0);
+        let r = deliver(&h, &third, IG_SECRET).await;
+        proxy.unstall();
+        r
+    };
+    let ((ra, rb), rc) = tokio::join!(held, refused);
+    assert_eq!(rc.status, 503, "{}", rc.body);
+    assert_eq!(rc.json()["error"]["code"], "unavailable");
+    assert_eq!((ra.status, rb.status), (200, 200));
+    assert!(
+        counter(&h, "igsales_webhook_refused_total{reason=\"overloaded\"}").await
+            > overloaded_before
+    );
+    assert_eq!(
+        inbound_jobs(&h).await,
+        2,
+        "the refused delivery made nothing"
+    );
+    assert_eq!(deliver(&h, &third, IG_SECRET).await.status, 200);
+    assert_eq!(inbound_jobs(&h).await, 3);
+}

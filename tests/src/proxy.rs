@@ -15,6 +15,7 @@ pub struct Proxy {
     upstream: SocketAddr,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    stalled: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -27,6 +28,7 @@ impl Proxy {
             upstream,
             tasks: Arc::default(),
             listener: Mutex::new(None),
+            stalled: tokio::sync::watch::channel(false).0,
         };
         proxy.serve(listener);
         proxy
@@ -38,11 +40,15 @@ impl Proxy {
 
     fn serve(&self, listener: TcpListener) {
         let (upstream, tasks) = (self.upstream, self.tasks.clone());
+        let stalled = self.stalled.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
+                let stalled = stalled.subscribe();
                 let pipe = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = TcpStream::connect(upstream).await {
+                        let (cr, cw) = client.into_split();
+                        let (sr, sw) = server.into_split();
+                        tokio::join!(forward(cr, sw, stalled.clone()), forward(sr, cw, stalled));
                     }
                 });
                 if let Ok(mut t) = tasks.lock() {
@@ -54,6 +60,16 @@ impl Proxy {
         if let Ok(mut l) = self.listener.lock() {
             *l = Some(accept);
         }
+    }
+
+    /// Keeps every connection open but passes no byte either way (a server that hangs, like
+    /// Redis under `DEBUG SLEEP`), until [`Proxy::unstall`].
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    pub fn unstall(&self) {
+        self.stalled.send_replace(false);
     }
 
     /// Closes every connection and refuses new ones until [`Proxy::restore`].
@@ -84,6 +100,29 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.cut();
     }
+}
+
+/// Copies `from` to `to`, holding bytes back while stalled.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            break;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// `url` (`postgres://…@host:port/…` or `redis://…`) with its host and port replaced by `addr`.

@@ -73,6 +73,8 @@ pub fn settings(base: &str, db: &TestDb, redis_url: &str, fake: &FakeMeta) -> In
         cors_allowed_origins: vec!["https://dashboard.example".into()],
         webhook_max_body_bytes: 64 * 1024,
         webhook_invalid_dlq_max: 100,
+        webhook_deadline: Duration::from_secs(4),
+        webhook_max_in_flight: 1024,
         webhook_dedupe_ttl: Duration::from_secs(172_800),
         account_cache_hit: Duration::from_secs(60),
         account_cache_miss: Duration::from_secs(1),
