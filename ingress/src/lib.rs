@@ -21,7 +21,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::{get, post};
 use clap::Parser as _;
-use igsales_jobs::{InboundEventV1, JobQueue};
+use igsales_jobs::{InboundEventV1, InboundSignalV1, JobQueue};
 use igsales_meta::{MetaClient, MetaClientConfig, WebhookVerifier};
 use igsales_schema::{Db, Vault};
 use redis::aio::ConnectionManager;
@@ -40,7 +40,10 @@ pub struct Inner {
     pub settings: IngressSettings,
     pub db: Db,
     pub redis: ConnectionManager,
+    /// Events that may call the model.
     pub inbound: JobQueue<InboundEventV1>,
+    /// Everything else, kept apart so echoes never wait behind model calls.
+    pub signals: JobQueue<InboundSignalV1>,
     pub verifier: WebhookVerifier,
     pub accounts: AccountResolver,
     pub meta: MetaClient,
@@ -89,6 +92,7 @@ impl AppState {
         AppState(Arc::new(Inner {
             webhook_permits: Arc::new(tokio::sync::Semaphore::new(settings.webhook_max_in_flight)),
             inbound: JobQueue::new(redis.clone()),
+            signals: JobQueue::new(redis.clone()),
             vault: Vault::new(&settings.keys),
             verifier,
             accounts,

@@ -22,7 +22,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
-use igsales_jobs::InboundEventV1;
+use igsales_jobs::{InboundEventV1, InboundSignalV1, Job, JobQueue};
 use igsales_meta::webhook::{
     Classified, Entry, Envelope, EventKind, classify_change, classify_messaging,
 };
@@ -256,6 +256,7 @@ async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError>
 
     let received_at = Utc::now();
     let mut jobs = Vec::new();
+    let mut signals = Vec::new();
     let mut new_keys = Vec::new();
     let mut kinds = Vec::new();
     for ((event, key), already) in events.into_iter().zip(keys).zip(claimed) {
@@ -265,7 +266,7 @@ async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError>
         }
         kinds.push(event.kind);
         new_keys.push(key);
-        jobs.push(InboundEventV1 {
+        let job = InboundEventV1 {
             merchant_id: event.merchant.0,
             instagram_account_id: event.account,
             event_id: event.event_id,
@@ -274,22 +275,19 @@ async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError>
             received_at,
             event: event.raw,
             delivery: igsales_jobs::Delivery::default(),
-        });
+        };
+        if job.kind.needs_model() {
+            jobs.push(job);
+        } else {
+            signals.push(InboundSignalV1(job));
+        }
     }
-    if jobs.is_empty() {
+    if new_keys.is_empty() {
         return Ok(());
     }
     let started = Instant::now();
-    // One event (the usual delivery) takes the plain push; a batch goes in one round trip.
-    let pushed = match (jobs.pop(), jobs.is_empty()) {
-        (Some(job), true) => state.inbound.push(job).await,
-        (Some(job), false) => {
-            jobs.push(job);
-            state.inbound.push_all(jobs).await
-        }
-        (None, _) => Ok(()),
-    };
-    pushed.map_err(AppError::redis)?;
+    push(&state.inbound, jobs).await?;
+    push(&state.signals, signals).await?;
     metrics::histogram!(ENQUEUE_SECONDS).record(started.elapsed().as_secs_f64());
 
     let ttl = state.settings.webhook_dedupe_ttl.as_secs();
@@ -312,6 +310,19 @@ async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError>
         );
     }
     Ok(())
+}
+
+/// One event (the usual delivery) takes the plain push; a batch goes in one round trip.
+async fn push<J: Job>(queue: &JobQueue<J>, mut jobs: Vec<J>) -> Result<(), AppError> {
+    let pushed = match (jobs.pop(), jobs.is_empty()) {
+        (Some(job), true) => queue.push(job).await,
+        (Some(job), false) => {
+            jobs.push(job);
+            queue.push_all(jobs).await
+        }
+        (None, _) => Ok(()),
+    };
+    pushed.map_err(AppError::redis)
 }
 
 /// Keeps a signed but unreadable payload in the capped `dlq:webhook_invalid` list.

@@ -375,6 +375,13 @@ async fn replays_and_batches_make_exactly_one_job_per_event() {
         .collect();
     of_mid.sort();
     assert_eq!(of_mid, ["deleted", "echo", "reaction", "read"]);
+    // Only what may call the model waits on `inbound_event`; the rest has its own queue.
+    let signals = h.jobs_on("inbound_signal").await;
+    assert_eq!(signals.len(), 4);
+    assert!(signals.iter().all(|j| !j.kind.needs_model()));
+    let model_bound = h.jobs_on("inbound_event").await;
+    assert_eq!(model_bound.len(), 2);
+    assert!(model_bound.iter().all(|j| j.kind.needs_model()));
 
     // A 50-event batch is 50 jobs.
     let events = (0..50)

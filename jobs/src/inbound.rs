@@ -36,6 +36,23 @@ impl Job for InboundEventV1 {
     }
 }
 
+/// An inbound event that needs no model (an echo, a read, a reaction, a deletion, …) on a
+/// queue of its own: an echo confirms one of our sends (SPEC §5.3), so it must not wait behind
+/// a backlog of model calls. The payload is the same as `inbound_event`'s.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InboundSignalV1(pub InboundEventV1);
+
+impl Job for InboundSignalV1 {
+    const NAME: &'static str = "inbound_signal";
+    fn delivery(&self) -> &Delivery {
+        &self.0.delivery
+    }
+    fn delivery_mut(&mut self) -> &mut Delivery {
+        &mut self.0.delivery
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +93,13 @@ mod tests {
             "raw event bytes survive"
         );
         assert_eq!(InboundEventV1::NAME, "inbound_event");
+    }
+
+    #[test]
+    fn inbound_signal_v1_has_the_inbound_event_wire_form() {
+        let signal = InboundSignalV1(sample());
+        assert_eq!(serde_json::to_string(&signal).expect("serialize"), SNAPSHOT);
+        assert_eq!(InboundSignalV1::NAME, "inbound_signal");
     }
 
     #[test]

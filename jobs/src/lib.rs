@@ -15,7 +15,7 @@ mod tokens;
 
 pub use canary::{CanaryFailure, CanaryV1};
 pub use delivery::{DeadLetter, DeadReason, Delivery, dlq_key};
-pub use inbound::InboundEventV1;
+pub use inbound::{InboundEventV1, InboundSignalV1};
 pub use queue::{Job, JobQueue};
 pub use send::SendMessageV1;
 pub use tokens::{HousekeepingV1, RefreshTokenV1, TokenRefreshSweepV1};

@@ -81,6 +81,12 @@ impl EventKind {
             EventKind::Change => "change",
         }
     }
+
+    /// Whether answering the event may call the model: customer messages and postbacks. The
+    /// rest (echoes that confirm our sends, reads, reactions, deletions, …) are quick records.
+    pub fn needs_model(self) -> bool {
+        matches!(self, EventKind::Message | EventKind::Postback)
+    }
 }
 
 #[derive(Debug, Deserialize)]

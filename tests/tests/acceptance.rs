@@ -276,3 +276,51 @@ async fn one_merchant_never_sees_another_merchants_conversation() {
         .expect("count");
     assert!(r.n >= 2);
 }
+
+/// SPEC §5.3: a send whose answer was lost is confirmed by its echo. Echoes have a queue of their
+/// own, so a backlog of model calls on `inbound_event` longer than `ECHO_CONFIRM_SECS` does not
+/// hold the echo back until the part is sent a second time.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echo_confirms_a_lost_answer_even_behind_a_backlog_of_model_calls() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let s = Stack::start(StackConfig {
+        database_url: db.app_url(),
+        redis_url: redis.url(),
+        model: None,
+        worker_env: vec![
+            ("WORKER_CONCURRENCY", "2".into()),
+            ("META_HTTP_TIMEOUT_MS", "800".into()),
+            ("ECHO_CONFIRM_SECS", "2".into()),
+            ("JOB_BACKOFF_BASE_MS", "50".into()),
+            ("JOB_BACKOFF_MAX_MS", "200".into()),
+        ],
+    })
+    .await
+    .expect("stack");
+    shop(&s).await;
+    let llm = s.llm.as_ref().expect("fake model");
+    llm.set_reply(Some("Temos sim!".into()));
+    // Two model calls at a time, 1.5 s each: 14 messages are a 10 s backlog.
+    llm.set_latency(Duration::from_millis(1500));
+    // Meta takes the first send but its answer never comes back in time; its echo does.
+    s.fake
+        .fail_next(Endpoint::Messages, Failure::hang(Duration::from_secs(3)));
+    let customers: Vec<String> = (0..14).map(|i| format!("55500{i:02}")).collect();
+    for c in &customers {
+        assert_eq!(s.send_dm(c, "Tem o boné?").await.expect("dm"), 200);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while s.fake.sent_count() < customers.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Long enough for an unconfirmed part to be sent again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for c in &customers {
+        assert_eq!(s.replies_to(c), 1, "customer {c} got exactly one answer");
+    }
+    assert_eq!(
+        s.fake.requests_to(Endpoint::Messages).len(),
+        customers.len(),
+        "one Graph call per answer: the lost answer was confirmed by its echo"
+    );
+}

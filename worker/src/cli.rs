@@ -141,6 +141,7 @@ pub enum ConversationCommand {
 /// Job names whose dead letters the CLI knows (`webhook_invalid` holds unreadable webhooks).
 const DLQ_QUEUES: &[&str] = &[
     "inbound_event",
+    "inbound_signal",
     "send_message",
     "refresh_token",
     "token_refresh_sweep",

@@ -10,7 +10,8 @@ use anyhow::{Context as _, bail};
 use chrono::Utc;
 use igsales_config::{AppEnv, RedisSettings};
 use igsales_jobs::{
-    CanaryV1, DeadLetter, InboundEventV1, Job, JobQueue, RefreshTokenV1, SendMessageV1, dlq_key,
+    CanaryV1, DeadLetter, InboundEventV1, InboundSignalV1, Job, JobQueue, RefreshTokenV1,
+    SendMessageV1, dlq_key,
 };
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -19,6 +20,7 @@ use serde_json::Value;
 /// Queues whose dead letters can be pushed back.
 pub const REPLAYABLE: &[&str] = &[
     InboundEventV1::NAME,
+    InboundSignalV1::NAME,
     SendMessageV1::NAME,
     RefreshTokenV1::NAME,
     CanaryV1::NAME,
@@ -169,6 +171,7 @@ async fn push_back(conn: &ConnectionManager, queue: &str, payload: &Value) -> an
     }
     match queue {
         InboundEventV1::NAME => typed::<InboundEventV1>(conn, payload).await,
+        InboundSignalV1::NAME => typed::<InboundSignalV1>(conn, payload).await,
         SendMessageV1::NAME => typed::<SendMessageV1>(conn, payload).await,
         RefreshTokenV1::NAME => typed::<RefreshTokenV1>(conn, payload).await,
         CanaryV1::NAME => typed::<CanaryV1>(conn, payload).await,

@@ -171,9 +171,14 @@ impl Harness {
         m
     }
 
-    /// Every `inbound_event` job in this test's Redis database.
+    /// Every inbound job (both queues) in this test's Redis database.
     pub async fn jobs(&self) -> Vec<InboundEventV1> {
         jobs_in(&self.redis).await
+    }
+
+    /// The inbound jobs on one queue (`inbound_event` or `inbound_signal`).
+    pub async fn jobs_on(&self, queue: &str) -> Vec<InboundEventV1> {
+        jobs_on(&self.redis, queue).await
     }
 
     pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
@@ -182,9 +187,16 @@ impl Harness {
 }
 
 pub async fn jobs_in(redis: &TestRedis) -> Vec<InboundEventV1> {
+    let mut all = jobs_on(redis, "inbound_event").await;
+    all.extend(jobs_on(redis, "inbound_signal").await);
+    all
+}
+
+/// Both queues carry the same payload (`inbound_signal` is a transparent wrapper).
+pub async fn jobs_on(redis: &TestRedis, queue: &str) -> Vec<InboundEventV1> {
     let mut conn = redis.connection().await;
     let all: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg("inbound_event:data")
+        .arg(format!("{queue}:data"))
         .query_async(&mut conn)
         .await
         .expect("read jobs");

@@ -7,7 +7,8 @@
 //! record (UNIQUE `(merchant_id, event_id)`, marked processed) commit together. The sends are
 //! enqueued after the commit. A re-run of a processed event enqueues again only the parts that
 //! never started (a push that failed after the commit); the parts' own status makes a
-//! duplicate send job harmless. Other kinds record the event and act in one transaction.
+//! duplicate send job harmless. Other kinds (which the ingress puts on `inbound_signal`, away
+//! from the model's backlog) record the event and act in one transaction.
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use diesel_async::AsyncPgConnection;
@@ -127,7 +128,7 @@ async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
         at,
         now,
     };
-    if matches!(job.kind, EventKind::Message | EventKind::Postback) {
+    if job.kind.needs_model() {
         return on_message(shared, &ctx).await;
     }
     let takeover = ChronoDuration::from_std(shared.settings.human_takeover)

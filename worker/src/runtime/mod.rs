@@ -31,8 +31,8 @@ use chrono::Utc;
 use futures::future::BoxFuture;
 use igsales_config::AppEnv;
 use igsales_jobs::{
-    CanaryV1, HousekeepingV1, InboundEventV1, Job, JobQueue, RefreshTokenV1, SendMessageV1,
-    TokenRefreshSweepV1,
+    CanaryV1, HousekeepingV1, InboundEventV1, InboundSignalV1, Job, JobQueue, RefreshTokenV1,
+    SendMessageV1, TokenRefreshSweepV1,
 };
 use igsales_meta::{MetaClient, MetaClientConfig};
 use igsales_schema::{Db, Vault};
@@ -46,6 +46,7 @@ pub use self::settings::{RunArgs, RunSettings};
 /// Every queue a worker process serves.
 pub const QUEUES: &[&str] = &[
     InboundEventV1::NAME,
+    InboundSignalV1::NAME,
     SendMessageV1::NAME,
     RefreshTokenV1::NAME,
     TokenRefreshSweepV1::NAME,
@@ -316,6 +317,12 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         monitor,
         settings.max_attempts_inbound_event,
         |j, s| async move { crate::handlers::inbound::run(j, &s).await },
+    );
+    // Its own permits and fetch loop: echoes confirm sends however far the model is behind.
+    monitor = setup.queue(
+        monitor,
+        settings.max_attempts_inbound_event,
+        |j: InboundSignalV1, s| async move { crate::handlers::inbound::run(j.0, &s).await },
     );
     monitor = setup.queue(
         monitor,
