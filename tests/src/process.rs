@@ -13,10 +13,16 @@ impl Process {
     /// Starts `bin args` with exactly `env` (plus PATH) and waits until `port` accepts.
     pub fn start(bin: &str, args: &[&str], env: &[(&'static str, String)], port: u16) -> Process {
         let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .env_clear()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        // IGSALES_TEST_LOGS=1 shows the processes' logs when a test needs looking into.
+        let logs = std::env::var_os("IGSALES_TEST_LOGS").is_some();
+        let out = || {
+            if logs {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            }
+        };
+        cmd.args(args).env_clear().stdout(out()).stderr(out());
         if let Ok(path) = std::env::var("PATH") {
             cmd.env("PATH", path);
         }

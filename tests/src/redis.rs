@@ -115,6 +115,8 @@ impl Drop for TestRedis {
 pub struct PrivateRedis {
     pub port: u16,
     child: Option<std::process::Child>,
+    /// With AOF on (as in production), its data directory.
+    aof_dir: Option<std::path::PathBuf>,
 }
 
 impl PrivateRedis {
@@ -123,9 +125,43 @@ impl PrivateRedis {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
-        let mut r = PrivateRedis { port, child: None };
+        let mut r = PrivateRedis {
+            port,
+            child: None,
+            aof_dir: None,
+        };
         r.restart();
         r
+    }
+
+    /// A server with AOF on (`appendfsync everysec`), as production runs it: a graceful
+    /// restart keeps every acknowledged write.
+    pub fn start_persistent() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let dir = std::env::temp_dir().join(format!("igsales-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut r = PrivateRedis {
+            port,
+            child: None,
+            aof_dir: Some(dir),
+        };
+        r.restart();
+        r
+    }
+
+    /// Stops the server as an operator or orchestrator would (SIGTERM: it flushes its AOF),
+    /// then starts it again on the same port.
+    pub fn restart_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        self.restart();
     }
 
     pub fn url(&self) -> String {
@@ -134,9 +170,23 @@ impl PrivateRedis {
 
     /// Starts the server (again) on the same port and waits until it answers.
     pub fn restart(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        match &self.aof_dir {
+            Some(dir) => cmd
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                ])
+                .arg("--dir")
+                .arg(dir),
+            None => cmd.args(["--save", "", "--appendonly", "no"]),
+        };
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -171,5 +221,8 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.aof_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

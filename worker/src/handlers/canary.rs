@@ -33,7 +33,7 @@ pub async fn run(job: CanaryV1, shared: &Shared) -> Result<(), JobError> {
         .ignore()
         .query_async(&mut redis)
         .await
-        .map_err(JobError::retry)?;
+        .map_err(JobError::redis)?;
     if job.sleep_ms > 0 {
         tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
     }

@@ -103,7 +103,7 @@ pub async fn run(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
         .arg(ttl_ms)
         .query_async(&mut redis)
         .await
-        .map_err(JobError::retry)?;
+        .map_err(JobError::redis)?;
     if won.is_none() {
         return Err(JobError::Wait(
             std::time::Duration::from_millis(500),
@@ -616,5 +616,5 @@ async fn push_sends(
     JobQueue::<SendMessageV1>::new(shared.redis.clone())
         .push_all(sends)
         .await
-        .map_err(JobError::retry)
+        .map_err(JobError::enqueue)
 }

@@ -225,7 +225,7 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
         .gate
         .admit(merchant, "messages")
         .await
-        .map_err(JobError::retry)?
+        .map_err(JobError::redis)?
     {
         return Err(JobError::Wait(wait, "graph rate limit"));
     }
@@ -325,7 +325,7 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                         .gate
                         .pause(merchant, wait)
                         .await
-                        .map_err(JobError::retry)?;
+                        .map_err(JobError::redis)?;
                     Err(JobError::Wait(wait, "meta throttled the merchant"))
                 }
                 ErrorClass::Transient => {

@@ -75,6 +75,9 @@ struct Queue<J: Job> {
     permits: Arc<Semaphore>,
     handler: Handler<J>,
     shutdown: watch::Receiver<bool>,
+    /// Turns true when this worker was replaced by a restart: its jobs stop, since the dead
+    /// worker's in-flight set is recovered (and run again) elsewhere.
+    replaced: watch::Receiver<bool>,
 }
 
 impl<J: Job> Clone for Queue<J> {
@@ -85,6 +88,7 @@ impl<J: Job> Clone for Queue<J> {
             permits: self.permits.clone(),
             handler: self.handler.clone(),
             shutdown: self.shutdown.clone(),
+            replaced: self.replaced.clone(),
         }
     }
 }
@@ -106,10 +110,56 @@ async fn run_job<J: Job>(
     };
     let (handler, shared) = (queue.handler.clone(), queue.shared.clone());
     let call = Arc::new(move |j: J| handler(j, shared.clone()));
-    let result =
-        executor::execute(job, id.to_string(), &queue.policy, &ctx, Utc::now(), call).await;
+    let mut replaced = queue.replaced.clone();
+    let ended = async move {
+        if replaced.wait_for(|r| *r).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        r = executor::execute(job, id.to_string(), &queue.policy, &ctx, Utc::now(), call) => r,
+        () = ended => {
+            running.decrement(1.0);
+            tracing::warn!(job.name = J::NAME, job.id = %id, "the worker running this job was restarted; the job is stopped and runs again from the dead worker's in-flight set");
+            return Err("worker restarted".into());
+        }
+    };
     running.decrement(1.0);
     result.map(|_| ()).map_err(Into::into)
+}
+
+/// Restarts of each worker within the last `window`; a worker past `max` of them gives up.
+struct RestartBudget {
+    max: usize,
+    window: Duration,
+    seen: std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+}
+
+impl RestartBudget {
+    fn new(max: usize, window: Duration) -> Self {
+        RestartBudget {
+            max,
+            window,
+            seen: Default::default(),
+        }
+    }
+
+    /// Whether `worker` (its name without the restart count) may restart once more at `now`.
+    fn allow(&mut self, worker: &str, now: std::time::Instant) -> (bool, usize) {
+        let recent = self.seen.entry(worker.to_owned()).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            recent.pop_front();
+        }
+        if recent.len() < self.max {
+            recent.push_back(now);
+            (true, recent.len())
+        } else {
+            (false, recent.len())
+        }
+    }
 }
 
 fn hostname() -> String {
@@ -151,11 +201,26 @@ fn register<J: Job>(
     queue: Queue<J>,
     redis: ConnectionManager,
     boot: String,
+    faults: conn::Faults,
 ) -> Monitor {
+    let current: std::sync::Mutex<Option<watch::Sender<bool>>> = std::sync::Mutex::new(None);
     monitor.register(move |restarts| {
         let settings = &queue.shared.settings;
         let config = storage_config::<J>(settings);
-        let conn = conn::QueueConn::new(redis.clone(), &config);
+        // A new generation: the previous worker of this queue (if any) died; stop its jobs.
+        let (replaced_tx, replaced) = watch::channel(false);
+        if let Ok(mut slot) = current.lock()
+            && let Some(previous) = slot.replace(replaced_tx)
+        {
+            previous.send_replace(true);
+        }
+        let mut queue = queue.clone();
+        queue.replaced = replaced;
+        let retry = conn::Retry {
+            budget: settings.redis_retry,
+            orphan_timeout: settings.orphan_timeout,
+        };
+        let conn = conn::QueueConn::new(redis.clone(), &config, faults.clone(), retry);
         let storage: RedisStorage<J, conn::QueueConn> = RedisStorage::new(conn).with_config(config);
         let poll = poll::Gated::new(settings.poll_interval, queue.permits.clone());
         WorkerBuilder::new(worker_name(J::NAME, &boot, restarts))
@@ -163,7 +228,7 @@ fn register<J: Job>(
             .parallelize(tokio::spawn)
             // Above our own permit count so fetched jobs never wait in apalis's buffer.
             .concurrency(settings.concurrency + settings.prefetch)
-            .data(queue.clone())
+            .data(queue)
             .build(run_job::<J>)
     })
 }
@@ -218,6 +283,7 @@ struct Setup {
     redis: ConnectionManager,
     boot: String,
     shutdown: watch::Receiver<bool>,
+    faults: conn::Faults,
 }
 
 impl Setup {
@@ -243,8 +309,15 @@ impl Setup {
             permits: Arc::new(Semaphore::new(settings.concurrency)),
             handler: boxed(handler),
             shutdown: self.shutdown.clone(),
+            replaced: watch::channel(false).1,
         };
-        register(monitor, queue, self.redis.clone(), self.boot.clone())
+        register(
+            monitor,
+            queue,
+            self.redis.clone(),
+            self.boot.clone(),
+            self.faults.clone(),
+        )
     }
 }
 
@@ -311,6 +384,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         redis: redis.clone(),
         boot: boot.clone(),
         shutdown: stop_rx.clone(),
+        faults: conn::Faults::default(),
     };
     let mut monitor = Monitor::new();
     monitor = setup.queue(
@@ -370,7 +444,10 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     // process: a live process with a dead worker would look healthy and do nothing.
     let gave_up = Arc::new(AtomicBool::new(false));
     let restarts_seen = Arc::new(AtomicUsize::new(0));
-    let max_restarts = settings.max_restarts as usize;
+    let budget = std::sync::Mutex::new(RestartBudget::new(
+        settings.max_restarts as usize,
+        settings.restart_window,
+    ));
     let (fatal_tx, mut fatal_rx) = watch::channel(false);
     let monitor = {
         let gave_up = gave_up.clone();
@@ -379,11 +456,18 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
             .should_restart(move |ctx, err| {
                 restarts_seen.fetch_add(1, Ordering::SeqCst);
                 ::metrics::counter!(self::metrics::WORKER_RESTARTS).increment(1);
-                if ctx.restarts() < max_restarts {
-                    tracing::warn!(worker = ctx.name(), restarts = ctx.restarts(), error = %err, "worker died; restarting it");
+                // The name without its restart count: one budget per queue worker.
+                let name = ctx.name();
+                let worker = name.rsplit_once('-').map_or(name, |(w, _)| w);
+                let (allowed, recent) = budget
+                    .lock()
+                    .map(|mut b| b.allow(worker, std::time::Instant::now()))
+                    .unwrap_or((false, 0));
+                if allowed {
+                    tracing::warn!(worker = %name, restarts_in_window = recent, error = %err, "worker died; restarting it");
                     true
                 } else {
-                    tracing::error!(worker = ctx.name(), restarts = ctx.restarts(), error = %err, "worker keeps dying; stopping the process");
+                    tracing::error!(worker = %name, restarts_in_window = recent, error = %err, "worker keeps dying; stopping the process");
                     gave_up.store(true, Ordering::SeqCst);
                     let _ = fatal_tx.send(true);
                     false
@@ -404,7 +488,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let outcome = monitor.run_with_signal(signal).await;
     if gave_up.load(Ordering::SeqCst) {
         anyhow::bail!(
-            "a worker died {} time(s), more than WORKER_MAX_RESTARTS allows; exiting for a fresh start",
+            "a worker died {} time(s), more than WORKER_MAX_RESTARTS allows within WORKER_RESTART_WINDOW_SECS; exiting for a fresh start",
             restarts_seen.load(Ordering::SeqCst)
         );
     }
@@ -427,4 +511,42 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown signal received; finishing running jobs");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restart_budget_comes_back_after_a_healthy_window() {
+        let mut b = RestartBudget::new(2, Duration::from_secs(60));
+        let t0 = std::time::Instant::now();
+        assert_eq!(b.allow("inbound_event-h-1-ab", t0), (true, 1));
+        assert_eq!(
+            b.allow("inbound_event-h-1-ab", t0 + Duration::from_secs(1)),
+            (true, 2)
+        );
+        assert!(
+            !b.allow("inbound_event-h-1-ab", t0 + Duration::from_secs(2))
+                .0
+        );
+        // Another queue's worker has its own budget.
+        assert!(
+            b.allow("send_message-h-1-ab", t0 + Duration::from_secs(2))
+                .0
+        );
+        // A minute after the first restart, one slot is free again; after two, both.
+        assert!(
+            b.allow("inbound_event-h-1-ab", t0 + Duration::from_millis(60_500))
+                .0
+        );
+        assert!(
+            !b.allow("inbound_event-h-1-ab", t0 + Duration::from_millis(60_500))
+                .0
+        );
+        assert!(
+            b.allow("inbound_event-h-1-ab", t0 + Duration::from_secs(200))
+                .0
+        );
+    }
 }

@@ -29,6 +29,31 @@ impl JobError {
     pub fn permanent(e: impl Into<anyhow::Error>) -> Self {
         JobError::Dead(DeadReason::Permanent, e.into())
     }
+
+    /// Redis out of reach (restarting, stalled, failing over) is an outage to wait out, not a
+    /// failed attempt; any other Redis error is a retry.
+    pub fn redis(e: redis::RedisError) -> Self {
+        let code = e.code().unwrap_or("");
+        let outage = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || matches!(
+                code,
+                "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"
+            );
+        let e = anyhow::anyhow!("Redis: {}", igsales_jobs::redis_conn::describe(&e));
+        if outage {
+            JobError::Unavailable(e)
+        } else {
+            JobError::Retry(e)
+        }
+    }
+
+    /// A push Redis did not acknowledge: Redis is out of reach; wait it out.
+    pub fn enqueue(e: igsales_jobs::queue::EnqueueError) -> Self {
+        JobError::Unavailable(e.into())
+    }
 }
 
 /// Exponential backoff with full jitter: a uniform pick in `[0, min(max, base·2^(n-1))]` for
@@ -63,5 +88,15 @@ mod tests {
         assert_eq!(backoff(base, max, 3, 0.5), Duration::from_millis(200));
         let r = unit_random();
         assert!((0.0..1.0).contains(&r));
+    }
+
+    #[test]
+    fn redis_out_of_reach_waits_without_an_attempt() {
+        let refused: redis::RedisError =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into();
+        assert!(matches!(JobError::redis(refused), JobError::Unavailable(_)));
+        let typed: redis::RedisError =
+            (redis::ErrorKind::UnexpectedReturnType, "not a number").into();
+        assert!(matches!(JobError::redis(typed), JobError::Retry(_)));
     }
 }

@@ -185,6 +185,24 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     worker_max_restarts: String,
+    /// Restarts older than this no longer count against `WORKER_MAX_RESTARTS`: a worker that
+    /// has been healthy this long starts with a fresh budget.
+    #[arg(
+        long,
+        env = "WORKER_RESTART_WINDOW_SECS",
+        default_value = "600",
+        hide_env_values = true
+    )]
+    worker_restart_window_secs: String,
+    /// How long a queue's own Redis calls (heartbeat, fetch, ack) are retried in place through a
+    /// Redis restart, stall or failover before the worker gives up and restarts.
+    #[arg(
+        long,
+        env = "WORKER_REDIS_RETRY_SECS",
+        default_value = "60",
+        hide_env_values = true
+    )]
+    worker_redis_retry_secs: String,
     /// Six-field cron (with seconds), UTC.
     #[arg(
         long,
@@ -283,6 +301,8 @@ pub struct RunSettings {
     pub poll_interval: Duration,
     pub shutdown_timeout: Duration,
     pub max_restarts: u32,
+    pub restart_window: Duration,
+    pub redis_retry: Duration,
     pub token_refresh_cron: String,
     pub token_refresh_window: Duration,
     pub housekeeping_cron: String,
@@ -467,6 +487,20 @@ impl RunArgs {
             "an integer 0–100",
             int(0u32, 100),
         );
+        let restart_window = c.duration(
+            "WORKER_RESTART_WINDOW_SECS",
+            &self.worker_restart_window_secs,
+            Unit::Secs,
+            1,
+            86_400,
+        );
+        let redis_retry = c.duration(
+            "WORKER_REDIS_RETRY_SECS",
+            &self.worker_redis_retry_secs,
+            Unit::Secs,
+            1,
+            3600,
+        );
         let token_cron = c.value(
             "TOKEN_REFRESH_CRON",
             &self.token_refresh_cron,
@@ -555,6 +589,8 @@ impl RunArgs {
             poll_interval: poll?,
             shutdown_timeout: shutdown?,
             max_restarts: restarts?,
+            restart_window: restart_window?,
+            redis_retry: redis_retry?,
             token_refresh_cron: token_cron?,
             token_refresh_window: window?,
             housekeeping_cron: housekeeping_cron?,
