@@ -2,6 +2,7 @@
 //! real binaries, the fake Meta and fake LLM servers, the whole stack. The end-to-end tests
 //! themselves live in `tests/tests/`.
 
+pub mod chaos;
 pub mod cli;
 pub mod db;
 pub mod fake_llm;

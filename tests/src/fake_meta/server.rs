@@ -235,10 +235,21 @@ async fn handle(
                         now_ms(),
                     )],
                 )]);
-            let _ = tokio::task::spawn_blocking(move || {
-                crate::fake_meta::webhook::deliver(&url, &secret, &body)
-            })
-            .await;
+            // Meta retries a delivery that is not answered 200, with backoff.
+            let mut pause = Duration::from_millis(200);
+            for _ in 0..15 {
+                let (u, s, b) = (url.clone(), secret.clone(), body.clone());
+                let status = tokio::task::spawn_blocking(move || {
+                    crate::fake_meta::webhook::deliver(&u, &s, &b).0
+                })
+                .await
+                .unwrap_or(0);
+                if status == 200 {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
         });
     }
     // The work is done before the wait, as when Meta acts on a request whose answer is late.

@@ -89,15 +89,25 @@ fn when(job: &InboundEventV1, ev: &Event) -> DateTime<Utc> {
         .unwrap_or(job.received_at)
 }
 
+/// Extends the lease while it is still ours (a compare on the run's token).
+const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+/// Frees the lease if it is still ours.
+const RELEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
 /// Two runs of one event at once (a duplicate delivery raced the first) would both ask the
-/// model: a short lease in Redis makes the second wait and then find the event processed.
+/// model: a short lease in Redis makes the second wait and then find the event processed. The
+/// lease is short and renewed while its run lives, so a run killed with its process holds the
+/// event back for one lease period, not for a whole job timeout.
 pub async fn run(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
     let lease = format!("lease:inbound_event:{}:{}", job.merchant_id, job.event_id);
     let mut redis = shared.redis.clone();
-    let ttl_ms = shared.settings.job_timeout.as_millis().max(1000) as u64;
+    let ttl = (shared.settings.orphan_timeout / 3).max(std::time::Duration::from_secs(1));
+    let ttl_ms = ttl.as_millis() as u64;
+    let token = uuid::Uuid::new_v4().to_string();
     let won: Option<String> = redis::cmd("SET")
         .arg(&lease)
-        .arg(1)
+        .arg(&token)
         .arg("NX")
         .arg("PX")
         .arg(ttl_ms)
@@ -110,8 +120,28 @@ pub async fn run(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
             "event is being handled by another run",
         ));
     }
-    let result = handle(job, shared).await;
-    let _: Result<(), _> = redis::cmd("DEL").arg(&lease).query_async(&mut redis).await;
+    let renew = async {
+        let script = redis::Script::new(RENEW);
+        let mut conn = shared.redis.clone();
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            let _: redis::RedisResult<i64> = script
+                .key(&lease)
+                .arg(&token)
+                .arg(ttl_ms)
+                .invoke_async(&mut conn)
+                .await;
+        }
+    };
+    let result = tokio::select! {
+        r = handle(job, shared) => r,
+        () = renew => unreachable!("the renewal loop never ends"),
+    };
+    let _: redis::RedisResult<i64> = redis::Script::new(RELEASE)
+        .key(&lease)
+        .arg(&token)
+        .invoke_async(&mut redis)
+        .await;
     result
 }
 
