@@ -211,24 +211,32 @@ struct Procs {
 }
 
 impl Procs {
-    fn start_worker(&self) -> Process {
-        let mut env = self.worker_env.clone();
-        let port = free_port();
-        env.retain(|(k, _)| *k != "METRICS_PORT");
-        env.push(("METRICS_PORT", port.to_string()));
-        Process::start(
-            &self.bins.join("worker").display().to_string(),
-            &["run"],
-            &env,
-            port,
-        )
+    /// Starts a worker, again and again until it stays up (it exits at start while Postgres
+    /// is out of reach), as an orchestrator would.
+    async fn start_worker(&self) -> Process {
+        loop {
+            let mut env = self.worker_env.clone();
+            let port = free_port();
+            env.retain(|(k, _)| *k != "METRICS_PORT");
+            env.push(("METRICS_PORT", port.to_string()));
+            let bin = self.bins.join("worker").display().to_string();
+            let started =
+                tokio::task::spawn_blocking(move || Process::try_start(&bin, &["run"], &env, port))
+                    .await
+                    .ok()
+                    .flatten();
+            if let Some(p) = started {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// `kill -9` of worker `i`, restarted at once.
-    fn kill(&mut self, i: usize) {
+    async fn kill(&mut self, i: usize) {
         self.workers[i].signal("-KILL");
         let _ = self.workers[i].child.wait();
-        self.workers[i] = self.start_worker();
+        self.workers[i] = self.start_worker().await;
     }
 
     fn dead(&mut self) -> Option<usize> {
@@ -363,8 +371,10 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         worker_env,
         workers: Vec::new(),
     };
-    procs.workers.push(procs.start_worker());
-    procs.workers.push(procs.start_worker());
+    let first = procs.start_worker().await;
+    procs.workers.push(first);
+    let second = procs.start_worker().await;
+    procs.workers.push(second);
 
     // The DMs: one per customer, delivered Meta-style (retried until 200, some twice at once).
     let acknowledged = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
@@ -511,7 +521,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
             "pg_outage" => pg_proxy.cut(),
             "pg_outage_end" => pg_proxy.restore().await,
             "kill" => {
-                procs.kill(kills % 2);
+                procs.kill(kills % 2).await;
                 kills += 1;
             }
             _ => {}

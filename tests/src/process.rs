@@ -45,6 +45,17 @@ impl Process {
         p
     }
 
+    /// [`Process::start`], but `None` when the process exits before it is ready (a dependency
+    /// it checks at start is down): the caller retries, as an orchestrator would.
+    pub fn try_start(
+        bin: &str,
+        args: &[&str],
+        env: &[(&'static str, String)],
+        port: u16,
+    ) -> Option<Process> {
+        std::panic::catch_unwind(|| Process::start(bin, args, env, port)).ok()
+    }
+
     pub fn ready(&self) -> bool {
         std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
     }
