@@ -80,6 +80,15 @@ pub async fn connect(
     Ok(conn)
 }
 
+/// Redis refused the command without running it, for now: loading its data after a restart, a
+/// script hogging it, a replica or a primary mid-failover.
+pub fn refused_for_now(e: &redis::RedisError) -> bool {
+    matches!(
+        e.code(),
+        Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN")
+    )
+}
+
 /// A Redis error without anything that could carry the URL or its password.
 pub fn describe(e: &redis::RedisError) -> String {
     if e.is_connection_refusal() {

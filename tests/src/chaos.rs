@@ -10,17 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chrono::Utc;
-use diesel_async::AsyncPgConnection;
-use igsales_config::{DbSettings, PgUrl, Secret, parse_key_ring};
-use igsales_schema::accounts::{self, Connection};
-use igsales_schema::products::Product;
-use igsales_schema::{Db, DbError, MerchantId, Vault, merchants, products};
+use igsales_config::{DbSettings, PgUrl, parse_key_ring};
+use igsales_schema::{Db, Vault};
 use tokio::sync::Semaphore;
 
 use crate::cli::key_entry;
 use crate::fake_llm::{FakeLlm, FakeLlmConfig};
-use crate::fake_meta::{Endpoint, Failure, FakeAccount, FakeMeta, FakeMetaConfig, webhook as wh};
+use crate::fake_meta::{Endpoint, Failure, FakeMeta, FakeMetaConfig, webhook as wh};
 use crate::process::{Process, free_port};
 use crate::proxy::{Proxy, target, through};
 use crate::redis::PrivateRedis;
@@ -142,59 +138,6 @@ impl Rng {
     }
 }
 
-async fn seed(db: &Db, fake: &FakeMeta, n: usize) -> anyhow::Result<Vec<String>> {
-    let vault = Vault::new(&parse_key_ring(&key_entry(1, 7)).map_err(anyhow::Error::msg)?);
-    let mut pages = Vec::new();
-    for i in 0..n {
-        let page = format!("178415{:011}", now_ms() % 1_000_000 * 100 + i as i64);
-        let account = FakeAccount {
-            user_id: page.clone(),
-            app_scoped_id: format!("2{i}"),
-            username: format!("chaos{i}"),
-        };
-        let token = fake.issue_long_lived_token(&account);
-        let m = MerchantId::new_random();
-        let v = &vault;
-        db.as_merchant(m, async |c: &AsyncPgConnection| {
-            merchants::create(c, m, &format!("Chaos shop {i}"), None)
-                .await
-                .map_err(DbError::from)?;
-            let catalog: Vec<Product> = (0..5)
-                .map(|n| Product {
-                    sku: format!("SKU-{n}"),
-                    name: format!("Product {n}"),
-                    description: "cotton".into(),
-                    price: "19.90".parse().expect("decimal"),
-                    currency: Some("BRL".into()),
-                    stock: Some(10),
-                    url: None,
-                    image_url: None,
-                })
-                .collect();
-            products::upsert(c, m, &catalog, |_| {})
-                .await
-                .map_err(DbError::from)?;
-            accounts::connect(
-                c,
-                v,
-                m,
-                &Connection {
-                    instagram_page_id: &page,
-                    instagram_user_id: None,
-                    username: "chaos",
-                    token: &Secret::new(token),
-                    expires_at: Utc::now() + chrono::Duration::days(50),
-                },
-            )
-            .await
-            .map_err(|e| DbError::Connect(e.to_string()))
-        })
-        .await?;
-        pages.push(page);
-    }
-    Ok(pages)
-}
-
 /// A reply long enough to be two parts (≤ 1000 bytes each), with no prices to check.
 fn standing_reply() -> String {
     let mut s = String::from("Olá! Temos sim, e com muito prazer. ");
@@ -222,10 +165,8 @@ impl Procs {
             let bin = self.bins.join("worker").display().to_string();
             let started =
                 tokio::task::spawn_blocking(move || Process::try_start(&bin, &["run"], &env, port))
-                    .await
-                    .ok()
-                    .flatten();
-            if let Some(p) = started {
+                    .await;
+            if let Ok(Ok(p)) = started {
                 return p;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -300,7 +241,12 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         connect_timeout: Duration::from_secs(5),
     })
     .await?;
-    let pages = seed(&db, &fake, cfg.accounts).await?;
+    let vault = Vault::new(&parse_key_ring(&key_entry(1, 7)).map_err(anyhow::Error::msg)?);
+    let pages: Vec<String> = crate::shops::connected(&db, &vault, &fake, cfg.accounts, 5, "178415")
+        .await?
+        .into_iter()
+        .map(|(_, page)| page)
+        .collect();
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -651,17 +597,13 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
             .entry((m.recipient_id.clone(), m.text.clone().unwrap_or_default()))
             .or_default() += 1;
     }
-    let parts_per_reply = {
-        let mut by_customer: HashMap<&str, usize> = HashMap::new();
-        for (c, _) in per_part.keys() {
-            *by_customer.entry(c.as_str()).or_default() += 1;
-        }
-        by_customer.values().copied().max().unwrap_or(1)
-    };
+    // Distinct parts each customer got; every reply is the same text, so the most any
+    // customer got is a whole reply.
     let mut parts_of: HashMap<String, usize> = HashMap::new();
     for (c, _) in per_part.keys() {
         *parts_of.entry(c.clone()).or_default() += 1;
     }
+    let parts_per_reply = parts_of.values().copied().max().unwrap_or(1);
     let mut dlq = HashMap::new();
     let mut dead_customers = HashSet::new();
     for q in [

@@ -11,6 +11,7 @@ pub mod process;
 pub mod proxy;
 pub mod redis;
 mod served;
+pub mod shops;
 pub mod stack;
 pub mod worker_env;
 

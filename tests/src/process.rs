@@ -12,6 +12,17 @@ pub struct Process {
 impl Process {
     /// Starts `bin args` with exactly `env` (plus PATH) and waits until `port` accepts.
     pub fn start(bin: &str, args: &[&str], env: &[(&'static str, String)], port: u16) -> Process {
+        Process::try_start(bin, args, env, port).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Process::start`], but an error when the process exits before it is ready (a
+    /// dependency it checks at start is down): the caller may retry, as an orchestrator would.
+    pub fn try_start(
+        bin: &str,
+        args: &[&str],
+        env: &[(&'static str, String)],
+        port: u16,
+    ) -> Result<Process, String> {
         let mut cmd = Command::new(bin);
         // IGSALES_TEST_LOGS=1 shows the processes' logs when a test needs looking into.
         let logs = std::env::var_os("IGSALES_TEST_LOGS").is_some();
@@ -35,25 +46,13 @@ impl Process {
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         while !p.ready() {
-            assert!(
-                p.child.try_wait().expect("poll").is_none(),
-                "{bin} exited at start"
-            );
+            if p.child.try_wait().expect("poll").is_some() {
+                return Err(format!("{bin} exited at start"));
+            }
             assert!(Instant::now() < deadline, "{bin} did not become ready");
             std::thread::sleep(Duration::from_millis(50));
         }
-        p
-    }
-
-    /// [`Process::start`], but `None` when the process exits before it is ready (a dependency
-    /// it checks at start is down): the caller retries, as an orchestrator would.
-    pub fn try_start(
-        bin: &str,
-        args: &[&str],
-        env: &[(&'static str, String)],
-        port: u16,
-    ) -> Option<Process> {
-        std::panic::catch_unwind(|| Process::start(bin, args, env, port)).ok()
+        Ok(p)
     }
 
     pub fn ready(&self) -> bool {

@@ -13,17 +13,25 @@ use igsales_tests::{PrivateRedis, TestDb, TestRedis};
 const CUSTOMER: &str = "1177009998887776";
 
 async fn stack(db: &TestDb, redis_url: String) -> Stack {
+    stack_with(db, redis_url, vec![]).await
+}
+
+/// The suite's stack with `extra` worker settings on top of its short waits.
+async fn stack_with(db: &TestDb, redis_url: String, extra: Vec<(&'static str, String)>) -> Stack {
+    let mut worker_env = vec![
+        ("GRAPH_THROTTLE_WAIT_SECS", "1".into()),
+        ("GRAPH_MAX_PAUSE_SECS", "1".into()),
+        ("JOB_BACKOFF_BASE_MS", "50".into()),
+        ("JOB_BACKOFF_MAX_MS", "200".into()),
+        ("ECHO_CONFIRM_SECS", "2".into()),
+    ];
+    worker_env.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+    worker_env.extend(extra);
     Stack::start(StackConfig {
         database_url: db.app_url(),
         redis_url,
         model: None,
-        worker_env: vec![
-            ("GRAPH_THROTTLE_WAIT_SECS", "1".into()),
-            ("GRAPH_MAX_PAUSE_SECS", "1".into()),
-            ("JOB_BACKOFF_BASE_MS", "50".into()),
-            ("JOB_BACKOFF_MAX_MS", "200".into()),
-            ("ECHO_CONFIRM_SECS", "2".into()),
-        ],
+        worker_env,
     })
     .await
     .expect("stack")
@@ -283,20 +291,15 @@ async fn one_merchant_never_sees_another_merchants_conversation() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_echo_confirms_a_lost_answer_even_behind_a_backlog_of_model_calls() {
     let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
-    let s = Stack::start(StackConfig {
-        database_url: db.app_url(),
-        redis_url: redis.url(),
-        model: None,
-        worker_env: vec![
+    let s = stack_with(
+        &db,
+        redis.url(),
+        vec![
             ("WORKER_CONCURRENCY", "2".into()),
             ("META_HTTP_TIMEOUT_MS", "800".into()),
-            ("ECHO_CONFIRM_SECS", "2".into()),
-            ("JOB_BACKOFF_BASE_MS", "50".into()),
-            ("JOB_BACKOFF_MAX_MS", "200".into()),
         ],
-    })
-    .await
-    .expect("stack");
+    )
+    .await;
     shop(&s).await;
     let llm = s.llm.as_ref().expect("fake model");
     llm.set_reply(Some("Temos sim!".into()));

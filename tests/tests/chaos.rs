@@ -31,13 +31,15 @@ async fn a_kill_and_a_redis_restart_under_load_send_nothing_twice_and_lose_nothi
     .await
     .expect("chaos run");
     eprintln!("{}\n{}", report.line(), report.breakdown());
-    assert!(
-        report.acknowledged == report.dms,
+    assert_eq!(
+        report.acknowledged, report.dms,
         "every DM was acknowledged in the end"
     );
     assert_eq!(report.duplicate_sends, 0, "{}", report.line());
     assert_eq!(report.lost, 0, "{}", report.line());
     assert_eq!(report.answered, report.dms, "{}", report.line());
+    // The standing reply is two parts: every customer got both, once.
+    assert_eq!(report.sent_parts, 2 * report.dms, "{}", report.line());
     assert_eq!(report.dlq_total(), 0, "{}", report.breakdown());
     let kills = report
         .faults

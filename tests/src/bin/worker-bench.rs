@@ -11,16 +11,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use clap::Parser;
-use diesel_async::AsyncPgConnection;
-use igsales_config::{DbSettings, PgUrl, Secret, parse_key_ring};
+use igsales_config::{DbSettings, PgUrl, parse_key_ring};
 use igsales_jobs::{CanaryV1, InboundEventV1, JobQueue};
 use igsales_meta::webhook::EventKind;
-use igsales_schema::accounts::{self, Connection};
-use igsales_schema::products::Product;
-use igsales_schema::{Db, DbError, MerchantId, Vault, merchants, products};
+use igsales_schema::{Db, Vault};
 use igsales_tests::cli::key_entry;
 use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig};
-use igsales_tests::fake_meta::{FakeAccount, FakeMeta, FakeMetaConfig, webhook as wh};
+use igsales_tests::fake_meta::{FakeMeta, FakeMetaConfig, webhook as wh};
 use igsales_tests::process::free_port;
 use igsales_tests::worker_env;
 
@@ -193,54 +190,8 @@ async fn pipeline(args: &Args) -> anyhow::Result<()> {
     })
     .await?;
     let vault = Vault::new(&parse_key_ring(&key_entry(1, 1)).map_err(anyhow::Error::msg)?);
-    let mut accounts_made = Vec::new();
-    for i in 0..args.accounts {
-        let page = format!("178414{:011}", now_ms() % 1_000_000 * 100 + i as i64);
-        let account = FakeAccount {
-            user_id: page.clone(),
-            app_scoped_id: "1".into(),
-            username: format!("shop{i}"),
-        };
-        let token = fake.issue_long_lived_token(&account);
-        let m = MerchantId::new_random();
-        let v = &vault;
-        db.as_merchant(m, async |c: &AsyncPgConnection| {
-            merchants::create(c, m, &format!("Shop {i}"), None)
-                .await
-                .map_err(DbError::from)?;
-            let catalog: Vec<Product> = (0..30)
-                .map(|n| Product {
-                    sku: format!("SKU-{n}"),
-                    name: format!("Product {n}"),
-                    description: "cotton".into(),
-                    price: "19.90".parse().expect("decimal"),
-                    currency: Some("BRL".into()),
-                    stock: Some(n),
-                    url: None,
-                    image_url: None,
-                })
-                .collect();
-            products::upsert(c, m, &catalog, |_| {})
-                .await
-                .map_err(DbError::from)?;
-            accounts::connect(
-                c,
-                v,
-                m,
-                &Connection {
-                    instagram_page_id: &page,
-                    instagram_user_id: None,
-                    username: "shop",
-                    token: &Secret::new(token),
-                    expires_at: Utc::now() + chrono::Duration::days(50),
-                },
-            )
-            .await
-            .map_err(|e| DbError::Connect(e.to_string()))
-        })
-        .await?;
-        accounts_made.push((m, page));
-    }
+    let accounts_made =
+        igsales_tests::shops::connected(&db, &vault, &fake, args.accounts, 30, "178414").await?;
     let env = bench_env(args, &fake.base_url(), &llm.base_url());
     let worker = worker_env::start(&args.worker_bin, &env);
     let queue = JobQueue::<InboundEventV1>::new(redis(&args.redis_url).await?);

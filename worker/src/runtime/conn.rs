@@ -166,11 +166,7 @@ fn classify_error(e: &RedisError) -> Fault {
     }
     // Refused before running: loading after a restart, a script hogging the server, a replica
     // during failover.
-    let code = e.code().unwrap_or("");
-    if matches!(
-        code,
-        "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"
-    ) {
+    if igsales_jobs::redis_conn::refused_for_now(e) {
         return Fault::NotRun;
     }
     Fault::Final
@@ -266,13 +262,13 @@ impl QueueConn {
             b"7" if key(0) == k.workers.as_bytes() && key(1) == k.active.as_bytes() => Call::Fetch,
             b"1" if key(0) == k.workers.as_bytes() => Call::KeepAlive,
             b"2" if key(0) == k.workers.as_bytes() => Call::Register,
-            // Four keys and one argument (the cut-off) reaps every stale worker.
-            b"4" if key(0) == k.workers.as_bytes() && key(3) == k.inflight_prefix.as_bytes() => {
-                if argc == 5 {
-                    Call::ReapOthers
-                } else {
-                    Call::Other
-                }
+            // Four keys and one argument (the cut-off) reaps every stale worker; with a second
+            // (a name) it is the registration's look at one worker only.
+            b"4" if key(0) == k.workers.as_bytes()
+                && key(3) == k.inflight_prefix.as_bytes()
+                && argc == 5 =>
+            {
+                Call::ReapOthers
             }
             b"5" if key(1) == k.done.as_bytes() => Call::Ack,
             b"5" if key(1) == k.active.as_bytes() => Call::Release,
@@ -333,6 +329,15 @@ impl QueueConn {
         Ok(())
     }
 
+    /// Tasks apalis no longer holds (acked or handed back).
+    fn forget<'b>(&self, ids: impl Iterator<Item = &'b [u8]>) {
+        if let Ok(mut held) = self.ledger.held.lock() {
+            for id in ids {
+                held.remove(&text(id));
+            }
+        }
+    }
+
     async fn register_again(&mut self, worker: &[u8]) -> RedisResult<()> {
         tracing::warn!(worker = %text(worker), "Redis lost this worker's registration; registering it again");
         redis::cmd("ZADD")
@@ -364,9 +369,7 @@ impl QueueConn {
                 Err(e) if classify_error(&e) == Fault::NotInFlight => {}
                 Err(e) => return Err(e),
             }
-            if let (Some(id), Ok(mut held)) = (group.first(), self.ledger.held.lock()) {
-                held.remove(&text(id));
-            }
+            self.forget(group.first().into_iter().copied());
         }
         Ok(Value::Int(acked))
     }
@@ -457,17 +460,8 @@ impl QueueConn {
             }
             Call::Ack => match self.with_retries(call, cmd).await {
                 Ok(v) => {
-                    if let Ok(mut held) = self.ledger.held.lock() {
-                        for group in a
-                            .get(3 + ACK_KEYS + 1..)
-                            .unwrap_or_default()
-                            .chunks(ACK_GROUP)
-                        {
-                            if let Some(id) = group.first() {
-                                held.remove(&text(id));
-                            }
-                        }
-                    }
+                    let groups = a.get(3 + ACK_KEYS + 1..).unwrap_or_default();
+                    self.forget(groups.chunks(ACK_GROUP).filter_map(|g| g.first().copied()));
                     Ok(v)
                 }
                 Err(e) if classify_error(&e) == Fault::NotInFlight => self.ack_each(&a).await,
@@ -475,15 +469,14 @@ impl QueueConn {
             },
             Call::Release => {
                 let v = self.with_retries(call, cmd).await?;
-                if let Ok(mut held) = self.ledger.held.lock() {
-                    match a.get(3 + 5 + 2..) {
-                        Some(ids) if !ids.is_empty() => {
-                            for id in ids {
-                                held.remove(&text(id));
-                            }
+                match a.get(3 + 5 + 2..) {
+                    // No ids: every task this worker held went back.
+                    Some([]) | None => {
+                        if let Ok(mut held) = self.ledger.held.lock() {
+                            held.clear();
                         }
-                        _ => held.clear(),
                     }
+                    Some(ids) => self.forget(ids.iter().copied()),
                 }
                 Ok(v)
             }

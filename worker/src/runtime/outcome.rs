@@ -33,15 +33,11 @@ impl JobError {
     /// Redis out of reach (restarting, stalled, failing over) is an outage to wait out, not a
     /// failed attempt; any other Redis error is a retry.
     pub fn redis(e: redis::RedisError) -> Self {
-        let code = e.code().unwrap_or("");
         let outage = e.is_io_error()
             || e.is_timeout()
             || e.is_connection_refusal()
             || e.is_connection_dropped()
-            || matches!(
-                code,
-                "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"
-            );
+            || igsales_jobs::redis_conn::refused_for_now(&e);
         let e = anyhow::anyhow!("Redis: {}", igsales_jobs::redis_conn::describe(&e));
         if outage {
             JobError::Unavailable(e)
