@@ -150,38 +150,66 @@ fn standing_reply() -> String {
 struct Procs {
     bins: PathBuf,
     worker_env: Vec<(&'static str, String)>,
-    workers: Vec<Process>,
+    /// `None`: killed, or exited at start while Postgres was out of reach; started again by
+    /// [`Procs::revive`], as an orchestrator would, without holding up the fault schedule.
+    workers: Vec<Option<Process>>,
 }
 
 impl Procs {
-    /// Starts a worker, again and again until it stays up (it exits at start while Postgres
-    /// is out of reach), as an orchestrator would.
-    async fn start_worker(&self) -> Process {
-        loop {
-            let mut env = self.worker_env.clone();
-            let port = free_port();
-            env.retain(|(k, _)| *k != "METRICS_PORT");
-            env.push(("METRICS_PORT", port.to_string()));
-            let bin = self.bins.join("worker").display().to_string();
-            let started =
-                tokio::task::spawn_blocking(move || Process::try_start(&bin, &["run"], &env, port))
-                    .await;
-            if let Ok(Ok(p)) = started {
-                return p;
+    /// One attempt at starting a worker (it exits at start while Postgres is out of reach).
+    async fn start_worker(&self) -> Option<Process> {
+        let mut env = self.worker_env.clone();
+        let port = free_port();
+        env.retain(|(k, _)| *k != "METRICS_PORT");
+        env.push(("METRICS_PORT", port.to_string()));
+        let bin = self.bins.join("worker").display().to_string();
+        tokio::task::spawn_blocking(move || Process::try_start(&bin, &["run"], &env, port))
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// Starts every worker that is not running, once each.
+    async fn revive(&mut self) {
+        for i in 0..self.workers.len() {
+            if self.workers[i].is_none() {
+                self.workers[i] = self.start_worker().await;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
-    /// `kill -9` of worker `i`, restarted at once.
-    async fn kill(&mut self, i: usize) {
-        self.workers[i].signal("-KILL");
-        let _ = self.workers[i].child.wait();
-        self.workers[i] = self.start_worker().await;
+    /// Sleeps until `until`, restarting missing workers about every 500 ms meanwhile.
+    async fn wait_until(&mut self, until: Instant) {
+        loop {
+            self.revive().await;
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            tokio::time::sleep((until - now).min(Duration::from_millis(500))).await;
+        }
     }
 
+    /// `kill -9` of worker `i`, restarted at once if it can start.
+    async fn kill(&mut self, i: usize) {
+        if let Some(mut w) = self.workers[i].take() {
+            w.signal("-KILL");
+            let _ = w.child.wait();
+        }
+        self.revive().await;
+    }
+
+    /// A running worker that exited by itself.
     fn dead(&mut self) -> Option<usize> {
-        (0..self.workers.len()).find(|&i| self.workers[i].exited().is_some())
+        (0..self.workers.len()).find(|&i| {
+            self.workers[i]
+                .as_mut()
+                .is_some_and(|w| w.exited().is_some())
+        })
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Process> {
+        self.workers.iter().flatten()
     }
 }
 
@@ -317,16 +345,21 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         worker_env,
         workers: Vec::new(),
     };
-    let first = procs.start_worker().await;
-    procs.workers.push(first);
-    let second = procs.start_worker().await;
-    procs.workers.push(second);
+    procs.workers = vec![None, None];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while procs.running().count() < 2 {
+        anyhow::ensure!(Instant::now() < deadline, "the workers did not start");
+        procs
+            .wait_until(Instant::now() + Duration::from_millis(200))
+            .await;
+    }
 
     // The DMs: one per customer, delivered Meta-style (retried until 200, some twice at once).
     let acknowledged = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
     let retries = Arc::new(AtomicUsize::new(0));
     let permits = Arc::new(Semaphore::new(64));
     let started = Instant::now();
+    let started_ms = now_ms();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let duplicated;
     let gap = cfg.send_for.as_secs_f64() / cfg.dms.max(1) as f64;
@@ -445,7 +478,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         .await?;
     let mut kills = 0usize;
     for (at, what) in events {
-        tokio::time::sleep_until((started + at).into()).await;
+        procs.wait_until(started + at).await;
         let before = fake.sent_count();
         match what {
             "redis_stall" => {
@@ -475,20 +508,29 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         if !what.ends_with("_end") {
             *counts.entry(what).or_default() += 1;
         }
-        // Recovery: until sends flow again (for faults that stop them).
+        // Recovery: until sends flow again (for faults that stop them), watched beside the
+        // schedule so the next fault comes on time.
         if matches!(
             what,
             "redis_stall_end" | "redis_restart" | "pg_outage_end" | "kill"
         ) {
-            let t = Instant::now();
-            while fake.sent_count() <= before && t.elapsed() < Duration::from_secs(60) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            recoveries.push((what.trim_end_matches("_end").to_owned(), t.elapsed()));
+            let fake = fake.clone();
+            recoveries.push(tokio::spawn(async move {
+                let t = Instant::now();
+                while fake.sent_count() <= before && t.elapsed() < Duration::from_secs(60) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (what.trim_end_matches("_end").to_owned(), t.elapsed())
+            }));
         }
         if let Some(i) = procs.dead() {
             anyhow::bail!("worker {i} exited by itself during the run");
         }
+    }
+    while !sender.is_finished() {
+        procs
+            .wait_until(Instant::now() + Duration::from_millis(200))
+            .await;
     }
     let _ = sender.await;
     let send_secs = started.elapsed().as_secs_f64();
@@ -520,7 +562,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         }
         if Instant::now() > deadline {
             eprintln!("chaos: not drained: {pending} jobs left, {unanswered} DMs unanswered");
-            for w in &procs.workers {
+            for w in procs.running() {
                 let url = format!("http://127.0.0.1:{}/metrics", w.port);
                 let text = tokio::task::spawn_blocking(move || {
                     ureq::get(&url)
@@ -585,9 +627,17 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
             }
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        procs
+            .wait_until(Instant::now() + Duration::from_millis(200))
+            .await;
     }
     let drained_after = started.elapsed();
+    let mut recovered = Vec::new();
+    for r in recoveries {
+        if let Ok(took) = r.await {
+            recovered.push(took);
+        }
+    }
 
     // Count.
     let sent = fake.sent_messages();
@@ -599,6 +649,19 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
     }
     // Distinct parts each customer got; every reply is the same text, so the most any
     // customer got is a whole reply.
+    for ((customer, text), n) in &per_part {
+        if *n > 1 {
+            let at: Vec<String> = sent
+                .iter()
+                .filter(|m| &m.recipient_id == customer && m.text.as_ref() == Some(text))
+                .map(|m| format!("{:.1}s", (m.at_ms - started_ms) as f64 / 1000.0))
+                .collect();
+            eprintln!(
+                "chaos: duplicate: customer {customer} got one part {n} times, at {}",
+                at.join(", ")
+            );
+        }
+    }
     let mut parts_of: HashMap<String, usize> = HashMap::new();
     for (c, _) in per_part.keys() {
         *parts_of.entry(c.clone()).or_default() += 1;
@@ -667,7 +730,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         faults,
         dms_per_sec: acked.len() as f64 / send_secs.max(0.001),
         drained_after,
-        recoveries,
+        recoveries: recovered,
         graph_faults: graph_faults.load(Ordering::Relaxed),
         duplicated_deliveries: duplicated,
         delivery_retries: retries.load(Ordering::Relaxed),

@@ -16,6 +16,7 @@ pub struct Proxy {
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     listener: Mutex<Option<JoinHandle<()>>>,
     stalled: tokio::sync::watch::Sender<bool>,
+    deaf: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -29,6 +30,7 @@ impl Proxy {
             tasks: Arc::default(),
             listener: Mutex::new(None),
             stalled: tokio::sync::watch::channel(false).0,
+            deaf: Arc::default(),
         };
         proxy.serve(listener);
         proxy
@@ -40,15 +42,20 @@ impl Proxy {
 
     fn serve(&self, listener: TcpListener) {
         let (upstream, tasks) = (self.upstream, self.tasks.clone());
-        let stalled = self.stalled.clone();
+        let (stalled, deaf) = (self.stalled.clone(), self.deaf.clone());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let stalled = stalled.subscribe();
+                let deaf = deaf.clone();
                 let pipe = tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
                         let (cr, cw) = client.into_split();
                         let (sr, sw) = server.into_split();
-                        tokio::join!(forward(cr, sw, stalled.clone()), forward(sr, cw, stalled));
+                        let never = Arc::default();
+                        tokio::join!(
+                            forward(cr, sw, stalled.clone(), never),
+                            forward(sr, cw, stalled, deaf)
+                        );
                     }
                 });
                 if let Ok(mut t) = tasks.lock() {
@@ -70,6 +77,21 @@ impl Proxy {
 
     pub fn unstall(&self) {
         self.stalled.send_replace(false);
+    }
+
+    /// Passes requests on but throws the server's replies away: every command runs, and the
+    /// client never learns how it went (a reply lost on the way back), until [`Proxy::hear`].
+    pub fn deafen(&self) {
+        self.deaf.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes the connections whose replies were thrown away (they no longer line up with their
+    /// requests) and passes replies again on the new ones.
+    pub fn hear(&self) {
+        if let Ok(mut t) = self.tasks.lock() {
+            t.drain(..).for_each(|h| h.abort());
+        }
+        self.deaf.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Closes every connection and refuses new ones until [`Proxy::restore`].
@@ -102,11 +124,12 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies `from` to `to`, holding bytes back while stalled.
+/// Copies `from` to `to`, holding bytes back while stalled and dropping them while deaf.
 async fn forward(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut stalled: tokio::sync::watch::Receiver<bool>,
+    deaf: Arc<std::sync::atomic::AtomicBool>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
@@ -117,6 +140,9 @@ async fn forward(
         };
         if stalled.wait_for(|s| !*s).await.is_err() {
             break;
+        }
+        if deaf.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             break;

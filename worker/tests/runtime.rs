@@ -420,6 +420,78 @@ async fn a_redis_stall_and_restart_under_load_run_each_job_once_and_no_worker_di
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn jobs_a_lost_fetch_reply_took_run_once_without_waiting_for_the_orphan_timeout() {
+    let db = TestDb::migrated().await;
+    let private = PrivateRedis::start();
+    let proxy =
+        igsales_tests::proxy::Proxy::start(igsales_tests::proxy::target(&private.url())).await;
+    let url = igsales_tests::proxy::through(&private.url(), proxy.addr());
+    let mut e = env(&db, &url);
+    for (k, v) in [
+        ("REDIS_RESPONSE_TIMEOUT_MS", "300"),
+        ("WORKER_MAX_RESTARTS", "0"),
+        ("WORKER_REDIS_RETRY_SECS", "30"),
+        // Far beyond the test: only the worker's own reconcile can bring the jobs back.
+        ("WORKER_ORPHAN_TIMEOUT_SECS", "600"),
+    ] {
+        e = with(&e, k, v);
+    }
+    let mut w = start_worker(&e);
+    push(&private.url(), canary("warm-up")).await;
+    assert_eq!(
+        wait_runs(&private.url(), "warm-up", 1, Duration::from_secs(20)).await,
+        1
+    );
+
+    // Fetches run on the server while their replies are thrown away.
+    proxy.deafen();
+    let ids: Vec<String> = (0..8).map(|i| format!("lost-{i}")).collect();
+    for id in &ids {
+        push(&private.url(), canary(id)).await;
+    }
+    let mut c = connection(&private.url()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: usize = c.llen("canary:active").await.expect("active");
+        if waiting == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no fetch took the jobs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let inflight: Vec<String> = c.keys("canary:inflight*").await.expect("inflight keys");
+    let mut taken = 0;
+    for key in &inflight {
+        taken += c.scard::<_, usize>(key).await.expect("inflight");
+    }
+    assert!(taken >= 1, "a lost fetch left jobs in the in-flight set");
+    for id in &ids {
+        assert_eq!(runs(&private.url(), id).await, 0, "{id} is not running yet");
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    proxy.hear();
+
+    for id in &ids {
+        assert_eq!(
+            wait_runs(&private.url(), id, 1, Duration::from_secs(20)).await,
+            1,
+            "{id} ran after the fault"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while done_count(&private.url()).await < ids.len() + 1 {
+        assert!(Instant::now() < deadline, "every job acked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for id in &ids {
+        assert_eq!(runs(&private.url(), id).await, 1, "{id} ran once");
+    }
+    assert!(dead_letters(&private.url()).await.is_empty());
+    assert_eq!(w.exited(), None, "the worker kept running");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_processes_running_the_crons_make_one_sweep_per_tick() {
     let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
     let url = redis.url();

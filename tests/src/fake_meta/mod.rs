@@ -149,6 +149,8 @@ pub struct SentMessage {
     /// The whole request body as parsed.
     pub body: serde_json::Value,
     pub message_id: String,
+    /// When the fake took it (Unix ms).
+    pub at_ms: i64,
 }
 
 /// Handle to a running fake; clones share it. The server stops when the last clone drops.

@@ -235,9 +235,11 @@ async fn handle(
                         now_ms(),
                     )],
                 )]);
-            // Meta retries a delivery that is not answered 200, with backoff.
+            // Meta retries a delivery that is not answered 200, with backoff, for longer than
+            // any outage a test makes (it alerts the developer after 15 minutes of failures).
             let mut pause = Duration::from_millis(200);
-            for _ in 0..15 {
+            let since = std::time::Instant::now();
+            while since.elapsed() < Duration::from_secs(15 * 60) {
                 let (u, s, b) = (url.clone(), secret.clone(), body.clone());
                 let status = tokio::task::spawn_blocking(move || {
                     crate::fake_meta::webhook::deliver(&u, &s, &b).0
@@ -841,6 +843,7 @@ fn messages(state: &mut State, req: &Req, node: &str) -> Result<Reply, Reply> {
         text,
         body: body.clone(),
         message_id: message_id.clone(),
+        at_ms: now_ms(),
     });
     Ok(json(
         200,
