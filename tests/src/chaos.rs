@@ -60,6 +60,10 @@ pub struct ChaosReport {
     pub duplicate_sends: usize,
     pub lost: usize,
     pub dlq: HashMap<String, usize>,
+    /// Dead letters by their reason (`none` for a record without one).
+    pub dlq_reasons: HashMap<String, usize>,
+    /// Acknowledged DMs without their whole reply whose dead letter names a reason.
+    pub dead_dms: usize,
     pub faults: Vec<(String, usize)>,
     pub dms_per_sec: f64,
     pub drained_after: Duration,
@@ -111,6 +115,9 @@ impl ChaosReport {
         }
         for (queue, n) in &self.dlq {
             out.push_str(&format!("\ndlq {queue}: {n}"));
+        }
+        for (reason, n) in &self.dlq_reasons {
+            out.push_str(&format!("\ndead letters with reason {reason}: {n}"));
         }
         out
     }
@@ -206,6 +213,12 @@ impl Procs {
                 .as_mut()
                 .is_some_and(|w| w.exited().is_some())
         })
+    }
+
+    /// A short pause that keeps restarting missing workers.
+    async fn tick(&mut self) {
+        self.wait_until(Instant::now() + Duration::from_millis(200))
+            .await;
     }
 
     fn running(&self) -> impl Iterator<Item = &Process> {
@@ -343,15 +356,12 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let mut procs = Procs {
         bins: cfg.bins.clone(),
         worker_env,
-        workers: Vec::new(),
+        workers: vec![None, None],
     };
-    procs.workers = vec![None, None];
     let deadline = Instant::now() + Duration::from_secs(30);
     while procs.running().count() < 2 {
         anyhow::ensure!(Instant::now() < deadline, "the workers did not start");
-        procs
-            .wait_until(Instant::now() + Duration::from_millis(200))
-            .await;
+        procs.tick().await;
     }
 
     // The DMs: one per customer, delivered Meta-style (retried until 200, some twice at once).
@@ -528,9 +538,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         }
     }
     while !sender.is_finished() {
-        procs
-            .wait_until(Instant::now() + Duration::from_millis(200))
-            .await;
+        procs.tick().await;
     }
     let _ = sender.await;
     let send_secs = started.elapsed().as_secs_f64();
@@ -627,9 +635,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
             }
             break;
         }
-        procs
-            .wait_until(Instant::now() + Duration::from_millis(200))
-            .await;
+        procs.tick().await;
     }
     let drained_after = started.elapsed();
     let mut recovered = Vec::new();
@@ -647,8 +653,6 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
             .entry((m.recipient_id.clone(), m.text.clone().unwrap_or_default()))
             .or_default() += 1;
     }
-    // Distinct parts each customer got; every reply is the same text, so the most any
-    // customer got is a whole reply.
     for ((customer, text), n) in &per_part {
         if *n > 1 {
             let at: Vec<String> = sent
@@ -662,12 +666,15 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
             );
         }
     }
+    // Distinct parts each customer got; every reply is the same text, so the most any
+    // customer got is a whole reply.
     let mut parts_of: HashMap<String, usize> = HashMap::new();
     for (c, _) in per_part.keys() {
         *parts_of.entry(c.clone()).or_default() += 1;
     }
     let parts_per_reply = parts_of.values().copied().max().unwrap_or(1);
     let mut dlq = HashMap::new();
+    let mut dlq_reasons: HashMap<String, usize> = HashMap::new();
     let mut dead_customers = HashSet::new();
     for q in [
         "inbound_event",
@@ -691,6 +698,9 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
                 "chaos: dead letter in {q}: reason={} error={}",
                 v["reason"], v["error"]
             );
+            *dlq_reasons
+                .entry(v["reason"].as_str().unwrap_or("none").to_owned())
+                .or_default() += 1;
             // Only a record with an explicit reason accounts for a DM.
             if v["reason"].as_str().is_none() {
                 continue;
@@ -705,15 +715,12 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
             }
         }
     }
-    let answered = acked
+    let (whole, unanswered): (Vec<&String>, Vec<&String>) = acked
         .iter()
-        .filter(|c| parts_of.get(*c).copied().unwrap_or(0) >= parts_per_reply)
-        .count();
-    let lost = acked
+        .partition(|c| parts_of.get(*c).copied().unwrap_or(0) >= parts_per_reply);
+    let dead_dms = unanswered
         .iter()
-        .filter(|c| {
-            parts_of.get(*c).copied().unwrap_or(0) < parts_per_reply && !dead_customers.contains(*c)
-        })
+        .filter(|c| dead_customers.contains(**c))
         .count();
     let faults: Vec<(String, usize)> = ["kill", "redis_restart", "redis_stall", "pg_outage"]
         .iter()
@@ -722,11 +729,13 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
     Ok(ChaosReport {
         dms: cfg.dms,
         acknowledged: acked.len(),
-        answered,
+        answered: whole.len(),
         sent_parts: per_part.len(),
         duplicate_sends: per_part.values().map(|n| n - 1).sum(),
-        lost,
+        lost: unanswered.len() - dead_dms,
         dlq,
+        dlq_reasons,
+        dead_dms,
         faults,
         dms_per_sec: acked.len() as f64 / send_secs.max(0.001),
         drained_after,

@@ -88,9 +88,7 @@ impl Proxy {
     /// Closes the connections whose replies were thrown away (they no longer line up with their
     /// requests) and passes replies again on the new ones.
     pub fn hear(&self) {
-        if let Ok(mut t) = self.tasks.lock() {
-            t.drain(..).for_each(|h| h.abort());
-        }
+        self.close_connections();
         self.deaf.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -99,6 +97,10 @@ impl Proxy {
         if let Some(accept) = self.listener.lock().ok().and_then(|mut l| l.take()) {
             accept.abort();
         }
+        self.close_connections();
+    }
+
+    fn close_connections(&self) {
         if let Ok(mut t) = self.tasks.lock() {
             t.drain(..).for_each(|h| h.abort());
         }

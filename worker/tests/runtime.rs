@@ -91,6 +91,44 @@ async fn done_count(url: &str) -> usize {
     c.scard("canary:done").await.expect("done")
 }
 
+/// A worker environment whose Redis is reached through a proxy the test can stall or deafen,
+/// with short Redis timeouts and in-place retries, and no restarts (a worker that dies at all
+/// stops its process: the test sees it).
+async fn through_a_proxy(
+    db: &TestDb,
+    private: &PrivateRedis,
+    extra: &[(&'static str, &str)],
+) -> (igsales_tests::proxy::Proxy, Env) {
+    let proxy =
+        igsales_tests::proxy::Proxy::start(igsales_tests::proxy::target(&private.url())).await;
+    let url = igsales_tests::proxy::through(&private.url(), proxy.addr());
+    let mut e = env(db, &url);
+    for (k, v) in [
+        ("REDIS_RESPONSE_TIMEOUT_MS", "300"),
+        ("WORKER_MAX_RESTARTS", "0"),
+        ("WORKER_REDIS_RETRY_SECS", "30"),
+    ]
+    .iter()
+    .chain(extra)
+    {
+        e = with(&e, k, v);
+    }
+    (proxy, e)
+}
+
+/// Waits until `n` canaries are acked.
+async fn wait_done(url: &str, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let done = done_count(url).await;
+        if done >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{done} of {n} done");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_worker_picks_up_a_pushed_job_within_half_a_second() {
     let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
@@ -352,20 +390,12 @@ async fn after_a_redis_restart_that_lost_its_data_jobs_run_and_redis_gone_for_go
 async fn a_redis_stall_and_restart_under_load_run_each_job_once_and_no_worker_dies() {
     let db = TestDb::migrated().await;
     let mut private = PrivateRedis::start_persistent();
-    let proxy =
-        igsales_tests::proxy::Proxy::start(igsales_tests::proxy::target(&private.url())).await;
-    let url = igsales_tests::proxy::through(&private.url(), proxy.addr());
-    let mut e = env(&db, &url);
-    for (k, v) in [
-        ("REDIS_RESPONSE_TIMEOUT_MS", "300"),
-        // A worker that dies at all stops its process: the test sees it.
-        ("WORKER_MAX_RESTARTS", "0"),
-        ("WORKER_REDIS_RETRY_SECS", "30"),
-        ("WORKER_CONCURRENCY", "4"),
-        ("WORKER_PREFETCH", "4"),
-    ] {
-        e = with(&e, k, v);
-    }
+    let (proxy, e) = through_a_proxy(
+        &db,
+        &private,
+        &[("WORKER_CONCURRENCY", "4"), ("WORKER_PREFETCH", "4")],
+    )
+    .await;
     let mut a = start_worker(&e);
     let mut b = start_worker(&with(&e, "METRICS_PORT", &free_port().to_string()));
     // Long enough that none finishes (and none starts) during the faults.
@@ -399,16 +429,7 @@ async fn a_redis_stall_and_restart_under_load_run_each_job_once_and_no_worker_di
     tokio::time::sleep(Duration::from_millis(500)).await;
     private.restart_gracefully();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while done_count(&private.url()).await < ids.len() {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} done",
-            done_count(&private.url()).await,
-            ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_done(&private.url(), ids.len(), Duration::from_secs(60)).await;
     // Past another orphan timeout: a job left unowned would have run again by now.
     tokio::time::sleep(Duration::from_secs(5)).await;
     for id in &ids {
@@ -423,19 +444,9 @@ async fn a_redis_stall_and_restart_under_load_run_each_job_once_and_no_worker_di
 async fn jobs_a_lost_fetch_reply_took_run_once_without_waiting_for_the_orphan_timeout() {
     let db = TestDb::migrated().await;
     let private = PrivateRedis::start();
-    let proxy =
-        igsales_tests::proxy::Proxy::start(igsales_tests::proxy::target(&private.url())).await;
-    let url = igsales_tests::proxy::through(&private.url(), proxy.addr());
-    let mut e = env(&db, &url);
-    for (k, v) in [
-        ("REDIS_RESPONSE_TIMEOUT_MS", "300"),
-        ("WORKER_MAX_RESTARTS", "0"),
-        ("WORKER_REDIS_RETRY_SECS", "30"),
-        // Far beyond the test: only the worker's own reconcile can bring the jobs back.
-        ("WORKER_ORPHAN_TIMEOUT_SECS", "600"),
-    ] {
-        e = with(&e, k, v);
-    }
+    // Far beyond the test: no other worker's reaping may bring the jobs back (this worker
+    // brings them back itself; which of its paths does it is not pinned down here).
+    let (proxy, e) = through_a_proxy(&db, &private, &[("WORKER_ORPHAN_TIMEOUT_SECS", "600")]).await;
     let mut w = start_worker(&e);
     push(&private.url(), canary("warm-up")).await;
     assert_eq!(
@@ -478,11 +489,7 @@ async fn jobs_a_lost_fetch_reply_took_run_once_without_waiting_for_the_orphan_ti
             "{id} ran after the fault"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while done_count(&private.url()).await < ids.len() + 1 {
-        assert!(Instant::now() < deadline, "every job acked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_done(&private.url(), ids.len() + 1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     for id in &ids {
         assert_eq!(runs(&private.url(), id).await, 1, "{id} ran once");
