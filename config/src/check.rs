@@ -11,7 +11,7 @@ pub enum Unit {
 }
 
 impl Unit {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Unit::Millis => "milliseconds",
             Unit::Secs => "seconds",
@@ -20,7 +20,7 @@ impl Unit {
         }
     }
 
-    fn of(self, n: u64) -> Option<Duration> {
+    pub(crate) fn of(self, n: u64) -> Option<Duration> {
         let secs = |per: u64| n.checked_mul(per).map(Duration::from_secs);
         match self {
             Unit::Millis => Some(Duration::from_millis(n)),
@@ -122,33 +122,12 @@ impl Checker {
         self.parse(var, raw.trim(), form, parse)
     }
 
-    /// A duration in whole `unit`s within `min..=max` (a variable with a default).
-    pub fn duration(
-        &mut self,
-        var: &'static str,
-        raw: &str,
-        unit: Unit,
-        min: u64,
-        max: u64,
-    ) -> Option<Duration> {
-        let form = format!("{}, {min}–{max}", unit.name());
-        self.value(var, raw, &form, |s| {
-            s.parse::<u64>()
-                .ok()
-                .filter(|v| (min..=max).contains(v))
-                .and_then(|v| unit.of(v))
-                .ok_or_else(String::new)
-        })
-    }
-
-    /// [`Checker::duration`] in milliseconds.
-    pub fn millis(&mut self, var: &'static str, raw: &str, min: u64, max: u64) -> Option<Duration> {
-        self.duration(var, raw, Unit::Millis, min, max)
-    }
-
-    /// [`Checker::duration`] in seconds.
-    pub fn secs(&mut self, var: &'static str, raw: &str, min: u64, max: u64) -> Option<Duration> {
-        self.duration(var, raw, Unit::Secs, min, max)
+    /// A required variable found neither under its name nor its fallback.
+    pub fn missing(&mut self, var: &'static str, form: impl Into<String>) {
+        self.problems.push(Problem::Missing {
+            var,
+            form: form.into(),
+        });
     }
 
     /// A cross-field or environment rule that failed.
@@ -199,40 +178,5 @@ pub fn must<T>(v: Option<T>) -> T {
     match v {
         Some(v) => v,
         None => unreachable!("Checker::finish succeeded, so every checked value is present"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_are_read_in_their_unit_and_named_with_their_range() {
-        let mut c = Checker::new();
-        assert_eq!(
-            c.duration("A_DAYS", "2", Unit::Days, 1, 59),
-            Some(Duration::from_secs(2 * 86_400))
-        );
-        assert_eq!(
-            c.duration("A_MINUTES", " 3 ", Unit::Minutes, 1, 60),
-            Some(Duration::from_secs(180))
-        );
-        assert_eq!(c.secs("A_SECS", "0", 0, 10), Some(Duration::ZERO));
-        assert_eq!(
-            c.millis("A_MS", "15", 1, 20),
-            Some(Duration::from_millis(15))
-        );
-        assert!(c.is_ok());
-        assert_eq!(c.secs("B_SECS", "11", 0, 10), None);
-        assert_eq!(c.duration("B_DAYS", "x", Unit::Days, 1, 59), None);
-        let err = c.finish().expect_err("two problems").to_string();
-        assert!(
-            err.contains("B_SECS is invalid: expected seconds, 0–10"),
-            "{err}"
-        );
-        assert!(
-            err.contains("B_DAYS is invalid: expected days, 1–59"),
-            "{err}"
-        );
     }
 }

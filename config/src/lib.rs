@@ -10,11 +10,12 @@ use std::process::ExitCode;
 
 mod args;
 mod check;
+pub mod group;
 mod values;
 
 pub use args::{
     Common, CommonArgs, DbArgs, DbSettings, GraphArgs, GraphSettings, KeyArgs, RedisArgs,
-    RedisSettings,
+    RedisSettings, common, database, db_pool, dns, graph, keys, redis,
 };
 pub use check::{Checker, ConfigError, Problem, Unit, must};
 pub use values::{
@@ -41,7 +42,7 @@ where
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_tracing(common.log_format, common.filter);
+    init_tracing(common.log_format, common.filter());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -111,7 +112,7 @@ pub fn healthcheck(port_var: &str, default_port: u16) -> ExitCode {
     }
 }
 
-/// Installs the global tracing subscriber; `RUST_LOG` was validated by [`CommonArgs::check`].
+/// Installs the global tracing subscriber; `RUST_LOG` was validated by the `common` group.
 pub fn init_tracing(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

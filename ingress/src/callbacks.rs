@@ -124,7 +124,7 @@ pub async fn data_deletion(
         "data deletion completed"
     );
     Ok(Json(json!({
-        "url": format!("{}/meta/data-deletion/status?code={code}", state.settings.api_base_url.base()),
+        "url": format!("{}/meta/data-deletion/status?code={code}", state.settings.oauth.api_base_url.base()),
         "confirmation_code": code,
     }))
     .into_response())

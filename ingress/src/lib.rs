@@ -22,7 +22,7 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::{get, post};
 use clap::Parser as _;
 use igsales_jobs::{InboundEventV1, InboundSignalV1, JobQueue};
-use igsales_meta::{MetaClient, MetaClientConfig, WebhookVerifier};
+use igsales_meta::{MetaClient, OAuthApp, OAuthClient, WebhookVerifier};
 use igsales_schema::{Db, Vault};
 use redis::aio::ConnectionManager;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -47,6 +47,8 @@ pub struct Inner {
     pub verifier: WebhookVerifier,
     pub accounts: AccountResolver,
     pub meta: MetaClient,
+    /// The Graph client with the app's OAuth credentials (the connect flow's exchanges).
+    pub oauth: OAuthClient,
     pub vault: Vault,
     pub admin: auth::SecretMatcher,
     pub verify_token: auth::SecretMatcher,
@@ -67,36 +69,29 @@ impl AppState {
     pub fn new(settings: IngressSettings, db: Db, redis: ConnectionManager) -> AppState {
         // Metrics recorded before the recorder exists are lost: install it first (once).
         metrics::handle();
-        let mut secrets = vec![settings.ig_app_secret.expose().to_owned()];
-        if let Some(s) = &settings.meta_app_secret {
-            secrets.push(s.expose().to_owned());
-        }
-        let verifier = WebhookVerifier::new(secrets.iter().map(String::as_str));
-        let meta = MetaClient::new(MetaClientConfig {
-            oauth_base: settings.ig_oauth_base_url.base().to_owned(),
-            graph_base: settings.graph.base_url.base().to_owned(),
-            version: settings.graph.version.as_str().to_owned(),
-            client_id: settings.meta_app_id.clone(),
-            client_secret: settings.ig_app_secret.clone(),
-            timeout: settings.graph.timeout,
-            max_concurrency: settings.meta_http_max_concurrency,
-            dns_cache_ttl: settings.graph.dns_cache,
+        let verifier = WebhookVerifier::new(app_secrets(&settings.app));
+        let meta = MetaClient::new(&settings.graph, settings.dns.cache);
+        let oauth = meta.clone().with_oauth(OAuthApp {
+            base: settings.oauth.oauth_base_url.base().to_owned(),
+            client_id: settings.app.id.clone(),
+            client_secret: settings.app.secret.clone(),
         });
         let accounts = AccountResolver::new(
             db.clone(),
-            settings.account_cache_hit,
-            settings.account_cache_miss,
+            settings.webhook.account_cache_hit,
+            settings.webhook.account_cache_miss,
         );
-        let admin = auth::SecretMatcher::new(settings.admin_api_token.expose());
-        let verify_token = auth::SecretMatcher::new(settings.webhook_verify_token.expose());
+        let admin = auth::SecretMatcher::new(settings.admin.token.expose());
+        let verify_token = auth::SecretMatcher::new(settings.webhook.verify_token.expose());
         AppState(Arc::new(Inner {
-            webhook_permits: Arc::new(tokio::sync::Semaphore::new(settings.webhook_max_in_flight)),
+            webhook_permits: Arc::new(tokio::sync::Semaphore::new(settings.webhook.max_in_flight)),
             inbound: JobQueue::new(redis.clone()),
             signals: JobQueue::new(redis.clone()),
             vault: Vault::new(&settings.keys),
             verifier,
             accounts,
             meta,
+            oauth,
             admin,
             verify_token,
             settings,
@@ -107,12 +102,15 @@ impl AppState {
 
     /// The app secrets that sign webhooks and `signed_request`s.
     pub fn app_secrets(&self) -> Vec<&str> {
-        let mut s = vec![self.settings.ig_app_secret.expose()];
-        if let Some(m) = &self.settings.meta_app_secret {
-            s.push(m.expose());
-        }
-        s
+        app_secrets(&self.settings.app)
     }
+}
+
+fn app_secrets(app: &config::app::Settings) -> Vec<&str> {
+    std::iter::once(&app.secret)
+        .chain(&app.second_secret)
+        .map(igsales_config::Secret::expose)
+        .collect()
 }
 
 pub fn router(state: AppState) -> Router {
@@ -127,9 +125,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/merchants/{merchant_id}/instagram", get(oauth::accounts))
         .layer(no_store.clone());
-    if !state.settings.cors_allowed_origins.is_empty() {
+    if !state.settings.admin.cors_allowed_origins.is_empty() {
         let origins: Vec<HeaderValue> = state
             .settings
+            .admin
             .cors_allowed_origins
             .iter()
             .filter_map(|o| HeaderValue::from_str(o).ok())
@@ -149,7 +148,7 @@ pub fn router(state: AppState) -> Router {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ));
-    let webhook_limit = state.settings.webhook_max_body_bytes;
+    let webhook_limit = state.settings.webhook.max_body_bytes;
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -199,10 +198,10 @@ pub fn main() -> ExitCode {
 /// SIGTERM or Ctrl-C. Shutdown stops accepting, lets in-flight requests finish, and gives up
 /// after `SHUTDOWN_TIMEOUT_MS`.
 pub async fn serve(settings: IngressSettings) -> anyhow::Result<()> {
-    let redis = igsales_jobs::redis_conn::connect(&settings.redis, settings.app_env).await?;
+    let redis = igsales_jobs::redis_conn::connect(&settings.redis).await?;
     let db = Db::connect(&settings.db).await?;
-    let port = settings.port;
-    let grace = settings.shutdown_timeout;
+    let port = settings.server.port;
+    let grace = settings.server.shutdown_timeout;
     let state = AppState::new(settings, db, redis);
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
     let listener = tokio::net::TcpListener::bind(addr)

@@ -72,7 +72,7 @@ pub async fn connect(
     let verifier = random_token(32)?;
     let ticket = random_token(32)?;
     let oauth_state = format!("{merchant}.{nonce}");
-    let ttl = state.settings.oauth_state_ttl.as_secs();
+    let ttl = state.settings.oauth.state_ttl.as_secs();
     let mut redis = state.redis.clone();
     let () = redis::pipe()
         .atomic()
@@ -85,7 +85,7 @@ pub async fn connect(
         .map_err(AppError::redis)?;
     let start_url = format!(
         "{}/oauth/instagram/start?ticket={ticket}",
-        state.settings.api_base_url.base()
+        state.settings.oauth.api_base_url.base()
     );
     Ok((
         StatusCode::CREATED,
@@ -117,7 +117,7 @@ fn with_query(base: &url::Url, pairs: &[(&str, &str)]) -> String {
 }
 
 fn cookie(state: &AppState, value: &str, max_age: Duration) -> String {
-    let secure = if state.settings.api_base_url.is_https() {
+    let secure = if state.settings.oauth.api_base_url.is_https() {
         "; Secure"
     } else {
         ""
@@ -152,7 +152,7 @@ fn fail(state: &AppState, failure: Failure) -> Response {
     metrics::counter!(OAUTH_RESULTS, "result" => failure.code()).increment(1);
     redirect(
         &with_query(
-            state.settings.oauth_failure_redirect_url.as_url(),
+            state.settings.oauth.failure_redirect_url.as_url(),
             &[("error", failure.code())],
         ),
         Some(cookie(state, "", Duration::ZERO)),
@@ -183,9 +183,9 @@ pub async fn start(
         return Ok(fail(&state, Failure::InvalidState));
     };
     let location = with_query(
-        state.settings.ig_authorize_url.as_url(),
+        state.settings.oauth.authorize_url.as_url(),
         &[
-            ("client_id", state.settings.meta_app_id.as_str()),
+            ("client_id", state.settings.app.id.as_str()),
             ("redirect_uri", &state.settings.redirect_uri()),
             ("response_type", "code"),
             ("scope", SCOPE),
@@ -199,7 +199,7 @@ pub async fn start(
         Some(cookie(
             &state,
             &sha256_b64url(oauth_state),
-            state.settings.oauth_state_ttl,
+            state.settings.oauth.state_ttl,
         )),
     ))
 }
@@ -238,7 +238,7 @@ pub async fn callback(
             metrics::counter!(OAUTH_RESULTS, "result" => "connected").increment(1);
             redirect(
                 &with_query(
-                    state.settings.oauth_success_redirect_url.as_url(),
+                    state.settings.oauth.success_redirect_url.as_url(),
                     &[
                         ("merchant_id", &merchant.to_string()),
                         ("instagram_username", &username),
@@ -291,12 +291,12 @@ async fn finish(
         }
     };
     let short = state
-        .meta
+        .oauth
         .exchange_code(code, &state.settings.redirect_uri(), &verifier)
         .await
         .map_err(meta_failed("code exchange"))?;
     let long = state
-        .meta
+        .oauth
         .long_lived_token(&short.access_token)
         .await
         .map_err(meta_failed("long-lived exchange"))?;

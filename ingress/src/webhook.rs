@@ -106,7 +106,7 @@ pub async fn receive(
     // Past the deadline the answer is 503, and the task goes on to its end: every step keeps
     // the invariant above (never a claim without its job), so whatever it finishes is
     // absorbed as a duplicate when Meta delivers again.
-    match tokio::time::timeout(state.settings.webhook_deadline, work).await {
+    match tokio::time::timeout(state.settings.webhook.deadline, work).await {
         Ok(Ok(Ok(()))) => Ok((
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -290,7 +290,7 @@ async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError>
     push(&state.signals, signals).await?;
     metrics::histogram!(ENQUEUE_SECONDS).record(started.elapsed().as_secs_f64());
 
-    let ttl = state.settings.webhook_dedupe_ttl.as_secs();
+    let ttl = state.settings.webhook.dedupe_ttl.as_secs();
     let mut claims = redis::pipe();
     for key in &new_keys {
         claims.set_ex(key, "1", ttl).ignore();
@@ -340,7 +340,7 @@ async fn park_invalid(state: &AppState, body: &[u8], reason: &str) -> Result<(),
                 .into();
         }
     }
-    let cap = state.settings.webhook_invalid_dlq_max;
+    let cap = state.settings.webhook.invalid_dlq_max;
     let mut redis = state.redis.clone();
     let () = redis::pipe()
         .atomic()

@@ -48,7 +48,7 @@ async fn metrics_count_requests_by_route_and_status_and_time_the_enqueue() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_response_carries_security_headers_and_errors_share_one_json_shape() {
-    let h = Harness::start_with(|s| s.webhook_max_body_bytes = 1024).await;
+    let h = Harness::start_with(|s| s.webhook.max_body_bytes = 1024).await;
     let cases = [
         get(h.url("/healthz"), vec![]).await,
         get(h.url("/nope"), vec![]).await,

@@ -44,7 +44,7 @@ async fn connect(h: &Harness, merchant: MerchantId) -> String {
     let body = r.json();
     assert_eq!(
         body["expires_in"],
-        h.state.settings.oauth_state_ttl.as_secs()
+        h.state.settings.oauth.state_ttl.as_secs()
     );
     body["start_url"].as_str().expect("start_url").to_owned()
 }
@@ -60,7 +60,7 @@ async fn begin(h: &Harness, merchant: MerchantId) -> Flow {
     let location = start.header("location").expect("location").to_owned();
     let set_cookie = start.header("set-cookie").expect("cookie").to_owned();
     assert!(set_cookie.contains("Path=/oauth/instagram") && set_cookie.contains("HttpOnly"));
-    let max_age = format!("Max-Age={}", h.state.settings.oauth_state_ttl.as_secs());
+    let max_age = format!("Max-Age={}", h.state.settings.oauth.state_ttl.as_secs());
     assert!(set_cookie.contains("SameSite=Lax") && set_cookie.contains(&max_age));
     let cookie = set_cookie.split(';').next().expect("pair").to_owned();
     let authorize = query_of(&location);
@@ -320,7 +320,7 @@ fn url_enc(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_state_is_invalid() {
-    let h = Harness::start_with(|s| s.oauth_state_ttl = Duration::from_secs(1)).await;
+    let h = Harness::start_with(|s| s.oauth.state_ttl = Duration::from_secs(1)).await;
     let merchant = h.merchant().await;
     let flow = begin(&h, merchant).await;
     tokio::time::sleep(Duration::from_millis(1300)).await;

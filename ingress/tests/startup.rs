@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use igsales_tests::TestDb;
 use igsales_tests::cli::{key_entry, run};
+use igsales_tests::tls_redis::{TlsRedis, tls_redis};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingress");
 const DB_PASSWORD: &str = "planted-db-password-91c2";
@@ -343,143 +344,6 @@ async fn refuses_to_start_as_a_superuser_a_bypassrls_role_or_the_table_owner() {
     }
 }
 
-/// A throwaway TLS Redis with its own CA, killed when dropped.
-struct TlsRedis {
-    child: Child,
-    port: u16,
-    ca: std::path::PathBuf,
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let ok = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl")
-        .success();
-    assert!(ok, "openssl {args:?}");
-}
-
-fn tls_redis(policy: &str) -> TlsRedis {
-    let dir = std::env::temp_dir().join(format!(
-        "igsales-tls-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).expect("dir");
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=igsales-test-ca",
-        ],
-    );
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("ext");
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-        ],
-    );
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args([
-            "--tls-cert-file",
-            "server.pem",
-            "--tls-key-file",
-            "server.key",
-            "--tls-ca-cert-file",
-            "ca.pem",
-        ])
-        .args([
-            "--tls-auth-clients",
-            "no",
-            "--requirepass",
-            REDIS_PASSWORD,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--maxmemory-policy", policy])
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "TLS redis did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    TlsRedis {
-        child,
-        port,
-        ca: dir.join("ca.pem"),
-    }
-}
-
 fn production_env(redis: &TlsRedis) -> Vec<(&'static str, String)> {
     let mut env = with(&full_env(), "APP_ENV", "production");
     env = with(
@@ -499,7 +363,7 @@ fn production_env(redis: &TlsRedis) -> Vec<(&'static str, String)> {
 
 #[test]
 fn production_connects_to_redis_over_tls_and_verifies_its_certificate() {
-    let redis = tls_redis("noeviction");
+    let redis = tls_redis("noeviction", REDIS_PASSWORD);
     // Trusting the test CA: Redis answers over TLS, so start-up moves on to Postgres.
     let env = with(
         &production_env(&redis),
@@ -528,7 +392,7 @@ fn production_connects_to_redis_over_tls_and_verifies_its_certificate() {
 
 #[test]
 fn production_refuses_a_redis_that_may_evict_keys() {
-    let redis = tls_redis("allkeys-lru");
+    let redis = tls_redis("allkeys-lru", REDIS_PASSWORD);
     let env = with(
         &production_env(&redis),
         "SSL_CERT_FILE",

@@ -191,7 +191,7 @@ fn raw_http(addr: &str, request: &[u8]) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_over_the_limit_are_413_with_or_without_a_content_length() {
     let h = Harness::start().await;
-    let limit = h.state.settings.webhook_max_body_bytes;
+    let limit = h.state.settings.webhook.max_body_bytes;
     let big = "x".repeat(limit + 1);
     let sig = signature_256(IG_SECRET, big.as_bytes());
     assert_eq!(
@@ -601,7 +601,7 @@ async fn postgres_down_for_an_uncached_account_means_503() {
     // Same app, but its pool points at a closed port.
     let mut s = h.state.settings.clone();
     s.db = common::db_settings_at("postgres://app@127.0.0.1:1/none");
-    let redis = igsales_jobs::redis_conn::connect(&s.redis, s.app_env)
+    let redis = igsales_jobs::redis_conn::connect(&s.redis)
         .await
         .expect("redis");
     let state = igsales_ingress::AppState::new(s.clone(), igsales_schema::Db::pool(&s.db), redis);
@@ -658,7 +658,7 @@ async fn inbound_jobs(h: &Harness) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delivery_past_its_deadline_is_503_and_its_redelivery_makes_one_job() {
     let (h, proxy) = through_stallable_redis(|s| {
-        s.webhook_deadline = Duration::from_millis(400);
+        s.webhook.deadline = Duration::from_millis(400);
     })
     .await;
     h.merchant_with_account(ACCOUNT).await;
@@ -695,8 +695,8 @@ async fn a_delivery_past_its_deadline_is_503_and_its_redelivery_makes_one_job() 
 #[tokio::test(flavor = "multi_thread")]
 async fn deliveries_over_the_in_flight_bound_are_503_at_once() {
     let (h, proxy) = through_stallable_redis(|s| {
-        s.webhook_max_in_flight = 2;
-        s.webhook_deadline = Duration::from_secs(4);
+        s.webhook.max_in_flight = 2;
+        s.webhook.deadline = Duration::from_secs(4);
     })
     .await;
     h.merchant_with_account(ACCOUNT).await;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use igsales_config::{AppEnv, RedisSettings};
+use igsales_config::RedisSettings;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,10 +20,7 @@ pub enum RedisStartupError {
 
 /// Connects, checks the server answers, and checks the eviction policy where Redis lets us read
 /// it (production refuses anything but `noeviction`; development warns).
-pub async fn connect(
-    settings: &RedisSettings,
-    env: AppEnv,
-) -> Result<ConnectionManager, RedisStartupError> {
+pub async fn connect(settings: &RedisSettings) -> Result<ConnectionManager, RedisStartupError> {
     // rediss:// needs a process-wide rustls crypto provider; a second install is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let location = settings.url.location();
@@ -64,7 +61,7 @@ pub async fn connect(
         Ok(pair) => {
             let policy = pair.get(1).cloned().unwrap_or_default();
             if policy != "noeviction" {
-                if env.is_production() {
+                if settings.app_env.is_production() {
                     return Err(RedisStartupError::Eviction { location, policy });
                 }
                 tracing::warn!(

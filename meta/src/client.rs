@@ -7,27 +7,29 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use igsales_config::Secret;
+use igsales_config::{GraphSettings, Secret};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use crate::ids::IdString;
 
+/// Where the Graph API is; what every call needs.
+#[derive(Debug)]
+struct Endpoints {
+    graph_base: String,
+    version: String,
+}
+
+/// The app's OAuth credentials: only the connect flow (the ingress) holds them.
 #[derive(Debug, Clone)]
-pub struct MetaClientConfig {
+pub struct OAuthApp {
     /// `IG_OAUTH_BASE_URL`, e.g. `https://api.instagram.com` (no trailing `/`).
-    pub oauth_base: String,
-    /// `GRAPH_API_BASE_URL`, e.g. `https://graph.instagram.com` (no trailing `/`).
-    pub graph_base: String,
-    /// `GRAPH_API_VERSION`, e.g. `v26.0`.
-    pub version: String,
+    pub base: String,
+    /// `META_APP_ID` (for Instagram Login: the Instagram app id).
     pub client_id: String,
+    /// `IG_APP_SECRET`.
     pub client_secret: Secret,
-    pub timeout: Duration,
-    pub max_concurrency: usize,
-    /// How long a looked-up host name's addresses are reused.
-    pub dns_cache_ttl: Duration,
 }
 
 /// Graph's error envelope: `{"error":{"message","type","code","error_subcode",…}}`.
@@ -102,7 +104,7 @@ pub struct Me {
 
 #[derive(Clone)]
 pub struct MetaClient {
-    cfg: Arc<MetaClientConfig>,
+    cfg: Arc<Endpoints>,
     agent: ureq::Agent,
     permits: Arc<Semaphore>,
 }
@@ -247,19 +249,31 @@ struct Success {
 }
 
 impl MetaClient {
-    pub fn new(cfg: MetaClientConfig) -> Self {
+    /// The Graph client of `GRAPH_*`/`META_HTTP_*`; `dns_cache` is `HTTP_DNS_CACHE_SECS`.
+    pub fn new(graph: &GraphSettings, dns_cache: Duration) -> Self {
         let agent = crate::http::agent(&crate::http::AgentSettings {
-            timeout: cfg.timeout,
+            timeout: graph.timeout,
             connect_timeout: Duration::from_secs(3),
-            max_connections: cfg.max_concurrency,
-            dns_cache_ttl: cfg.dns_cache_ttl,
+            max_connections: graph.max_concurrency,
+            dns_cache_ttl: dns_cache,
             user_agent: Some("igsales/1"),
         });
-        let permits = Arc::new(Semaphore::new(cfg.max_concurrency.max(1)));
+        let permits = Arc::new(Semaphore::new(graph.max_concurrency.max(1)));
         MetaClient {
-            cfg: Arc::new(cfg),
+            cfg: Arc::new(Endpoints {
+                graph_base: graph.base_url.base().to_owned(),
+                version: graph.version.as_str().to_owned(),
+            }),
             agent,
             permits,
+        }
+    }
+
+    /// This client with the app's OAuth credentials, for the connect flow.
+    pub fn with_oauth(self, app: OAuthApp) -> OAuthClient {
+        OAuthClient {
+            graph: self,
+            app: Arc::new(app),
         }
     }
 
@@ -271,7 +285,7 @@ impl MetaClient {
     async fn call<T, F>(&self, f: F) -> Result<T, MetaError>
     where
         T: Send + 'static,
-        F: FnOnce(&ureq::Agent, &MetaClientConfig) -> Result<T, MetaError> + Send + 'static,
+        F: FnOnce(&ureq::Agent, &Endpoints) -> Result<T, MetaError> + Send + 'static,
     {
         let _permit = self
             .permits
@@ -284,65 +298,6 @@ impl MetaClient {
         tokio::task::spawn_blocking(move || f(&agent, &cfg))
             .await
             .map_err(|_| MetaError::Closed)?
-    }
-
-    /// Authorization code → short-lived token. Sends `code_verifier` too (PKCE, which Instagram
-    /// ignores today; the browser-bound `state` is the real CSRF control).
-    pub async fn exchange_code(
-        &self,
-        code: &str,
-        redirect_uri: &str,
-        code_verifier: &str,
-    ) -> Result<ShortLivedToken, MetaError> {
-        let (code, redirect_uri, verifier) = (
-            code.to_owned(),
-            redirect_uri.to_owned(),
-            code_verifier.to_owned(),
-        );
-        self.call(move |agent, cfg| {
-            let url = format!("{}/oauth/access_token", cfg.oauth_base);
-            let a = answer(agent.post(&url).send_form([
-                ("client_id", cfg.client_id.as_str()),
-                ("client_secret", cfg.client_secret.expose()),
-                ("grant_type", "authorization_code"),
-                ("redirect_uri", redirect_uri.as_str()),
-                ("code", code.as_str()),
-                ("code_verifier", verifier.as_str()),
-            ]))?;
-            let fields = match decode::<CodeExchange>(a)? {
-                CodeExchange::Flat(f) => f,
-                CodeExchange::Wrapped { data } => data
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| MetaError::Decode("empty data[] in token response".into()))?,
-            };
-            if fields.access_token.is_empty() {
-                return Err(MetaError::Decode("empty access_token".into()));
-            }
-            Ok(ShortLivedToken {
-                access_token: Secret::new(fields.access_token),
-                user_id: fields.user_id,
-            })
-        })
-        .await
-    }
-
-    /// Short-lived → long-lived (60 days).
-    pub async fn long_lived_token(&self, short: &Secret) -> Result<LongLivedToken, MetaError> {
-        let short = short.clone();
-        self.call(move |agent, cfg| {
-            let url = format!("{}/access_token", cfg.graph_base);
-            let a = answer(
-                agent
-                    .get(&url)
-                    .query("grant_type", "ig_exchange_token")
-                    .query("client_secret", cfg.client_secret.expose())
-                    .query("access_token", short.expose())
-                    .call(),
-            )?;
-            long_lived(decode(a)?)
-        })
-        .await
     }
 
     /// Renews a long-lived token (at least 24 h old, not expired) for another 60 days.
@@ -440,6 +395,84 @@ impl MetaClient {
             success(decode(a)?)
         })
         .await
+    }
+}
+
+/// The Graph client plus the app's OAuth credentials: the code and token exchanges.
+#[derive(Clone)]
+pub struct OAuthClient {
+    graph: MetaClient,
+    app: Arc<OAuthApp>,
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("oauth_base", &self.app.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OAuthClient {
+    /// Authorization code → short-lived token. Sends `code_verifier` too (PKCE, which Instagram
+    /// ignores today; the browser-bound `state` is the real CSRF control).
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        code_verifier: &str,
+    ) -> Result<ShortLivedToken, MetaError> {
+        let (code, redirect_uri, verifier) = (
+            code.to_owned(),
+            redirect_uri.to_owned(),
+            code_verifier.to_owned(),
+        );
+        let app = self.app.clone();
+        self.graph
+            .call(move |agent, _| {
+                let url = format!("{}/oauth/access_token", app.base);
+                let a = answer(agent.post(&url).send_form([
+                    ("client_id", app.client_id.as_str()),
+                    ("client_secret", app.client_secret.expose()),
+                    ("grant_type", "authorization_code"),
+                    ("redirect_uri", redirect_uri.as_str()),
+                    ("code", code.as_str()),
+                    ("code_verifier", verifier.as_str()),
+                ]))?;
+                let fields = match decode::<CodeExchange>(a)? {
+                    CodeExchange::Flat(f) => f,
+                    CodeExchange::Wrapped { data } => data.into_iter().next().ok_or_else(|| {
+                        MetaError::Decode("empty data[] in token response".into())
+                    })?,
+                };
+                if fields.access_token.is_empty() {
+                    return Err(MetaError::Decode("empty access_token".into()));
+                }
+                Ok(ShortLivedToken {
+                    access_token: Secret::new(fields.access_token),
+                    user_id: fields.user_id,
+                })
+            })
+            .await
+    }
+
+    /// Short-lived → long-lived (60 days).
+    pub async fn long_lived_token(&self, short: &Secret) -> Result<LongLivedToken, MetaError> {
+        let (short, app) = (short.clone(), self.app.clone());
+        self.graph
+            .call(move |agent, cfg| {
+                let url = format!("{}/access_token", cfg.graph_base);
+                let a = answer(
+                    agent
+                        .get(&url)
+                        .query("grant_type", "ig_exchange_token")
+                        .query("client_secret", app.client_secret.expose())
+                        .query("access_token", short.expose())
+                        .call(),
+                )?;
+                long_lived(decode(a)?)
+            })
+            .await
     }
 }
 

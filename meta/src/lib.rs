@@ -11,7 +11,7 @@ pub mod signed_request;
 pub mod webhook;
 
 pub use client::{
-    ErrorClass, GraphError, LongLivedToken, Me, MetaClient, MetaClientConfig, MetaError,
+    ErrorClass, GraphError, LongLivedToken, Me, MetaClient, MetaError, OAuthApp, OAuthClient,
     ShortLivedToken,
 };
 pub use ids::IdString;

@@ -172,16 +172,21 @@ struct RoleRow {
 /// Opens one connection with the session settings every app connection carries.
 pub async fn establish(settings: &DbSettings) -> Result<AsyncPgConnection, DbError> {
     let mut conn = tokio::time::timeout(
-        settings.connect_timeout,
+        settings.pool.connect_timeout,
         AsyncPgConnection::establish(settings.url.expose()),
     )
     .await
-    .map_err(|_| DbError::Connect(format!("no answer within {:?}", settings.connect_timeout)))?
+    .map_err(|_| {
+        DbError::Connect(format!(
+            "no answer within {:?}",
+            settings.pool.connect_timeout
+        ))
+    })?
     .map_err(|e| DbError::Connect(connection_reason(&e)))?;
     conn.batch_execute(&format!(
         "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
-        settings.statement_timeout.as_millis(),
-        settings.idle_in_transaction_timeout.as_millis()
+        settings.pool.statement_timeout.as_millis(),
+        settings.pool.idle_in_transaction_timeout.as_millis()
     ))
     .await?;
     Ok(conn)
@@ -287,13 +292,13 @@ impl Db {
             config,
         );
         let pool = Pool::builder()
-            .max_size(settings.pool_size)
-            .connection_timeout(settings.connect_timeout)
+            .max_size(settings.pool.size)
+            .connection_timeout(settings.pool.connect_timeout)
             .idle_timeout(Some(Duration::from_secs(300)))
             .build_unchecked(manager);
         Db {
             pool,
-            checkout_timeout: settings.connect_timeout,
+            checkout_timeout: settings.pool.connect_timeout,
         }
     }
 

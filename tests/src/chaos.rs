@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use igsales_config::{DbSettings, PgUrl, parse_key_ring};
+use igsales_config::{PgUrl, parse_key_ring};
 use igsales_schema::{Db, Vault};
 use tokio::sync::Semaphore;
 
 use crate::cli::key_entry;
+use crate::db::db_settings;
 use crate::fake_llm::{FakeLlm, FakeLlmConfig};
 use crate::fake_meta::{Endpoint, Failure, FakeMeta, FakeMetaConfig, webhook as wh};
 use crate::process::{Process, free_port};
@@ -274,14 +275,8 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let llm = FakeLlm::start(FakeLlmConfig::default()).await;
     llm.set_reply(Some(standing_reply()));
     llm.set_latency(Duration::from_millis(20));
-    let db = Db::connect(&DbSettings {
-        url: PgUrl::parse(&cfg.database_url).map_err(anyhow::Error::msg)?,
-        pool_size: 2,
-        statement_timeout: Duration::from_secs(30),
-        idle_in_transaction_timeout: Duration::from_secs(30),
-        connect_timeout: Duration::from_secs(5),
-    })
-    .await?;
+    PgUrl::parse(&cfg.database_url).map_err(anyhow::Error::msg)?;
+    let db = Db::connect(&db_settings(&cfg.database_url, 2, Duration::from_secs(5))).await?;
     let vault = Vault::new(&parse_key_ring(&key_entry(1, 7)).map_err(anyhow::Error::msg)?);
     let pages: Vec<String> = crate::shops::connected(&db, &vault, &fake, cfg.accounts, 5, "178415")
         .await?

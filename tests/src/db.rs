@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use igsales_config::{DbSettings, PgUrl};
+use igsales_config::{DbSettings, PgUrl, db_pool};
 use igsales_schema::Db;
 
 pub const OWNER_ROLE: &str = "igsales_test_owner";
@@ -214,13 +214,7 @@ impl TestDb {
     }
 
     pub fn app_settings(&self, pool_size: u32) -> DbSettings {
-        DbSettings {
-            url: PgUrl::parse(&self.app_url()).expect("valid test URL"),
-            pool_size,
-            statement_timeout: Duration::from_secs(5),
-            idle_in_transaction_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-        }
+        db_settings(&self.app_url(), pool_size, Duration::from_secs(5))
     }
 
     /// The app's [`Db`] as the app role, through the same start-up checks as the binaries.
@@ -259,5 +253,18 @@ impl Drop for TestDb {
             });
         })
         .join();
+    }
+}
+
+/// Pool settings for `url` as tests and benchmarks use them (statements may take 30 s).
+pub fn db_settings(url: &str, pool_size: u32, connect_timeout: Duration) -> DbSettings {
+    DbSettings {
+        url: PgUrl::parse(url).expect("valid test URL"),
+        pool: db_pool::Settings {
+            size: pool_size,
+            statement_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(30),
+            connect_timeout,
+        },
     }
 }

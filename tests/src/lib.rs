@@ -13,6 +13,7 @@ pub mod redis;
 mod served;
 pub mod shops;
 pub mod stack;
+pub mod tls_redis;
 pub mod worker_env;
 
 pub use db::TestDb;

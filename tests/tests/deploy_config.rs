@@ -6,7 +6,7 @@
 //! No YAML parser is in the workspace, so `compose.yaml` is read with simple line-based checks
 //! (a service is the block of lines indented under `  name:` in `services:`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const PORT: &str = "10000";
@@ -391,9 +391,28 @@ fn env_example_has_every_spec_variable() {
     assert!(missing.is_empty(), ".env.example lacks {missing:?}");
 }
 
-/// Every `env = "NAME"` in the binaries' crates.
+/// Every variable the binaries' command trees read (each subcommand's groups).
 fn variables_read_by_the_binaries() -> BTreeSet<String> {
-    fn walk(dir: &Path, out: &mut BTreeSet<String>) {
+    use clap::CommandFactory as _;
+    fn walk(cmd: &clap::Command, out: &mut BTreeSet<String>) {
+        for arg in cmd.get_arguments() {
+            if let Some(var) = arg.get_env() {
+                out.insert(var.to_string_lossy().into_owned());
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(&igsales_worker::cli::Cli::command(), &mut out);
+    walk(&igsales_ingress::IngressArgs::command(), &mut out);
+    out
+}
+
+/// Each `NAME => field: …` line of a config group in the app's crates, per variable.
+fn group_declarations() -> BTreeMap<String, Vec<String>> {
+    fn walk(dir: &Path, out: &mut BTreeMap<String, Vec<String>>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
@@ -403,24 +422,60 @@ fn variables_read_by_the_binaries() -> BTreeSet<String> {
                 walk(&path, out);
             } else if path.extension().is_some_and(|x| x == "rs") {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
-                for piece in text.split("env = \"").skip(1) {
-                    if let Some((name, _)) = piece.split_once('"')
-                        && !name.is_empty()
+                // A file's unit tests declare groups of their own.
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                for line in code.lines() {
+                    let Some((name, _)) = line.trim_start().split_once(" => ") else {
+                        continue;
+                    };
+                    let is_var = name.len() > 1
+                        && name.starts_with(|c: char| c.is_ascii_uppercase())
                         && name
                             .chars()
-                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-                    {
-                        out.insert(name.to_owned());
+                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                    if is_var {
+                        out.entry(name.to_owned())
+                            .or_default()
+                            .push(path.display().to_string());
                     }
                 }
             }
         }
     }
-    let mut out = BTreeSet::new();
+    let mut out = BTreeMap::new();
     for krate in APP_CRATES {
         walk(&repo().join(krate).join("src"), &mut out);
     }
     out
+}
+
+#[test]
+fn each_variable_is_declared_once_in_one_group() {
+    let declared = group_declarations();
+    let twice: Vec<_> = declared.iter().filter(|(_, at)| at.len() > 1).collect();
+    assert!(twice.is_empty(), "declared more than once: {twice:?}");
+    // Every variable a binary reads comes from a group declaration, and no group is unused.
+    let names: BTreeSet<String> = declared.into_keys().collect();
+    assert_eq!(names, variables_read_by_the_binaries());
+    // No variable is read outside the groups (`env = "…"` on a hand-written field).
+    for krate in ["config", "ingress", "worker"] {
+        let mut stack = vec![repo().join(krate).join("src")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("src").filter_map(Result::ok) {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    assert!(
+                        !text.contains("env = \""),
+                        "{} declares a variable outside a config group",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]

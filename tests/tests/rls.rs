@@ -475,8 +475,8 @@ async fn a_cancelled_transaction_does_not_leak_its_context_or_its_writes() {
 async fn pooled_connections_carry_the_statement_and_idle_in_transaction_timeouts() {
     let test_db = TestDb::migrated().await;
     let mut settings = test_db.app_settings(1);
-    settings.statement_timeout = Duration::from_millis(200);
-    settings.idle_in_transaction_timeout = Duration::from_millis(300);
+    settings.pool.statement_timeout = Duration::from_millis(200);
+    settings.pool.idle_in_transaction_timeout = Duration::from_millis(300);
     let db = Db::connect(&settings).await.expect("connect");
     let m = MerchantId::new_random();
 

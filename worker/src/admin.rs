@@ -4,26 +4,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use diesel_async::AsyncPgConnection;
-use igsales_config::{AppEnv, DbSettings, GraphSettings, KeyRing, RedisSettings, Secret};
-use igsales_meta::{MetaClient, MetaClientConfig};
+use igsales_config::{DbSettings, GraphSettings, KeyRing, RedisSettings};
+use igsales_meta::MetaClient;
 use igsales_schema::accounts::{self, AccountError};
 use igsales_schema::{Db, DbError, MerchantId, Vault, conversations};
 
 /// The fields subscribed when an account connects (SPEC §4.2).
 const SUBSCRIBED_FIELDS: &str = "messages,messaging_postbacks,messaging_seen,message_reactions";
-
-fn meta_client(graph: &GraphSettings) -> MetaClient {
-    MetaClient::new(MetaClientConfig {
-        oauth_base: String::new(),
-        graph_base: graph.base_url.base().to_owned(),
-        version: graph.version.as_str().to_owned(),
-        client_id: String::new(),
-        client_secret: Secret::new(""),
-        timeout: graph.timeout,
-        max_concurrency: 4,
-        dns_cache_ttl: graph.dns_cache,
-    })
-}
 
 /// `tokens refresh`: enqueues `refresh_token` for one merchant's accounts or for all due.
 pub async fn tokens_refresh(
@@ -33,7 +20,7 @@ pub async fn tokens_refresh(
     window: Duration,
 ) -> anyhow::Result<()> {
     let db = Db::connect(db).await?;
-    let redis = igsales_jobs::redis_conn::connect(redis, AppEnv::Development).await?;
+    let redis = igsales_jobs::redis_conn::connect(redis).await?;
     let targets: Vec<(MerchantId, String)> = match merchant {
         Some(m) => db
             .as_merchant(m, async move |c: &AsyncPgConnection| {
@@ -71,11 +58,12 @@ pub async fn accounts_resubscribe(
     db: &DbSettings,
     keys: &KeyRing,
     graph: &GraphSettings,
+    dns_cache: Duration,
     merchant: Option<MerchantId>,
 ) -> anyhow::Result<()> {
     let db = Db::connect(db).await?;
     let vault = Vault::new(keys);
-    let meta = meta_client(graph);
+    let meta = MetaClient::new(graph, dns_cache);
     let merchants = match merchant {
         Some(m) => vec![m],
         None => db.merchant_ids().await?,
@@ -120,6 +108,7 @@ pub async fn accounts_disconnect(
     db: &DbSettings,
     keys: &KeyRing,
     graph: &GraphSettings,
+    dns_cache: Duration,
     merchant: MerchantId,
     account: &str,
 ) -> anyhow::Result<()> {
@@ -133,7 +122,7 @@ pub async fn accounts_disconnect(
         .await
     {
         Ok(token) => {
-            if let Err(e) = meta_client(graph).unsubscribe(&token).await {
+            if let Err(e) = MetaClient::new(graph, dns_cache).unsubscribe(&token).await {
                 eprintln!(
                     "warning: unsubscribing at Meta failed ({e}); the token is deleted anyway"
                 );

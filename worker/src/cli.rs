@@ -1,17 +1,22 @@
-//! `worker` command line: clap reads every variable as text, [`Cli::check`] turns it into a
-//! validated [`Action`] (all problems at once, exit 2), and only then does anything connect.
+//! `worker` command line: clap reads every variable as text, [`Cli::check`] validates the
+//! groups the command names (all problems at once, exit 2) and turns the command into the
+//! [`Action`] that runs it; only then does anything connect. Each command maps to its action
+//! here, once.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use igsales_config::Unit;
 use igsales_config::{
-    Checker, Common, CommonArgs, ConfigError, DbArgs, DbSettings, KeyArgs, KeyRing, PgUrl,
-    RedisArgs, RedisSettings, must,
+    AppEnv, Checker, Common, CommonArgs, ConfigError, DbArgs, GraphArgs, KeyArgs, PgUrl, RedisArgs,
+    database, db_pool, dns, must,
 };
 use igsales_schema::MerchantId;
 use igsales_schema::merchants::MerchantChanges;
+
+use crate::handlers::settings::token_refresh;
+use crate::{admin, commands, dlq, keys};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,17 +83,12 @@ pub enum TokensCommand {
         db: DbArgs,
         #[command(flatten)]
         redis: RedisArgs,
+        #[command(flatten)]
+        window: token_refresh::Args,
         #[arg(long)]
         merchant: Option<MerchantId>,
         #[arg(long)]
         due: bool,
-        #[arg(
-            long,
-            env = "TOKEN_REFRESH_WINDOW_DAYS",
-            default_value = "10",
-            hide_env_values = true
-        )]
-        token_refresh_window_days: String,
     },
 }
 
@@ -102,7 +102,9 @@ pub enum AccountsCommand {
         #[command(flatten)]
         keys: KeyArgs,
         #[command(flatten)]
-        graph: igsales_config::GraphArgs,
+        graph: GraphArgs,
+        #[command(flatten)]
+        dns: dns::Args,
         #[arg(long)]
         merchant: Option<MerchantId>,
         #[arg(long)]
@@ -115,7 +117,9 @@ pub enum AccountsCommand {
         #[command(flatten)]
         keys: KeyArgs,
         #[command(flatten)]
-        graph: igsales_config::GraphArgs,
+        graph: GraphArgs,
+        #[command(flatten)]
+        dns: dns::Args,
         #[arg(long)]
         merchant: MerchantId,
         /// The Instagram account id.
@@ -204,20 +208,29 @@ pub enum DlqCommand {
     },
 }
 
+fn pg_url(s: &str) -> Result<PgUrl, String> {
+    PgUrl::parse(s)
+}
+
+const OWNER_FORM: &str =
+    "postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (the owner role; or set DATABASE_URL)";
+
+igsales_config::group! {
+    /// The schema owner, who alone may migrate.
+    pub mod migration {
+        /// The owner role; defaults to DATABASE_URL.
+        MIGRATION_DATABASE_URL => owner_url: Option<PgUrl> = optional, parsed(OWNER_FORM, pg_url);
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// The owner role; defaults to DATABASE_URL.
-    #[arg(long, env = "MIGRATION_DATABASE_URL", hide_env_values = true)]
-    migration_database_url: Option<String>,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
-    #[arg(
-        long,
-        env = "DATABASE_CONNECT_TIMEOUT_MS",
-        default_value = "5000",
-        hide_env_values = true
-    )]
-    database_connect_timeout_ms: String,
+    #[command(flatten)]
+    owner: migration::Args,
+    #[command(flatten)]
+    app: database::Args,
+    #[command(flatten)]
+    pool: db_pool::Args,
 }
 
 #[derive(Debug, Args)]
@@ -311,111 +324,64 @@ fn bounded_bytes(min: usize, max: usize) -> impl Fn(&str) -> Result<String, Stri
     }
 }
 
-/// A command with every setting validated.
-#[derive(Debug)]
-pub enum Action {
-    Run(Box<crate::runtime::RunSettings>),
-    Migrate {
-        url: PgUrl,
-        var: &'static str,
-        connect_timeout: Duration,
-    },
-    KeysStatus {
-        db: DbSettings,
-        ring: KeyRing,
-    },
-    KeysRotate {
-        db: DbSettings,
-        ring: KeyRing,
-    },
-    MerchantCreate {
-        db: DbSettings,
-        name: String,
-        persona: Option<String>,
-    },
-    MerchantSet {
-        db: DbSettings,
-        merchant: MerchantId,
-        changes: MerchantChanges,
-    },
-    CatalogImport {
-        db: DbSettings,
-        merchant: MerchantId,
-        file: PathBuf,
-    },
-    TokensRefresh {
-        db: DbSettings,
-        redis: RedisSettings,
-        merchant: Option<MerchantId>,
-        window: Duration,
-    },
-    AccountsResubscribe {
-        db: DbSettings,
-        keys: KeyRing,
-        graph: igsales_config::GraphSettings,
-        merchant: Option<MerchantId>,
-    },
-    AccountsDisconnect {
-        db: DbSettings,
-        keys: KeyRing,
-        graph: igsales_config::GraphSettings,
-        merchant: MerchantId,
-        account: String,
-    },
-    ConversationResume {
-        db: DbSettings,
-        merchant: MerchantId,
-        customer: String,
-    },
-    DlqList {
-        redis: RedisSettings,
-        queue: Option<String>,
-        limit: usize,
-        json: bool,
-        show_payload: bool,
-    },
-    DlqReplay {
-        redis: RedisSettings,
-        queue: String,
-        id: Option<String>,
-    },
-    DlqDrain {
-        redis: RedisSettings,
-        queue: String,
-        older_than: Option<Duration>,
-    },
+/// A command with every setting validated, ready to run.
+pub struct Action(Pin<Box<dyn Future<Output = anyhow::Result<()>>>>);
+
+impl Action {
+    fn of(run: impl Future<Output = anyhow::Result<()>> + 'static) -> Action {
+        Action(Box::pin(run))
+    }
+
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.0.await
+    }
+}
+
+impl std::fmt::Debug for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Action")
+    }
 }
 
 impl Cli {
     pub fn check(self) -> Result<(Common, Action), ConfigError> {
         let mut c = Checker::new();
-        let common = self.common.check(&mut c);
-        let action = match self.command {
-            Command::Run(args) => {
-                let env = common.as_ref().map(|c| c.app_env);
-                args.check(&mut c, env).map(|s| Action::Run(Box::new(s)))
-            }
-            Command::Migrate(args) => check_migrate(&mut c, args),
+        let common = self.common.check(&mut c, None);
+        let env = common.as_ref().map(|c| c.app_env);
+        let action = self.command.check(&mut c, env);
+        c.finish()?;
+        Ok((must(common), must(action)))
+    }
+}
+
+impl Command {
+    fn check(self, c: &mut Checker, env: Option<AppEnv>) -> Option<Action> {
+        match self {
+            Command::Run(args) => args
+                .check(c, env)
+                .map(|s| Action::of(crate::runtime::run(s))),
+            Command::Migrate(args) => check_migrate(c, env, args),
             Command::Keys { action } => {
                 let (args, rotate) = match action {
                     KeysCommand::Status(a) => (a, false),
                     KeysCommand::Rotate(a) => (a, true),
                 };
-                let db = args.db.check(&mut c);
-                let ring = args.keys.check(&mut c);
-                db.zip(ring).map(|(db, ring)| {
-                    if rotate {
-                        Action::KeysRotate { db, ring }
-                    } else {
-                        Action::KeysStatus { db, ring }
-                    }
+                let db = args.db.check(c, env);
+                let ring = args.keys.check(c, env);
+                let (db, ring) = (db?, ring?.ring);
+                Some(if rotate {
+                    Action::of(async move { keys::rotate(&db, &ring).await })
+                } else {
+                    Action::of(async move { keys::status(&db, &ring).await })
                 })
             }
             Command::Merchant {
                 action: MerchantCommand::Create { db, name, persona },
-            } => db
-                .check(&mut c)
-                .map(|db| Action::MerchantCreate { db, name, persona }),
+            } => db.check(c, env).map(|db| {
+                Action::of(async move {
+                    commands::merchant_create(&db, &name, persona.as_deref()).await
+                })
+            }),
             Command::Merchant {
                 action:
                     MerchantCommand::Set {
@@ -425,14 +391,13 @@ impl Cli {
                         ai,
                         handoff_message,
                     },
-            } => db.check(&mut c).map(|db| Action::MerchantSet {
-                db,
-                merchant,
-                changes: MerchantChanges {
+            } => db.check(c, env).map(|db| {
+                let changes = MerchantChanges {
                     persona,
                     ai_enabled: ai.map(|a| matches!(a, OnOff::On)),
                     handoff_message,
-                },
+                };
+                Action::of(async move { commands::merchant_set(&db, merchant, &changes).await })
             }),
             Command::Catalog {
                 action: CatalogCommand::Import { db, merchant, file },
@@ -444,37 +409,27 @@ impl Cli {
                 if !matches!(ext.as_deref(), Some("csv" | "json")) {
                     c.invalid("FILE", "a catalog file ending in .csv or .json");
                 }
-                db.check(&mut c)
-                    .map(|db| Action::CatalogImport { db, merchant, file })
+                db.check(c, env).map(|db| {
+                    Action::of(async move { commands::catalog_import(&db, merchant, &file).await })
+                })
             }
             Command::Tokens {
                 action:
                     TokensCommand::Refresh {
                         db,
                         redis,
+                        window,
                         merchant,
                         due: _,
-                        token_refresh_window_days,
                     },
             } => {
-                let env = common.as_ref().map(|c| c.app_env);
-                let db = db.check(&mut c);
-                let redis = redis.check(&mut c, env);
-                let window = c.duration(
-                    "TOKEN_REFRESH_WINDOW_DAYS",
-                    &token_refresh_window_days,
-                    Unit::Days,
-                    1,
-                    59,
-                );
-                (|| {
-                    Some(Action::TokensRefresh {
-                        db: db?,
-                        redis: redis?,
-                        merchant,
-                        window: window?,
-                    })
-                })()
+                let db = db.check(c, env);
+                let redis = redis.check(c, env);
+                let window = window.check(c, env);
+                let (db, redis, window) = (db?, redis?, window?.window);
+                Some(Action::of(async move {
+                    admin::tokens_refresh(&db, &redis, merchant, window).await
+                }))
             }
             Command::Accounts {
                 action:
@@ -482,19 +437,17 @@ impl Cli {
                         db,
                         keys,
                         graph,
+                        dns,
                         merchant,
                         all: _,
                     },
             } => {
-                let (db, keys, graph) = (db.check(&mut c), keys.check(&mut c), graph.check(&mut c));
-                (|| {
-                    Some(Action::AccountsResubscribe {
-                        db: db?,
-                        keys: keys?,
-                        graph: graph?,
-                        merchant,
-                    })
-                })()
+                let (db, keys) = (db.check(c, env), keys.check(c, env));
+                let (graph, dns) = (graph.check(c, env), dns.check(c, env));
+                let (db, ring, graph, dns) = (db?, keys?.ring, graph?, dns?);
+                Some(Action::of(async move {
+                    admin::accounts_resubscribe(&db, &ring, &graph, dns.cache, merchant).await
+                }))
             }
             Command::Accounts {
                 action:
@@ -502,20 +455,18 @@ impl Cli {
                         db,
                         keys,
                         graph,
+                        dns,
                         merchant,
                         account,
                     },
             } => {
-                let (db, keys, graph) = (db.check(&mut c), keys.check(&mut c), graph.check(&mut c));
-                (|| {
-                    Some(Action::AccountsDisconnect {
-                        db: db?,
-                        keys: keys?,
-                        graph: graph?,
-                        merchant,
-                        account,
-                    })
-                })()
+                let (db, keys) = (db.check(c, env), keys.check(c, env));
+                let (graph, dns) = (graph.check(c, env), dns.check(c, env));
+                let (db, ring, graph, dns) = (db?, keys?.ring, graph?, dns?);
+                Some(Action::of(async move {
+                    admin::accounts_disconnect(&db, &ring, &graph, dns.cache, merchant, &account)
+                        .await
+                }))
             }
             Command::Conversation {
                 action:
@@ -524,85 +475,75 @@ impl Cli {
                         merchant,
                         customer,
                     },
-            } => db.check(&mut c).map(|db| Action::ConversationResume {
-                db,
-                merchant,
-                customer,
+            } => db.check(c, env).map(|db| {
+                Action::of(
+                    async move { admin::conversation_resume(&db, merchant, &customer).await },
+                )
             }),
-            Command::Dlq { action } => {
-                let env = common.as_ref().map(|c| c.app_env);
-                match action {
-                    DlqCommand::List {
-                        redis,
-                        queue,
-                        limit,
-                        json,
-                        show_payload,
-                    } => redis.check(&mut c, env).map(|redis| Action::DlqList {
-                        redis,
-                        queue,
-                        limit,
-                        json,
-                        show_payload,
-                    }),
-                    DlqCommand::Replay {
-                        redis,
-                        queue,
-                        all: _,
-                        id,
-                    } => {
-                        if !crate::dlq::REPLAYABLE.contains(&queue.as_str()) {
-                            c.invalid(
-                                "--queue",
-                                format!(
-                                    "a queue whose jobs can be replayed: {}",
-                                    crate::dlq::REPLAYABLE.join(", ")
-                                ),
-                            );
-                        }
-                        redis
-                            .check(&mut c, env)
-                            .map(|redis| Action::DlqReplay { redis, queue, id })
+            Command::Dlq { action } => match action {
+                DlqCommand::List {
+                    redis,
+                    queue,
+                    limit,
+                    json,
+                    show_payload,
+                } => redis.check(c, env).map(|redis| {
+                    Action::of(async move {
+                        dlq::list(&redis, queue.as_deref(), limit, json, show_payload).await
+                    })
+                }),
+                DlqCommand::Replay {
+                    redis,
+                    queue,
+                    all: _,
+                    id,
+                } => {
+                    if !dlq::REPLAYABLE.contains(&queue.as_str()) {
+                        c.invalid(
+                            "--queue",
+                            format!(
+                                "a queue whose jobs can be replayed: {}",
+                                dlq::REPLAYABLE.join(", ")
+                            ),
+                        );
                     }
-                    DlqCommand::Drain {
-                        redis,
-                        queue,
-                        older_than,
-                        yes: _,
-                    } => redis.check(&mut c, env).map(|redis| Action::DlqDrain {
-                        redis,
-                        queue,
-                        older_than,
-                    }),
+                    redis.check(c, env).map(|redis| {
+                        Action::of(async move { dlq::replay(&redis, &queue, id.as_deref()).await })
+                    })
                 }
-            }
-        };
-        c.finish()?;
-        Ok((must(common), must(action)))
+                DlqCommand::Drain {
+                    redis,
+                    queue,
+                    older_than,
+                    yes: _,
+                } => redis.check(c, env).map(|redis| {
+                    Action::of(async move { dlq::drain(&redis, &queue, older_than).await })
+                }),
+            },
+        }
     }
 }
 
-fn check_migrate(c: &mut Checker, args: MigrateArgs) -> Option<Action> {
-    let present = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
-    // MIGRATION_DATABASE_URL wins; DATABASE_URL is the fallback. Whichever is used is named.
-    let (var, raw) = if present(&args.migration_database_url) {
-        ("MIGRATION_DATABASE_URL", args.migration_database_url)
-    } else if present(&args.database_url) {
-        ("DATABASE_URL", args.database_url)
-    } else {
-        ("MIGRATION_DATABASE_URL", None)
+/// `MIGRATION_DATABASE_URL` wins; `DATABASE_URL` is the fallback. Whichever is used is named.
+fn check_migrate(c: &mut Checker, env: Option<AppEnv>, args: MigrateArgs) -> Option<Action> {
+    let owner = args.owner.check(c, env);
+    let app_url_set = args
+        .app
+        .DATABASE_URL
+        .as_deref()
+        .is_some_and(|s| !s.trim().is_empty());
+    let url = match owner.map(|o| o.owner_url) {
+        Some(Some(url)) => Some(("MIGRATION_DATABASE_URL", url)),
+        Some(None) if app_url_set => args.app.check(c, env).map(|d| ("DATABASE_URL", d.url)),
+        Some(None) => {
+            c.missing("MIGRATION_DATABASE_URL", OWNER_FORM);
+            None
+        }
+        None => None,
     };
-    let form = format!("{} (the owner role; or set DATABASE_URL)", PgUrl::FORM);
-    let url = c.required(var, raw.as_deref(), &form, PgUrl::parse);
-    let connect_timeout = c.millis(
-        "DATABASE_CONNECT_TIMEOUT_MS",
-        &args.database_connect_timeout_ms,
-        1,
-        600_000,
-    );
-    Some(Action::Migrate {
-        url: url?,
-        var,
-        connect_timeout: connect_timeout?,
-    })
+    let pool = args.pool.check(c, env);
+    let ((var, url), connect_timeout) = (url?, pool?.connect_timeout);
+    Some(Action::of(async move {
+        commands::migrate(&url, var, connect_timeout).await
+    }))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use chrono::Utc;
-use igsales_config::{AppEnv, RedisSettings};
+use igsales_config::RedisSettings;
 use igsales_jobs::{
     CanaryV1, DeadLetter, InboundEventV1, InboundSignalV1, Job, JobQueue, RefreshTokenV1,
     SendMessageV1, dlq_key,
@@ -33,7 +33,7 @@ struct Stored {
 }
 
 async fn connect(settings: &RedisSettings) -> anyhow::Result<ConnectionManager> {
-    Ok(igsales_jobs::redis_conn::connect(settings, AppEnv::Development).await?)
+    Ok(igsales_jobs::redis_conn::connect(settings).await?)
 }
 
 async fn read(

@@ -5,6 +5,17 @@
 use std::time::Duration;
 
 use igsales_schema::MerchantId;
+
+igsales_config::group! {
+    /// How the worker keeps within Meta's limits.
+    pub mod limits {
+        GRAPH_SEND_RATE_PER_SEC => send_rate_per_sec: u32 = default "50", int(1, 100);
+        /// How long a throttled merchant waits when Meta gives no regain time.
+        GRAPH_THROTTLE_WAIT_SECS => throttle_wait: Duration = default "60", secs(1, 3600);
+        /// The longest pause a regain time from Meta can impose before calls are tried again.
+        GRAPH_MAX_PAUSE_SECS => max_pause: Duration = default "3600", secs(1, 86_400);
+    }
+}
 use redis::aio::ConnectionManager;
 
 /// KEYS: the merchant's pause, the window. ARGV: limit, a unique member. Returns 0 (go) or the

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use igsales_config::Secret;
+use igsales_config::{HttpUrl, Secret};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -16,17 +16,23 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-#[derive(Debug, Clone)]
-pub struct LlmConfig {
-    /// `OPENAI_BASE_URL`, e.g. `https://api.openai.com/v1` (no trailing `/`).
-    pub base_url: String,
-    pub model: String,
-    pub api_key: Secret,
-    pub max_tokens: u32,
-    pub timeout: Duration,
-    pub max_concurrency: usize,
-    /// How long a looked-up host name's addresses are reused.
-    pub dns_cache_ttl: Duration,
+fn base_url(s: &str) -> Result<HttpUrl, String> {
+    HttpUrl::parse(s)
+}
+
+igsales_config::group! {
+    /// The OpenAI-compatible model API.
+    pub mod model {
+        OPENAI_API_KEY => api_key: Secret = required, secret("the LLM API key");
+        OPENAI_BASE_URL => base_url: HttpUrl = default "https://api.openai.com/v1",
+            parsed(HttpUrl::FORM, base_url);
+        OPENAI_MODEL => model: String = default "gpt-4o-mini", text("a model name");
+        OPENAI_TIMEOUT_MS => timeout: Duration = default "30000", millis(1, 600_000);
+        /// Model calls in flight at once (each holds a blocking thread while it waits).
+        OPENAI_MAX_CONCURRENCY => max_concurrency: usize = default "256",
+            amount("a count", 1, 4096);
+        OPENAI_MAX_TOKENS => max_tokens: u32 = default "400", amount("tokens", 16, 4096);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +70,7 @@ impl LlmError {
 
 #[derive(Clone)]
 pub struct LlmClient {
-    cfg: Arc<LlmConfig>,
+    cfg: Arc<model::Settings>,
     agent: ureq::Agent,
     permits: Arc<Semaphore>,
 }
@@ -94,17 +100,18 @@ struct Message {
 }
 
 impl LlmClient {
-    pub fn new(cfg: LlmConfig) -> Self {
+    /// The client of the `model` group; `dns_cache` is `HTTP_DNS_CACHE_SECS`.
+    pub fn new(cfg: &model::Settings, dns_cache: Duration) -> Self {
         let agent = igsales_meta::http::agent(&igsales_meta::http::AgentSettings {
             timeout: cfg.timeout,
             connect_timeout: cfg.timeout.min(Duration::from_secs(3)),
             max_connections: cfg.max_concurrency,
-            dns_cache_ttl: cfg.dns_cache_ttl,
+            dns_cache_ttl: dns_cache,
             user_agent: None,
         });
         let permits = Arc::new(Semaphore::new(cfg.max_concurrency.max(1)));
         LlmClient {
-            cfg: Arc::new(cfg),
+            cfg: Arc::new(cfg.clone()),
             agent,
             permits,
         }
@@ -127,7 +134,7 @@ impl LlmClient {
                 temperature: 0.3,
             })
             .map_err(|e| LlmError::Decode(e.to_string()))?;
-            let url = format!("{}/chat/completions", cfg.base_url);
+            let url = format!("{}/chat/completions", cfg.base_url.base());
             let mut resp = agent
                 .post(&url)
                 .header("Authorization", &format!("Bearer {}", cfg.api_key.expose()))

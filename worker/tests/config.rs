@@ -2,6 +2,7 @@
 //! or invalid variable in one run, exits 2, and never prints a secret.
 
 use igsales_tests::cli::{key_entry, run};
+use igsales_tests::tls_redis::tls_redis;
 
 const BIN: &str = env!("CARGO_BIN_EXE_worker");
 const PLANTED_PASSWORD: &str = "planted-db-password-7f3a";
@@ -73,7 +74,6 @@ const CASES: &[Case] = &[
             "DATABASE_URL",
             "REDIS_URL",
             "ENCRYPTION_KEY",
-            "IG_APP_SECRET",
             "GRAPH_API_VERSION",
             "OPENAI_API_KEY",
         ],
@@ -300,6 +300,55 @@ fn worker_run_names_invalid_knobs_and_unreachable_redis() {
     assert!(
         out.stderr
             .contains("Redis is unreachable at 127.0.0.1:1 (REDIS_URL)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn worker_run_does_not_need_the_app_secret() {
+    // Past validation without IG_APP_SECRET: it goes on to connect and finds no Redis.
+    let out = run(BIN, &["run"], &without(&full_env(), &["IG_APP_SECRET"]));
+    out.assert_code(1);
+    assert!(!out.stderr.contains("IG_APP_SECRET"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Redis is unreachable at 127.0.0.1:1 (REDIS_URL)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn worker_run_in_production_refuses_a_redis_that_may_evict_keys() {
+    const PASSWORD: &str = "planted-redis-password-e51a";
+    let production = |policy: &str| {
+        let redis = tls_redis(policy, PASSWORD);
+        let mut env = without(&full_env(), &["REDIS_URL"]);
+        env.push(("APP_ENV", "production".to_owned()));
+        env.push((
+            "REDIS_URL",
+            format!("rediss://:{PASSWORD}@127.0.0.1:{}/0", redis.port),
+        ));
+        env.push(("SSL_CERT_FILE", redis.ca.to_str().expect("utf8").to_owned()));
+        let out = run(BIN, &["run"], &env);
+        drop(redis);
+        out
+    };
+    let out = production("allkeys-lru");
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("maxmemory-policy allkeys-lru"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("noeviction"), "{}", out.stderr);
+    assert!(!out.output().contains(PASSWORD), "{}", out.stderr);
+    // The same Redis with noeviction passes, and start-up moves on to Postgres.
+    let out = production("noeviction");
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("Postgres is unreachable"),
         "{}",
         out.stderr
     );

@@ -8,8 +8,9 @@ use chrono::Utc;
 use diesel_async::AsyncPgConnection;
 use igsales_config::{
     AppEnv, DbSettings, GraphSettings, GraphVersion, HttpUrl, KeyEntry, KeyRing, PgUrl,
-    RedisSettings, RedisUrl, Secret,
+    RedisSettings, RedisUrl, Secret, dns,
 };
+use igsales_ingress::config::{admin_api, app, oauth, server, webhook};
 use igsales_ingress::{AppState, IngressSettings, router};
 use igsales_jobs::InboundEventV1;
 use igsales_schema::accounts::{self, Connection};
@@ -45,42 +46,55 @@ pub struct Harness {
 pub fn settings(base: &str, db: &TestDb, redis_url: &str, fake: &FakeMeta) -> IngressSettings {
     let url = |s: &str| HttpUrl::parse(s).expect("url");
     IngressSettings {
-        app_env: AppEnv::Development,
         db: db.app_settings(4),
         redis: RedisSettings {
+            app_env: AppEnv::Development,
             url: RedisUrl::parse(redis_url).expect("redis url"),
             connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_secs(3),
         },
         keys: key_ring(),
-        meta_app_id: APP_ID.into(),
-        ig_app_secret: Secret::new(IG_SECRET),
-        meta_app_secret: Some(Secret::new(META_SECRET)),
+        app: app::Settings {
+            id: APP_ID.into(),
+            secret: Secret::new(IG_SECRET),
+            second_secret: Some(Secret::new(META_SECRET)),
+        },
         graph: GraphSettings {
             version: GraphVersion::parse("v26.0").expect("version"),
             base_url: url(&fake.base_url()),
             timeout: Duration::from_secs(5),
-            dns_cache: Duration::from_secs(30),
+            max_concurrency: 8,
         },
-        api_base_url: url(base),
-        port: 0,
-        webhook_verify_token: Secret::new(VERIFY),
-        admin_api_token: Secret::new(ADMIN),
-        oauth_success_redirect_url: url(SUCCESS_URL),
-        oauth_failure_redirect_url: url(FAILURE_URL),
-        ig_oauth_base_url: url(&fake.base_url()),
-        ig_authorize_url: url(&format!("{}/oauth/authorize", fake.base_url())),
-        cors_allowed_origins: vec!["https://dashboard.example".into()],
-        webhook_max_body_bytes: 64 * 1024,
-        webhook_invalid_dlq_max: 100,
-        webhook_deadline: Duration::from_secs(4),
-        webhook_max_in_flight: 1024,
-        webhook_dedupe_ttl: Duration::from_secs(172_800),
-        account_cache_hit: Duration::from_secs(60),
-        account_cache_miss: Duration::from_secs(1),
-        meta_http_max_concurrency: 8,
-        oauth_state_ttl: Duration::from_secs(600),
-        shutdown_timeout: Duration::from_secs(5),
+        dns: dns::Settings {
+            cache: Duration::from_secs(30),
+        },
+        oauth: oauth::Settings {
+            app_env: AppEnv::Development,
+            api_base_url: url(base),
+            success_redirect_url: url(SUCCESS_URL),
+            failure_redirect_url: url(FAILURE_URL),
+            oauth_base_url: url(&fake.base_url()),
+            authorize_url: url(&format!("{}/oauth/authorize", fake.base_url())),
+            state_ttl: Duration::from_secs(600),
+        },
+        webhook: webhook::Settings {
+            verify_token: Secret::new(VERIFY),
+            max_body_bytes: 64 * 1024,
+            invalid_dlq_max: 100,
+            deadline: Duration::from_secs(4),
+            max_in_flight: 1024,
+            dedupe_ttl: Duration::from_secs(172_800),
+            account_cache_hit: Duration::from_secs(60),
+            account_cache_miss: Duration::from_secs(1),
+        },
+        server: server::Settings {
+            port: 0,
+            shutdown_timeout: Duration::from_secs(5),
+        },
+        admin: admin_api::Settings {
+            token: Secret::new(ADMIN),
+            cors_allowed_origins: vec!["https://dashboard.example".into()],
+        },
     }
 }
 
@@ -206,7 +220,7 @@ pub async fn jobs_on(redis: &TestRedis, queue: &str) -> Vec<InboundEventV1> {
 }
 
 pub async fn build_state(s: IngressSettings) -> AppState {
-    let redis = igsales_jobs::redis_conn::connect(&s.redis, s.app_env)
+    let redis = igsales_jobs::redis_conn::connect(&s.redis)
         .await
         .expect("redis");
     let db = Db::connect(&s.db).await.expect("db");
@@ -313,11 +327,5 @@ pub fn pg_url(s: &str) -> PgUrl {
 }
 
 pub fn db_settings_at(url: &str) -> DbSettings {
-    DbSettings {
-        url: pg_url(url),
-        pool_size: 2,
-        statement_timeout: Duration::from_secs(2),
-        idle_in_transaction_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_millis(300),
-    }
+    igsales_tests::db::db_settings(url, 2, Duration::from_millis(300))
 }

@@ -190,11 +190,11 @@ fn parse_accounts(value: &str) -> anyhow::Result<Vec<Account>> {
 async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let pairs = parse_accounts(&args.accounts)?;
     let mut c = Checker::new();
-    let db = args.db.check(&mut c);
-    let keys = args.keys.check(&mut c);
+    let db = args.db.check(&mut c, None);
+    let keys = args.keys.check(&mut c, None);
     c.finish().map_err(|e| anyhow!("{e}"))?;
     let db = Db::connect(&must(db)).await?;
-    let vault = Vault::new(&must(keys));
+    let vault = Vault::new(&must(keys).ring);
     let vault = &vault;
     for account in &pairs {
         let merchant = account

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use clap::Parser;
-use igsales_config::{DbSettings, PgUrl, parse_key_ring};
+use igsales_config::{PgUrl, parse_key_ring};
 use igsales_jobs::{CanaryV1, InboundEventV1, JobQueue};
 use igsales_meta::webhook::EventKind;
 use igsales_schema::{Db, Vault};
 use igsales_tests::cli::key_entry;
+use igsales_tests::db::db_settings;
 use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig};
 use igsales_tests::fake_meta::{FakeMeta, FakeMetaConfig, webhook as wh};
 use igsales_tests::process::free_port;
@@ -181,14 +182,8 @@ async fn pipeline(args: &Args) -> anyhow::Result<()> {
     let fake = FakeMeta::start(FakeMetaConfig::default()).await;
     let llm = FakeLlm::start(FakeLlmConfig::default()).await;
     llm.set_latency(Duration::from_millis(args.llm_latency_ms));
-    let db = Db::connect(&DbSettings {
-        url: PgUrl::parse(&args.database_url).map_err(anyhow::Error::msg)?,
-        pool_size: 4,
-        statement_timeout: Duration::from_secs(30),
-        idle_in_transaction_timeout: Duration::from_secs(30),
-        connect_timeout: Duration::from_secs(5),
-    })
-    .await?;
+    PgUrl::parse(&args.database_url).map_err(anyhow::Error::msg)?;
+    let db = Db::connect(&db_settings(&args.database_url, 4, Duration::from_secs(5))).await?;
     let vault = Vault::new(&parse_key_ring(&key_entry(1, 1)).map_err(anyhow::Error::msg)?);
     let accounts_made =
         igsales_tests::shops::connected(&db, &vault, &fake, args.accounts, 30, "178414").await?;

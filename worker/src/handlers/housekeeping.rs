@@ -27,8 +27,8 @@ return removed
 ";
 
 pub async fn run(job: HousekeepingV1, shared: &Shared) -> Result<(), JobError> {
-    let retention =
-        chrono::Duration::from_std(shared.settings.retention).map_err(JobError::permanent)?;
+    let retention = chrono::Duration::from_std(shared.settings.retention.retention)
+        .map_err(JobError::permanent)?;
     let cutoff = Utc::now() - retention;
 
     let mut events_deleted = 0;
@@ -79,7 +79,7 @@ pub async fn run(job: HousekeepingV1, shared: &Shared) -> Result<(), JobError> {
         }
     }
 
-    let cap = shared.settings.dlq_max_len as isize;
+    let cap = shared.settings.retry.dlq_max_len as isize;
     let mut pipe = redis::pipe();
     for queue in crate::runtime::QUEUES.iter().chain(&["webhook_invalid"]) {
         pipe.ltrim(dlq_key(queue), 0, cap - 1).ignore();

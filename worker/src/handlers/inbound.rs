@@ -102,7 +102,7 @@ const RELEASE: &str =
 pub async fn run(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
     let lease = format!("lease:inbound_event:{}:{}", job.merchant_id, job.event_id);
     let mut redis = shared.redis.clone();
-    let ttl = (shared.settings.orphan_timeout / 3).max(std::time::Duration::from_secs(1));
+    let ttl = (shared.settings.pool.orphan_timeout / 3).max(std::time::Duration::from_secs(1));
     let ttl_ms = ttl.as_millis() as u64;
     let token = uuid::Uuid::new_v4().to_string();
     let won: Option<String> = redis::cmd("SET")
@@ -161,7 +161,7 @@ async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
     if job.kind.needs_model() {
         return on_message(shared, &ctx).await;
     }
-    let takeover = ChronoDuration::from_std(shared.settings.human_takeover)
+    let takeover = ChronoDuration::from_std(shared.settings.conversation.human_takeover)
         .unwrap_or(ChronoDuration::hours(12));
     shared
         .db

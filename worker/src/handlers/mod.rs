@@ -4,6 +4,7 @@ pub mod canary;
 pub mod housekeeping;
 pub mod inbound;
 pub mod send;
+pub mod settings;
 pub mod tokens;
 
 use igsales_meta::{ErrorClass, MetaError};

@@ -110,7 +110,10 @@ async fn decide(
         &job.instagram_account_id,
         &shared.vault,
     );
-    let (echo_wait, window_closes_at) = (shared.settings.echo_confirm, job.window_closes_at);
+    let (echo_wait, window_closes_at) = (
+        shared.settings.conversation.echo_confirm,
+        job.window_closes_at,
+    );
     let (parts, token) = futures::join!(
         outbound::with_previous(c, k),
         accounts::usable_token(c, vault, merchant, page)
@@ -229,7 +232,7 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
     {
         return Err(JobError::Wait(wait, "graph rate limit"));
     }
-    let echo_wait = shared.settings.echo_confirm;
+    let echo_wait = shared.settings.conversation.echo_confirm;
     // One transaction decides and, for a send, claims it: `sending` and one more attempt are
     // committed before the call (the UPDATE and COMMIT in one flight).
     let decision = shared
@@ -288,7 +291,7 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                     Ok(()) => break,
                     Err(e) if e.is_unavailable() && started.elapsed() < echo_wait => {
                         tracing::warn!(merchant.id = %merchant, part = %key, error = %e, "sent, but Postgres is unavailable; marking again");
-                        tokio::time::sleep(shared.settings.unavailable_wait).await;
+                        tokio::time::sleep(shared.settings.retry.unavailable_wait).await;
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -319,8 +322,8 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                 ErrorClass::Throttled { regain_after } => {
                     set_status(shared, merchant, &key, "pending", Some(error)).await?;
                     let wait = regain_after
-                        .unwrap_or(shared.settings.graph_throttle_wait)
-                        .min(shared.settings.graph_max_pause);
+                        .unwrap_or(shared.settings.limits.throttle_wait)
+                        .min(shared.settings.limits.max_pause);
                     shared
                         .gate
                         .pause(merchant, wait)
@@ -331,7 +334,7 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                 ErrorClass::Transient => {
                     // Out of attempts: the part dies here, so the parts after it die too
                     // instead of waiting for it.
-                    if job.delivery.attempt + 1 >= shared.settings.max_attempts_send_message {
+                    if job.delivery.attempt + 1 >= shared.settings.retry.send_message() {
                         end(shared, merchant, &key, DeadReason::Exhausted, &error).await?;
                         return Err(JobError::Dead(DeadReason::Exhausted, e.into()));
                     }

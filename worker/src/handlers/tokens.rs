@@ -50,7 +50,7 @@ pub async fn enqueue_refreshes(
 /// refresh of an account then finds it fresh and is a no-op at Meta's side (and refreshing is
 /// harmless).
 pub async fn sweep(job: TokenRefreshSweepV1, shared: &Shared) -> Result<(), JobError> {
-    let window = chrono::Duration::from_std(shared.settings.token_refresh_window)
+    let window = chrono::Duration::from_std(shared.settings.token_refresh.window)
         .map_err(JobError::permanent)?;
     let due = due_accounts(&shared.db, window).await?;
     let n = enqueue_refreshes(shared.redis.clone(), &due)

@@ -29,12 +29,11 @@ use apalis_cron::{CronScheduler, Tick};
 use apalis_redis::{Config, RedisStorage};
 use chrono::Utc;
 use futures::future::BoxFuture;
-use igsales_config::AppEnv;
 use igsales_jobs::{
     CanaryV1, HousekeepingV1, InboundEventV1, InboundSignalV1, Job, JobQueue, RefreshTokenV1,
     SendMessageV1, TokenRefreshSweepV1,
 };
-use igsales_meta::{MetaClient, MetaClientConfig};
+use igsales_meta::MetaClient;
 use igsales_schema::{Db, Vault};
 use redis::aio::ConnectionManager;
 use tokio::sync::{Semaphore, watch};
@@ -183,10 +182,10 @@ fn worker_name(queue: &str, boot: &str, restarts: usize) -> String {
 fn storage_config<J: Job>(settings: &RunSettings) -> Config {
     // A worker whose heartbeat is older than heartbeat × missed is dead: its jobs run again
     // elsewhere. Heartbeats come every third of the orphan timeout.
-    let heartbeat = (settings.orphan_timeout / 3).max(Duration::from_secs(1));
+    let heartbeat = (settings.pool.orphan_timeout / 3).max(Duration::from_secs(1));
     Config::default()
         .queue(J::NAME)
-        .batch_size(settings.prefetch)
+        .batch_size(settings.pool.prefetch)
         .heartbeat_interval(heartbeat)
         .missed_heartbeats(3)
         // Per-job leases only write a task's status and holder, and the script that takes one
@@ -217,17 +216,17 @@ fn register<J: Job>(
         let mut queue = queue.clone();
         queue.replaced = replaced;
         let retry = conn::Retry {
-            budget: settings.redis_retry,
-            orphan_timeout: settings.orphan_timeout,
+            budget: settings.pool.redis_retry,
+            orphan_timeout: settings.pool.orphan_timeout,
         };
         let conn = conn::QueueConn::new(redis.clone(), &config, faults.clone(), retry);
         let storage: RedisStorage<J, conn::QueueConn> = RedisStorage::new(conn).with_config(config);
-        let poll = poll::Gated::new(settings.poll_interval, queue.permits.clone());
+        let poll = poll::Gated::new(settings.pool.poll_interval, queue.permits.clone());
         WorkerBuilder::new(worker_name(J::NAME, &boot, restarts))
             .backend(storage.poll_with_strategy(poll))
             .parallelize(tokio::spawn)
             // Above our own permit count so fetched jobs never wait in apalis's buffer.
-            .concurrency(settings.concurrency + settings.prefetch)
+            .concurrency(settings.pool.concurrency + settings.pool.prefetch)
             .data(queue)
             .build(run_job::<J>)
     })
@@ -299,14 +298,14 @@ impl Setup {
             shared: self.shared.clone(),
             policy: Policy {
                 max_attempts,
-                backoff_base: settings.backoff_base,
-                backoff_max: settings.backoff_max,
-                inprocess_wait_max: settings.inprocess_wait_max,
-                unavailable_wait: settings.unavailable_wait,
-                timeout: settings.job_timeout,
-                dlq_max_len: settings.dlq_max_len,
+                backoff_base: settings.retry.backoff_base,
+                backoff_max: settings.retry.backoff_max,
+                inprocess_wait_max: settings.retry.inprocess_wait_max,
+                unavailable_wait: settings.retry.unavailable_wait,
+                timeout: settings.retry.job_timeout,
+                dlq_max_len: settings.retry.dlq_max_len,
             },
-            permits: Arc::new(Semaphore::new(settings.concurrency)),
+            permits: Arc::new(Semaphore::new(settings.pool.concurrency)),
             handler: boxed(handler),
             shutdown: self.shutdown.clone(),
             replaced: watch::channel(false).1,
@@ -324,38 +323,21 @@ impl Setup {
 /// Runs the pool until SIGTERM/Ctrl-C (clean exit) or until a worker keeps dying (exit 1).
 pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     igsales_config::prometheus();
-    let redis = igsales_jobs::redis_conn::connect(&settings.redis, AppEnv::Development).await?;
+    let redis = igsales_jobs::redis_conn::connect(&settings.redis).await?;
     let db = Db::connect(&settings.db).await?;
-    let meta = MetaClient::new(MetaClientConfig {
-        oauth_base: String::new(),
-        graph_base: settings.graph.base_url.base().to_owned(),
-        version: settings.graph.version.as_str().to_owned(),
-        client_id: String::new(),
-        client_secret: settings.ig_app_secret.clone(),
-        timeout: settings.graph.timeout,
-        max_concurrency: settings.meta_http_max_concurrency,
-        dns_cache_ttl: settings.graph.dns_cache,
-    });
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.metrics_port))
+    let meta = MetaClient::new(&settings.graph, settings.dns.cache);
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.pool.metrics_port))
         .await
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot listen on METRICS_PORT {}: {e}",
-                settings.metrics_port
+                settings.pool.metrics_port
             )
         })?;
-    let llm = crate::llm::LlmClient::new(crate::llm::LlmConfig {
-        base_url: settings.openai_base_url.base().to_owned(),
-        model: settings.openai_model.clone(),
-        api_key: settings.openai_api_key.clone(),
-        max_tokens: settings.openai_max_tokens,
-        timeout: settings.openai_timeout,
-        max_concurrency: settings.openai_max_concurrency,
-        dns_cache_ttl: settings.graph.dns_cache,
-    });
+    let llm = crate::llm::LlmClient::new(&settings.model, settings.dns.cache);
     let shared = Arc::new(Shared {
         vault: Vault::new(&settings.keys),
-        gate: crate::graph::GraphGate::new(redis.clone(), settings.graph_send_rate_per_sec),
+        gate: crate::graph::GraphGate::new(redis.clone(), settings.limits.send_rate_per_sec),
         db,
         redis: redis.clone(),
         meta,
@@ -387,38 +369,32 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         faults: conn::Faults::default(),
     };
     let mut monitor = Monitor::new();
-    monitor = setup.queue(
-        monitor,
-        settings.max_attempts_inbound_event,
-        |j, s| async move { crate::handlers::inbound::run(j, &s).await },
-    );
+    monitor = setup.queue(monitor, settings.retry.inbound_event(), |j, s| async move {
+        crate::handlers::inbound::run(j, &s).await
+    });
     // Its own permits and fetch loop: echoes confirm sends however far the model is behind.
     monitor = setup.queue(
         monitor,
-        settings.max_attempts_inbound_event,
+        settings.retry.inbound_event(),
         |j: InboundSignalV1, s| async move { crate::handlers::inbound::run(j.0, &s).await },
     );
-    monitor = setup.queue(
-        monitor,
-        settings.max_attempts_send_message,
-        |j, s| async move { crate::handlers::send::run(j, &s).await },
-    );
-    monitor = setup.queue(
-        monitor,
-        settings.max_attempts_refresh_token,
-        |j, s| async move { crate::handlers::tokens::refresh(j, &s).await },
-    );
-    monitor = setup.queue(monitor, settings.max_attempts, |j, s| async move {
+    monitor = setup.queue(monitor, settings.retry.send_message(), |j, s| async move {
+        crate::handlers::send::run(j, &s).await
+    });
+    monitor = setup.queue(monitor, settings.retry.refresh_token(), |j, s| async move {
+        crate::handlers::tokens::refresh(j, &s).await
+    });
+    monitor = setup.queue(monitor, settings.retry.max_attempts, |j, s| async move {
         crate::handlers::tokens::sweep(j, &s).await
     });
-    monitor = setup.queue(monitor, settings.max_attempts, |j, s| async move {
+    monitor = setup.queue(monitor, settings.retry.max_attempts, |j, s| async move {
         crate::handlers::housekeeping::run(j, &s).await
     });
-    monitor = setup.queue(monitor, settings.max_attempts, |j, s| async move {
+    monitor = setup.queue(monitor, settings.retry.max_attempts, |j, s| async move {
         crate::handlers::canary::run(j, &s).await
     });
-    let token_cron = settings.token_refresh_cron.parse::<cron::Schedule>()?;
-    let housekeeping_cron = settings.housekeeping_cron.parse::<cron::Schedule>()?;
+    let token_cron = settings.schedule.token_refresh.clone();
+    let housekeeping_cron = settings.schedule.housekeeping.clone();
     monitor = register_cron(
         monitor,
         token_cron,
@@ -445,8 +421,8 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let gave_up = Arc::new(AtomicBool::new(false));
     let restarts_seen = Arc::new(AtomicUsize::new(0));
     let budget = std::sync::Mutex::new(RestartBudget::new(
-        settings.max_restarts as usize,
-        settings.restart_window,
+        settings.pool.max_restarts as usize,
+        settings.pool.restart_window,
     ));
     let (fatal_tx, mut fatal_rx) = watch::channel(false);
     let monitor = {
@@ -473,7 +449,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
                     false
                 }
             })
-            .shutdown_timeout(settings.shutdown_timeout)
+            .shutdown_timeout(settings.pool.shutdown_timeout)
     };
     let signal = async move {
         tokio::select! {
@@ -484,7 +460,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         Ok(())
     };
-    tracing::info!(queues = ?QUEUES, concurrency = settings.concurrency, "worker pool running");
+    tracing::info!(queues = ?QUEUES, concurrency = settings.pool.concurrency, "worker pool running");
     let outcome = monitor.run_with_signal(signal).await;
     if gave_up.load(Ordering::SeqCst) {
         anyhow::bail!(

@@ -1,0 +1,42 @@
+//! The groups the job handlers own.
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+fn schedule(s: &str) -> Result<cron::Schedule, String> {
+    cron::Schedule::from_str(s).map_err(|_| String::new())
+}
+
+const CRON_FORM: &str = "a cron expression with seconds, e.g. 0 0 * * * * (hourly)";
+
+igsales_config::group! {
+    /// How conversations are handed between the assistant and people.
+    pub mod conversation {
+        HUMAN_TAKEOVER_MINUTES => human_takeover: Duration = default "720", minutes(1, 43_200);
+        ECHO_CONFIRM_SECS => echo_confirm: Duration = default "60", secs(1, 3600);
+    }
+}
+
+igsales_config::group! {
+    /// Which tokens are renewed.
+    pub mod token_refresh {
+        TOKEN_REFRESH_WINDOW_DAYS => window: Duration = default "10", days(1, 59);
+    }
+}
+
+igsales_config::group! {
+    /// The crons (six fields, with seconds, UTC).
+    pub mod schedule {
+        TOKEN_REFRESH_CRON => token_refresh: cron::Schedule = default "0 0 * * * *",
+            parsed(CRON_FORM, schedule);
+        HOUSEKEEPING_CRON => housekeeping: cron::Schedule = default "0 30 3 * * *",
+            parsed(CRON_FORM, schedule);
+    }
+}
+
+igsales_config::group! {
+    /// What housekeeping keeps.
+    pub mod retention {
+        RETENTION_DAYS => retention: Duration = default "30", days(1, 3650);
+    }
+}
