@@ -9,6 +9,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::event_id;
 use crate::ids::IdString;
 
 /// `{"object": "...", "entry": [...]}`; entries stay raw until routed.
@@ -132,8 +133,8 @@ struct Probe<'a> {
 /// How one event is to be handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classified {
-    /// Route it: a kind and, for messages, the id built from Meta's own ids (`None`: use the
-    /// `h:` hash of the raw bytes).
+    /// Route it: a kind and, for messages, the id built from Meta's own ids (`None`: use
+    /// [`event_id::hashed`] of the raw bytes).
     Event { kind: EventKind, id: Option<String> },
     /// A test message the account sent itself (`is_self`).
     SelfTest,
@@ -150,7 +151,7 @@ pub fn classify_messaging(raw: &RawValue) -> Classified {
     };
     let with_mid = |kind: EventKind, prefix: &str, m: &Mid<'_>| Classified::Event {
         kind,
-        id: m.mid.as_ref().map(|mid| format!("{prefix}:{mid}")),
+        id: m.mid.as_deref().map(|mid| event_id::with_mid(prefix, mid)),
     };
     if let Some(m) = &p.message {
         if m.is_self {
@@ -170,10 +171,7 @@ pub fn classify_messaging(raw: &RawValue) -> Classified {
     if let Some(m) = &p.message_edit {
         return Classified::Event {
             kind: EventKind::Edit,
-            id: m
-                .mid
-                .as_ref()
-                .map(|mid| format!("edit:{mid}:{}", m.num_edit.unwrap_or(0))),
+            id: m.mid.as_deref().map(|mid| event_id::edit(mid, m.num_edit)),
         };
     }
     let kind = if p.reaction.is_some() {
