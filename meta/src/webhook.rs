@@ -12,6 +12,10 @@ use serde_json::value::RawValue;
 use crate::event_id;
 use crate::ids::IdString;
 
+/// The webhook fields an account is subscribed to, when it connects (SPEC §4.2) and when an
+/// operator resubscribes it: the events below come from these.
+pub const SUBSCRIBED_FIELDS: &str = "messages,messaging_postbacks,messaging_seen,message_reactions";
+
 /// `{"object": "...", "entry": [...]}`; entries stay raw until routed.
 #[derive(Debug, Deserialize)]
 pub struct Envelope<'a> {

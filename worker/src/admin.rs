@@ -9,9 +9,6 @@ use igsales_meta::{MetaClient, MetaClientConfig};
 use igsales_schema::accounts::{self, AccountError};
 use igsales_schema::{Db, DbError, MerchantId, Vault, conversations};
 
-/// The fields subscribed when an account connects (SPEC §4.2).
-const SUBSCRIBED_FIELDS: &str = "messages,messaging_postbacks,messaging_seen,message_reactions";
-
 fn meta_client(graph: &GraphSettings) -> MetaClient {
     MetaClient::new(MetaClientConfig {
         oauth_base: String::new(),
@@ -91,7 +88,7 @@ pub async fn accounts_resubscribe(
                 .await;
             let result = match token {
                 Ok(t) => meta
-                    .subscribe(&t, SUBSCRIBED_FIELDS)
+                    .subscribe(&t, igsales_meta::webhook::SUBSCRIBED_FIELDS)
                     .await
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
