@@ -13,14 +13,12 @@
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use diesel_async::AsyncPgConnection;
 use igsales_jobs::{DeadReason, InboundEventV1, JobQueue, SendMessageV1};
-use igsales_meta::IdString;
-use igsales_meta::webhook::EventKind;
+use igsales_meta::webhook::{EventKind, Messaging};
 use igsales_schema::conversations::{self, Conversation, NewMessage};
 use igsales_schema::events::{self, NewEvent};
 use igsales_schema::merchants::{self, Merchant};
 use igsales_schema::outbound::{self, Outbound};
 use igsales_schema::{DbError, MerchantId, accounts, products};
-use serde::Deserialize;
 
 use crate::reply::{self, HANDOFF_MARKER};
 use crate::runtime::Shared;
@@ -31,58 +29,7 @@ pub const REPLIES: &str = "igsales_replies_total";
 const WINDOW: ChronoDuration = ChronoDuration::hours(24);
 const HISTORY: i64 = 12;
 
-#[derive(Deserialize)]
-struct Party {
-    id: IdString,
-}
-
-#[derive(Deserialize, Default)]
-struct Message {
-    #[serde(default)]
-    mid: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    attachments: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct Postback {
-    #[serde(default)]
-    mid: Option<String>,
-    #[serde(default)]
-    title: Option<String>,
-    #[serde(default)]
-    payload: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Edit {
-    mid: String,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    num_edit: Option<i32>,
-}
-
-/// The parts of a messaging event this handler reads.
-#[derive(Deserialize)]
-struct Event {
-    #[serde(default)]
-    sender: Option<Party>,
-    #[serde(default)]
-    recipient: Option<Party>,
-    #[serde(default)]
-    timestamp: Option<i64>,
-    #[serde(default)]
-    message: Option<Message>,
-    #[serde(default)]
-    postback: Option<Postback>,
-    #[serde(default)]
-    message_edit: Option<Edit>,
-}
-
-fn when(job: &InboundEventV1, ev: &Event) -> DateTime<Utc> {
+fn when(job: &InboundEventV1, ev: &Messaging) -> DateTime<Utc> {
     ev.timestamp
         .or(job.entry_time_ms)
         .and_then(DateTime::from_timestamp_millis)
@@ -147,7 +94,7 @@ pub async fn run(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
 
 async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
     let merchant = MerchantId(job.merchant_id);
-    let ev: Event = serde_json::from_str(job.event.get())
+    let ev: Messaging = serde_json::from_str(job.event.get())
         .map_err(|e| JobError::permanent(anyhow::anyhow!("unreadable event: {e}")))?;
     let at = when(&job, &ev);
     let now = Utc::now();
@@ -178,7 +125,7 @@ async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
 /// What every branch reads.
 struct Ctx<'a> {
     job: &'a InboundEventV1,
-    ev: &'a Event,
+    ev: &'a Messaging,
     merchant: MerchantId,
     at: DateTime<Utc>,
     now: DateTime<Utc>,
