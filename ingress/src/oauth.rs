@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
 use diesel_async::AsyncPgConnection;
+use igsales_meta::webhook::SUBSCRIBED_FIELDS;
 use igsales_schema::accounts::{self, AccountError, Connection};
 use igsales_schema::{DbError, MerchantId, merchants};
 use redis::AsyncCommands;
@@ -27,7 +28,6 @@ use crate::metrics::OAUTH_RESULTS;
 
 const COOKIE: &str = "igs_oauth";
 const SCOPE: &str = "instagram_business_basic,instagram_business_manage_messages";
-pub const SUBSCRIBED_FIELDS: &str = "messages,messaging_postbacks,messaging_seen,message_reactions";
 
 fn parse_merchant(raw: &str) -> Result<MerchantId, AppError> {
     raw.parse()

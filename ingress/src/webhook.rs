@@ -23,6 +23,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
 use igsales_jobs::{InboundEventV1, InboundSignalV1, Job, JobQueue};
+use igsales_meta::event_id;
 use igsales_meta::webhook::{
     Classified, Entry, Envelope, EventKind, classify_change, classify_messaging,
 };
@@ -139,14 +140,6 @@ struct Pending {
     raw: Box<RawValue>,
 }
 
-/// `h:` + SHA-256(merchant id as text ‖ 0x00 ‖ the event's raw bytes as received).
-fn hashed_event_id(merchant: MerchantId, raw: &RawValue) -> String {
-    format!(
-        "h:{}",
-        sha256_hex(&[merchant.to_string().as_bytes(), &[0], raw.get().as_bytes()])
-    )
-}
-
 /// `dedupe:{merchant_id}:{first 32 hex of SHA-256(event_id)}`.
 pub fn claim_key(merchant: MerchantId, event_id: &str) -> String {
     let digest = sha256_hex(&[event_id.as_bytes()]);
@@ -200,7 +193,7 @@ async fn process(state: &AppState, body: &[u8]) -> Result<(), AppError> {
                     pending.push(Pending {
                         merchant,
                         account: entry.id.0.clone(),
-                        event_id: id.unwrap_or_else(|| hashed_event_id(merchant, raw)),
+                        event_id: id.unwrap_or_else(|| event_id::hashed(merchant, raw)),
                         kind,
                         entry_time_ms,
                         raw: raw.to_owned(),

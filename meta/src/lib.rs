@@ -3,6 +3,7 @@
 //! client with timeouts, off the async threads.
 
 pub mod client;
+pub mod event_id;
 pub mod http;
 pub mod ids;
 pub mod media;

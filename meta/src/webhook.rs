@@ -9,7 +9,12 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::event_id;
 use crate::ids::IdString;
+
+/// The webhook fields an account is subscribed to, when it connects (SPEC §4.2) and when an
+/// operator resubscribes it: the events below come from these.
+pub const SUBSCRIBED_FIELDS: &str = "messages,messaging_postbacks,messaging_seen,message_reactions";
 
 /// `{"object": "...", "entry": [...]}`; entries stay raw until routed.
 #[derive(Debug, Deserialize)]
@@ -89,6 +94,64 @@ impl EventKind {
     }
 }
 
+/// One `messaging[]` event, the parts the worker reads to answer or record it. Owned: the job
+/// carries the event's raw bytes, and this is read from them (what the event *is* was decided
+/// by [`classify_messaging`] in the ingress).
+#[derive(Debug, Deserialize)]
+pub struct Messaging {
+    #[serde(default)]
+    pub sender: Option<Party>,
+    #[serde(default)]
+    pub recipient: Option<Party>,
+    /// Milliseconds.
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+    #[serde(default)]
+    pub message: Option<Message>,
+    #[serde(default)]
+    pub postback: Option<Postback>,
+    #[serde(default)]
+    pub message_edit: Option<MessageEdit>,
+}
+
+/// `sender` / `recipient`: an Instagram-scoped id.
+#[derive(Debug, Deserialize)]
+pub struct Party {
+    pub id: IdString,
+}
+
+/// `message` (also of an echo or a deletion).
+#[derive(Debug, Default, Deserialize)]
+pub struct Message {
+    #[serde(default)]
+    pub mid: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub attachments: Option<serde_json::Value>,
+}
+
+/// `postback`: a tapped button or ice breaker.
+#[derive(Debug, Deserialize)]
+pub struct Postback {
+    #[serde(default)]
+    pub mid: Option<String>,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub payload: Option<String>,
+}
+
+/// `message_edit`: the message's new text.
+#[derive(Debug, Deserialize)]
+pub struct MessageEdit {
+    pub mid: String,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub num_edit: Option<i32>,
+}
+
 #[derive(Debug, Deserialize)]
 struct Mid<'a> {
     // Cow: a mid with JSON escapes cannot be borrowed.
@@ -132,8 +195,8 @@ struct Probe<'a> {
 /// How one event is to be handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classified {
-    /// Route it: a kind and, for messages, the id built from Meta's own ids (`None`: use the
-    /// `h:` hash of the raw bytes).
+    /// Route it: a kind and, for messages, the id built from Meta's own ids (`None`: use
+    /// [`event_id::hashed`] of the raw bytes).
     Event { kind: EventKind, id: Option<String> },
     /// A test message the account sent itself (`is_self`).
     SelfTest,
@@ -150,7 +213,7 @@ pub fn classify_messaging(raw: &RawValue) -> Classified {
     };
     let with_mid = |kind: EventKind, prefix: &str, m: &Mid<'_>| Classified::Event {
         kind,
-        id: m.mid.as_ref().map(|mid| format!("{prefix}:{mid}")),
+        id: m.mid.as_deref().map(|mid| event_id::with_mid(prefix, mid)),
     };
     if let Some(m) = &p.message {
         if m.is_self {
@@ -170,10 +233,7 @@ pub fn classify_messaging(raw: &RawValue) -> Classified {
     if let Some(m) = &p.message_edit {
         return Classified::Event {
             kind: EventKind::Edit,
-            id: m
-                .mid
-                .as_ref()
-                .map(|mid| format!("edit:{mid}:{}", m.num_edit.unwrap_or(0))),
+            id: m.mid.as_deref().map(|mid| event_id::edit(mid, m.num_edit)),
         };
     }
     let kind = if p.reaction.is_some() {
@@ -296,6 +356,51 @@ mod tests {
                 id: None
             }
         );
+    }
+
+    #[test]
+    fn a_messaging_event_reads_its_parties_message_postback_and_edit() {
+        let ev: Messaging = serde_json::from_str(
+            r#"{"sender":{"id":1129842642640637},"recipient":{"id":"17841400538867190"},
+                "timestamp":1762022388574,
+                "message":{"mid":"m1","text":"hi","attachments":[{"type":"image"}]}}"#,
+        )
+        .expect("message");
+        assert_eq!(
+            ev.sender.map(|p| p.id.0).as_deref(),
+            Some("1129842642640637")
+        );
+        assert_eq!(
+            ev.recipient.map(|p| p.id.0).as_deref(),
+            Some("17841400538867190")
+        );
+        assert_eq!(ev.timestamp, Some(1_762_022_388_574));
+        let m = ev.message.expect("message");
+        assert_eq!(
+            (m.mid.as_deref(), m.text.as_deref()),
+            (Some("m1"), Some("hi"))
+        );
+        assert_eq!(m.attachments, Some(serde_json::json!([{"type": "image"}])));
+
+        let ev: Messaging =
+            serde_json::from_str(r#"{"postback":{"mid":"p1","title":"T","payload":"P"}}"#)
+                .expect("postback");
+        let p = ev.postback.expect("postback");
+        assert_eq!(
+            (p.mid.as_deref(), p.title.as_deref(), p.payload.as_deref()),
+            (Some("p1"), Some("T"), Some("P"))
+        );
+
+        let ev: Messaging =
+            serde_json::from_str(r#"{"message_edit":{"mid":"m1","text":"x","num_edit":2}}"#)
+                .expect("edit");
+        let e = ev.message_edit.expect("edit");
+        assert_eq!(
+            (e.mid.as_str(), e.text.as_deref(), e.num_edit),
+            ("m1", Some("x"), Some(2))
+        );
+        // An edit names the message it edits.
+        assert!(serde_json::from_str::<Messaging>(r#"{"message_edit":{"text":"x"}}"#).is_err());
     }
 
     #[test]

@@ -9,9 +9,6 @@ use igsales_meta::MetaClient;
 use igsales_schema::accounts::{self, AccountError};
 use igsales_schema::{Db, DbError, MerchantId, Vault, conversations};
 
-/// The fields subscribed when an account connects (SPEC §4.2).
-const SUBSCRIBED_FIELDS: &str = "messages,messaging_postbacks,messaging_seen,message_reactions";
-
 /// `tokens refresh`: enqueues `refresh_token` for one merchant's accounts or for all due.
 pub async fn tokens_refresh(
     db: &DbSettings,
@@ -79,7 +76,7 @@ pub async fn accounts_resubscribe(
                 .await;
             let result = match token {
                 Ok(t) => meta
-                    .subscribe(&t, SUBSCRIBED_FIELDS)
+                    .subscribe(&t, igsales_meta::webhook::SUBSCRIBED_FIELDS)
                     .await
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),

@@ -1,26 +1,42 @@
-//! `inbound_event`: record the event, update the conversation, and answer when it is ours to
-//! answer (SPEC §5.1–5.3).
+//! `inbound_event` and `inbound_signal`: record the event, update the conversation, and answer
+//! when it is ours to answer (SPEC §5.1–5.3).
 //!
-//! A customer's message costs one read-only transaction (the event's state, the conversation,
-//! the shop, the catalog and the history, read in one flight) and, after the model answered,
-//! one write transaction: the conversation's clock, the message, the reply parts and the event
-//! record (UNIQUE `(merchant_id, event_id)`, marked processed) commit together. The sends are
-//! enqueued after the commit. A re-run of a processed event enqueues again only the parts that
-//! never started (a push that failed after the commit); the parts' own status makes a
-//! duplicate send job harmless. Other kinds (which the ingress puts on `inbound_signal`, away
-//! from the model's backlog) record the event and act in one transaction.
+//! Order of work for a customer's message (or postback), and why:
+//! 1. A short Redis lease on the event (`run`): two runs at once (a duplicate delivery raced
+//!    the first) would both pay the model; the second waits and then finds the event processed.
+//! 2. One read-only transaction: the event's state, the conversation, the shop, the catalog,
+//!    the history, the parts of an earlier run and the account's reauth flag, in one flight,
+//!    whether or not they turn out to be needed, so nothing waits on a first answer.
+//! 3. `decide`, from what was read and without I/O, in this order: processed before (push
+//!    again the parts that never started); no shop (store only); a request for a person (hand
+//!    off, whatever else holds); not ours to answer, i.e. assistant off, a person's
+//!    conversation, paused or no text (store only, however old); outside Meta's 24-hour window
+//!    (store, dead letter); superseded by a newer message (store only); an answer an earlier
+//!    run stored (push it); an account that needs its owner (store unanswered, dead letter);
+//!    else answer. Every check that needs no model comes first, so the model is paid only for
+//!    a reply that can go.
+//! 4. The model, outside any transaction (or the answer a failed run kept in Redis); then
+//!    `answered` decides between a hand-off, nothing and the reply parts.
+//! 5. One write transaction: the conversation's clock, the message, the reply parts and the
+//!    event record (UNIQUE `(merchant_id, event_id)`, marked processed) commit together. If it
+//!    fails after the model answered, the answer is kept in Redis so the next run does not buy
+//!    it again.
+//! 6. The sends are enqueued after the commit. A re-run of a processed event enqueues again only
+//!    the parts that never started (a push that failed after the commit); the parts' own status
+//!    makes a duplicate send job harmless.
+//!
+//! Other kinds (which the ingress puts on `inbound_signal`, away from the model's backlog)
+//! record the event and act in one transaction.
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use diesel_async::AsyncPgConnection;
 use igsales_jobs::{DeadReason, InboundEventV1, JobQueue, SendMessageV1};
-use igsales_meta::IdString;
-use igsales_meta::webhook::EventKind;
+use igsales_meta::webhook::{EventKind, Messaging};
 use igsales_schema::conversations::{self, Conversation, NewMessage};
 use igsales_schema::events::{self, NewEvent};
 use igsales_schema::merchants::{self, Merchant};
 use igsales_schema::outbound::{self, Outbound};
 use igsales_schema::{DbError, MerchantId, accounts, products};
-use serde::Deserialize;
 
 use crate::reply::{self, HANDOFF_MARKER};
 use crate::runtime::Shared;
@@ -31,58 +47,7 @@ pub const REPLIES: &str = "igsales_replies_total";
 const WINDOW: ChronoDuration = ChronoDuration::hours(24);
 const HISTORY: i64 = 12;
 
-#[derive(Deserialize)]
-struct Party {
-    id: IdString,
-}
-
-#[derive(Deserialize, Default)]
-struct Message {
-    #[serde(default)]
-    mid: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    attachments: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct Postback {
-    #[serde(default)]
-    mid: Option<String>,
-    #[serde(default)]
-    title: Option<String>,
-    #[serde(default)]
-    payload: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Edit {
-    mid: String,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    num_edit: Option<i32>,
-}
-
-/// The parts of a messaging event this handler reads.
-#[derive(Deserialize)]
-struct Event {
-    #[serde(default)]
-    sender: Option<Party>,
-    #[serde(default)]
-    recipient: Option<Party>,
-    #[serde(default)]
-    timestamp: Option<i64>,
-    #[serde(default)]
-    message: Option<Message>,
-    #[serde(default)]
-    postback: Option<Postback>,
-    #[serde(default)]
-    message_edit: Option<Edit>,
-}
-
-fn when(job: &InboundEventV1, ev: &Event) -> DateTime<Utc> {
+fn when(job: &InboundEventV1, ev: &Messaging) -> DateTime<Utc> {
     ev.timestamp
         .or(job.entry_time_ms)
         .and_then(DateTime::from_timestamp_millis)
@@ -147,7 +112,7 @@ pub async fn run(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
 
 async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
     let merchant = MerchantId(job.merchant_id);
-    let ev: Event = serde_json::from_str(job.event.get())
+    let ev: Messaging = serde_json::from_str(job.event.get())
         .map_err(|e| JobError::permanent(anyhow::anyhow!("unreadable event: {e}")))?;
     let at = when(&job, &ev);
     let now = Utc::now();
@@ -178,7 +143,7 @@ async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
 /// What every branch reads.
 struct Ctx<'a> {
     job: &'a InboundEventV1,
-    ev: &'a Event,
+    ev: &'a Messaging,
     merchant: MerchantId,
     at: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -201,6 +166,7 @@ impl Ctx<'_> {
 }
 
 /// The customer's message (or postback) as stored.
+#[derive(Debug, PartialEq)]
 struct Incoming {
     customer: String,
     mid: String,
@@ -208,13 +174,14 @@ struct Incoming {
     attachments: serde_json::Value,
 }
 
-fn incoming(ctx: &Ctx<'_>) -> Option<Incoming> {
-    let (job, ev) = (ctx.job, ctx.ev);
+/// `None` when there is no customer's message to store: no sender, the account itself sent it,
+/// or neither `message` nor `postback` is there.
+fn incoming(job: &InboundEventV1, ev: &Messaging) -> Option<Incoming> {
     let customer = ev
         .sender
         .as_ref()
         .map(|p| p.id.0.clone())
-        .filter(|c| c != ctx.account())?;
+        .filter(|c| *c != job.instagram_account_id)?;
     let (mid, text, attachments) = match (&ev.message, &ev.postback) {
         (Some(m), _) => (m.mid.clone(), m.text.clone(), m.attachments.clone()),
         (None, Some(p)) => (
@@ -246,6 +213,114 @@ struct Seen {
     needs_reauth: bool,
 }
 
+/// What to do with a customer's message, each with what its action needs.
+#[derive(Debug)]
+enum Decision {
+    /// Handled before, but its sends may not have reached the queue (the push failed after the
+    /// commit): these parts never started and go again.
+    Resend(Vec<Outbound>),
+    /// Store the message; nothing to answer.
+    Record(Silent),
+    /// Outside Meta's 24-hour window, where it would have been answered: stored, and a dead
+    /// letter `window_expired`.
+    Expired,
+    /// The customer asked for a person: the shop's hand-off message.
+    Handoff(String),
+    /// An earlier run stored the answer but did not finish: store the message and push these
+    /// parts; the model is not asked again.
+    Resume(Vec<Outbound>),
+    /// Kept unprocessed and dead-lettered, so a replay after the owner reconnects (and within
+    /// the window) still answers it; the model is not paid for a reply that cannot go.
+    NeedsReauth,
+    /// Ask the model.
+    Answer(Box<Prompt>),
+}
+
+/// Why a message is stored without an answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Silent {
+    /// The merchant is gone.
+    NoShop,
+    /// The assistant is off, a person has the conversation (flagged or paused), or there is no
+    /// text to answer.
+    Quiet,
+    /// A newer message was stored before: that one gets the answer.
+    Superseded,
+}
+
+/// What the model is asked with.
+#[derive(Debug)]
+struct Prompt {
+    shop: Merchant,
+    products: Vec<products::Product>,
+    history: Vec<(String, String)>,
+}
+
+/// Decides what to do with the customer's message `text`, sent `at`, from what was read.
+fn decide(seen: Seen, text: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> Decision {
+    if seen.state == Some(true) {
+        let pending = seen
+            .parts
+            .into_iter()
+            .filter(|p| p.status == "pending")
+            .collect();
+        return Decision::Resend(pending);
+    }
+    let Some(shop) = seen.shop else {
+        return Decision::Record(Silent::NoShop);
+    };
+    if reply::asks_for_human(text) {
+        return Decision::Handoff(shop.handoff_message);
+    }
+    let conv = seen.conversation.as_ref();
+    let quiet = !shop.ai_enabled
+        || conv.is_some_and(|c| c.needs_human || c.paused_until.is_some_and(|p| p > now))
+        || text.trim().is_empty();
+    if quiet {
+        // Not ours to answer, so no dead letter either, however old.
+        return Decision::Record(Silent::Quiet);
+    }
+    if now - at > WINDOW {
+        return Decision::Expired;
+    }
+    if conv.is_some_and(|c| c.last_customer_message_at.is_some_and(|latest| latest > at)) {
+        return Decision::Record(Silent::Superseded);
+    }
+    if !seen.parts.is_empty() {
+        return Decision::Resume(seen.parts);
+    }
+    if seen.needs_reauth {
+        return Decision::NeedsReauth;
+    }
+    Decision::Answer(Box::new(Prompt {
+        shop,
+        products: seen.products,
+        history: seen.history,
+    }))
+}
+
+/// What to do with the model's answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Answered {
+    /// The model handed over to a person.
+    Handoff,
+    /// Nothing left to send once trimmed.
+    Empty,
+    Parts(Vec<String>),
+}
+
+fn answered(answer: &str) -> Answered {
+    if answer.contains(HANDOFF_MARKER) {
+        return Answered::Handoff;
+    }
+    let parts = reply::split(answer);
+    if parts.is_empty() {
+        Answered::Empty
+    } else {
+        Answered::Parts(parts)
+    }
+}
+
 /// What the write transaction stores besides the message.
 enum Reply<'a> {
     Nothing,
@@ -258,9 +333,10 @@ enum Reply<'a> {
     Handoff(&'a str),
 }
 
+/// Reads → `decide` → acts; see the module comment for the order.
 async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
-    let (job, merchant, at) = (ctx.job, ctx.merchant, ctx.at);
-    let Some(msg) = incoming(ctx) else {
+    let (job, merchant) = (ctx.job, ctx.merchant);
+    let Some(msg) = incoming(job, ctx.ev) else {
         shared
             .db
             .as_merchant(merchant, async |c: &AsyncPgConnection| {
@@ -271,7 +347,48 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
         return Ok(());
     };
     let text = msg.text.clone().unwrap_or_default();
-    let words = reply::search_words(&text);
+    let seen = read(shared, ctx, &msg, &text).await?;
+    match decide(seen, &text, ctx.at, ctx.now) {
+        Decision::Resend(pending) => push_sends(shared, ctx, &msg.customer, pending).await,
+        Decision::Record(why) => {
+            tracing::debug!(merchant.id = %merchant, event.id = %job.event_id, reason = ?why, "message stored without an answer");
+            store(shared, ctx, &msg, Reply::Nothing).await?;
+            Ok(())
+        }
+        Decision::Expired => {
+            store(shared, ctx, &msg, Reply::Nothing).await?;
+            metrics::counter!(REPLIES, "result" => "window_expired").increment(1);
+            Err(JobError::Dead(
+                DeadReason::WindowExpired,
+                anyhow::anyhow!("the customer's message is older than the 24-hour window"),
+            ))
+        }
+        Decision::Handoff(message) => handoff(shared, ctx, &msg, &message).await,
+        Decision::Resume(parts) => {
+            store(shared, ctx, &msg, Reply::Nothing).await?;
+            push_sends(shared, ctx, &msg.customer, parts).await
+        }
+        Decision::NeedsReauth => {
+            store(shared, ctx, &msg, Reply::Unanswered).await?;
+            metrics::counter!(REPLIES, "result" => "needs_reauth").increment(1);
+            Err(JobError::Dead(
+                DeadReason::NeedsReauth,
+                anyhow::anyhow!("the account needs its owner to authorise it again"),
+            ))
+        }
+        Decision::Answer(prompt) => answer(shared, ctx, &msg, &text, &prompt).await,
+    }
+}
+
+/// The one read-only transaction of a customer's message.
+async fn read(
+    shared: &Shared,
+    ctx: &Ctx<'_>,
+    msg: &Incoming,
+    text: &str,
+) -> Result<Seen, JobError> {
+    let (job, merchant, at) = (ctx.job, ctx.merchant, ctx.at);
+    let words = reply::search_words(text);
     let account = ctx.account();
     // Everything in one flight, COMMIT included: the parts of an earlier run and the relevant
     // products are read whether or not they turn out to be needed (both are cheap index or
@@ -313,67 +430,30 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
             Ok::<_, DbError>((seen, done))
         })
         .await?;
+    Ok(seen)
+}
 
-    if seen.state == Some(true) {
-        // Handled before, but its sends may not have reached the queue (the push failed after
-        // the commit): parts that never started go again.
-        let pending = seen
-            .parts
-            .into_iter()
-            .filter(|p| p.status == "pending")
-            .collect();
-        return push_sends(shared, ctx, &msg.customer, pending).await;
-    }
-    let Some(shop) = seen.shop else {
-        store(shared, ctx, &msg, Reply::Nothing).await?;
-        return Ok(());
-    };
-    if reply::asks_for_human(&text) {
-        return handoff(shared, ctx, &msg, &shop.handoff_message).await;
-    }
-    let conv = seen.conversation.as_ref();
-    let quiet = !shop.ai_enabled
-        || conv.is_some_and(|c| c.needs_human || c.paused_until.is_some_and(|p| p > ctx.now))
-        || text.trim().is_empty();
-    // A newer message was stored before: that one gets the answer.
-    let superseded =
-        conv.is_some_and(|c| c.last_customer_message_at.is_some_and(|latest| latest > at));
-    let expired = ctx.now - at > WINDOW;
-    if quiet || expired || superseded {
-        store(shared, ctx, &msg, Reply::Nothing).await?;
-        if !quiet && expired {
-            metrics::counter!(REPLIES, "result" => "window_expired").increment(1);
-            return Err(JobError::Dead(
-                DeadReason::WindowExpired,
-                anyhow::anyhow!("the customer's message is older than the 24-hour window"),
-            ));
-        }
-        return Ok(());
-    }
-    if !seen.parts.is_empty() {
-        // An earlier run stored the answer but did not finish: the model is not asked again.
-        store(shared, ctx, &msg, Reply::Nothing).await?;
-        return push_sends(shared, ctx, &msg.customer, seen.parts).await;
-    }
-
-    if seen.needs_reauth {
-        // Kept unprocessed and dead-lettered, so a replay after the owner reconnects (and
-        // within the window) still answers it; the model is not paid for a reply that cannot go.
-        store(shared, ctx, &msg, Reply::Unanswered).await?;
-        metrics::counter!(REPLIES, "result" => "needs_reauth").increment(1);
-        return Err(JobError::Dead(
-            DeadReason::NeedsReauth,
-            anyhow::anyhow!("the account needs its owner to authorise it again"),
-        ));
-    }
+/// Asks the model (or takes the answer a failed run kept), then stores and sends the reply.
+async fn answer(
+    shared: &Shared,
+    ctx: &Ctx<'_>,
+    msg: &Incoming,
+    text: &str,
+    prompt: &Prompt,
+) -> Result<(), JobError> {
     // A run after a failed one may find the model's answer kept from it (the store failed).
-    let kept = if job.delivery.is_fresh() {
+    let kept = if ctx.job.delivery.is_fresh() {
         None
     } else {
         kept_answer(shared, ctx).await
     };
     let from_kept = kept.is_some();
-    let messages = reply::prompt(&shop.persona, &seen.products, &seen.history, &text);
+    let messages = reply::prompt(
+        &prompt.shop.persona,
+        &prompt.products,
+        &prompt.history,
+        text,
+    );
     let answer = match kept {
         Some(answer) => Ok(answer),
         None => shared.llm.complete(messages).await,
@@ -383,21 +463,21 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
         Err(e) => {
             // The customer's message is kept even if no answer ever comes (the job may end as a
             // dead letter); the event stays unprocessed, so a retry still answers it.
-            store(shared, ctx, &msg, Reply::Unanswered).await?;
+            store(shared, ctx, msg, Reply::Unanswered).await?;
             return Err(e.into_job_error());
         }
     };
-    if answer.contains(HANDOFF_MARKER) {
-        return handoff(shared, ctx, &msg, &shop.handoff_message).await;
-    }
-    let parts = reply::split(&answer);
-    if parts.is_empty() {
-        metrics::counter!(REPLIES, "result" => "empty").increment(1);
-        store(shared, ctx, &msg, Reply::Nothing).await?;
-        return Ok(());
-    }
+    let parts = match answered(&answer) {
+        Answered::Handoff => return handoff(shared, ctx, msg, &prompt.shop.handoff_message).await,
+        Answered::Empty => {
+            metrics::counter!(REPLIES, "result" => "empty").increment(1);
+            store(shared, ctx, msg, Reply::Nothing).await?;
+            return Ok(());
+        }
+        Answered::Parts(parts) => parts,
+    };
     metrics::counter!(REPLIES, "result" => "answered").increment(1);
-    let rows = match store(shared, ctx, &msg, Reply::Parts(&parts)).await {
+    let rows = match store(shared, ctx, msg, Reply::Parts(&parts)).await {
         Ok(rows) => rows,
         Err(e) => {
             // Paid for: keep the answer until it is stored, so the next run does not buy it
@@ -647,4 +727,392 @@ async fn push_sends(
         .push_all(sends)
         .await
         .map_err(JobError::enqueue)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    const ACCOUNT: &str = "17841400538867190";
+
+    fn t(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    /// The customer's message was sent at `SENT`; the decision runs a minute later.
+    const SENT: &str = "2026-11-26T05:00:00Z";
+    const NOW: &str = "2026-11-26T05:01:00Z";
+
+    fn shop() -> Merchant {
+        Merchant {
+            id: uuid::Uuid::nil(),
+            name: "Loja".into(),
+            persona: "friendly".into(),
+            ai_enabled: true,
+            handoff_message: "A person will answer soon.".into(),
+        }
+    }
+
+    fn conversation() -> Conversation {
+        Conversation {
+            id: uuid::Uuid::nil(),
+            needs_human: false,
+            paused_until: None,
+            last_customer_message_at: Some(t(SENT)),
+        }
+    }
+
+    fn part(index: i16, status: &str) -> Outbound {
+        Outbound {
+            id: uuid::Uuid::new_v4(),
+            conversation_id: uuid::Uuid::nil(),
+            idempotency_key: format!("key-{index}"),
+            recipient_igsid: "1129842642640637".into(),
+            part_index: index,
+            text: format!("part {index}"),
+            status: status.into(),
+            send_attempts: 0,
+            meta_message_id: None,
+            sending_started_at: None,
+            created_at: t(SENT),
+            last_error: None,
+        }
+    }
+
+    /// A new message to an active shop, in an existing conversation.
+    fn seen() -> Seen {
+        Seen {
+            state: None,
+            conversation: Some(conversation()),
+            shop: Some(shop()),
+            products: Vec::new(),
+            history: vec![("customer".into(), "oi".into())],
+            parts: Vec::new(),
+            needs_reauth: false,
+        }
+    }
+
+    fn decide_now(seen: Seen, text: &str) -> Decision {
+        decide(seen, text, t(SENT), t(NOW))
+    }
+
+    fn keys(parts: &[Outbound]) -> Vec<&str> {
+        parts.iter().map(|p| p.idempotency_key.as_str()).collect()
+    }
+
+    #[test]
+    fn a_new_message_to_an_active_shop_is_answered_with_its_persona_and_history() {
+        let Decision::Answer(prompt) = decide_now(seen(), "tem a camiseta azul?") else {
+            panic!("not answered");
+        };
+        assert_eq!(prompt.shop.persona, "friendly");
+        assert_eq!(prompt.history, [("customer".to_owned(), "oi".to_owned())]);
+        // A first message has no conversation yet.
+        let first = Seen {
+            conversation: None,
+            ..seen()
+        };
+        assert!(matches!(decide_now(first, "oi"), Decision::Answer(_)));
+    }
+
+    #[test]
+    fn an_event_handled_before_sends_again_only_the_parts_that_never_started() {
+        let done = Seen {
+            state: Some(true),
+            parts: vec![part(0, "sent"), part(1, "pending"), part(2, "sending")],
+            ..seen()
+        };
+        let Decision::Resend(parts) = decide_now(done, "tem a camiseta azul?") else {
+            panic!("not resent");
+        };
+        assert_eq!(keys(&parts), ["key-1"]);
+    }
+
+    #[test]
+    fn an_event_recorded_but_unanswered_before_is_decided_again() {
+        let unanswered = Seen {
+            state: Some(false),
+            ..seen()
+        };
+        assert!(matches!(
+            decide_now(unanswered, "tem a camiseta azul?"),
+            Decision::Answer(_)
+        ));
+    }
+
+    #[test]
+    fn a_message_to_a_shop_that_is_gone_is_only_recorded() {
+        let gone = Seen {
+            shop: None,
+            ..seen()
+        };
+        assert!(matches!(
+            decide_now(gone, "quero falar com um atendente"),
+            Decision::Record(Silent::NoShop)
+        ));
+    }
+
+    #[test]
+    fn a_customer_asking_for_a_person_is_handed_over_even_when_the_assistant_would_stay_quiet() {
+        let paused_and_old = Seen {
+            shop: Some(Merchant {
+                ai_enabled: false,
+                ..shop()
+            }),
+            conversation: Some(Conversation {
+                needs_human: true,
+                ..conversation()
+            }),
+            needs_reauth: true,
+            ..seen()
+        };
+        let Decision::Handoff(message) = decide(
+            paused_and_old,
+            "Can I talk to a person?",
+            t(SENT),
+            t("2026-11-28T05:00:00Z"),
+        ) else {
+            panic!("not handed over");
+        };
+        assert_eq!(message, "A person will answer soon.");
+    }
+
+    #[test]
+    fn a_message_to_a_shop_with_the_assistant_off_is_not_answered() {
+        let off = Seen {
+            shop: Some(Merchant {
+                ai_enabled: false,
+                ..shop()
+            }),
+            ..seen()
+        };
+        assert!(matches!(
+            decide_now(off, "tem a camiseta azul?"),
+            Decision::Record(Silent::Quiet)
+        ));
+    }
+
+    #[test]
+    fn a_conversation_a_person_took_over_is_not_answered() {
+        let human = Seen {
+            conversation: Some(Conversation {
+                needs_human: true,
+                ..conversation()
+            }),
+            ..seen()
+        };
+        assert!(matches!(
+            decide_now(human, "tem a camiseta azul?"),
+            Decision::Record(Silent::Quiet)
+        ));
+    }
+
+    #[test]
+    fn a_paused_conversation_is_not_answered_until_the_pause_ends() {
+        let paused = |until: &str| Seen {
+            conversation: Some(Conversation {
+                paused_until: Some(t(until)),
+                ..conversation()
+            }),
+            ..seen()
+        };
+        assert!(matches!(
+            decide_now(paused("2026-11-26T17:00:00Z"), "tem a camiseta azul?"),
+            Decision::Record(Silent::Quiet)
+        ));
+        assert!(matches!(
+            decide_now(paused(NOW), "tem a camiseta azul?"),
+            Decision::Answer(_)
+        ));
+    }
+
+    #[test]
+    fn a_message_without_text_is_not_answered() {
+        for text in ["", " \n\t"] {
+            assert!(
+                matches!(decide_now(seen(), text), Decision::Record(Silent::Quiet)),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_message_older_than_24_hours_is_not_answered() {
+        let at = t(SENT);
+        let decide_at = |now: &str| decide(seen(), "tem a camiseta azul?", at, t(now));
+        assert!(matches!(
+            decide_at("2026-11-27T05:00:01Z"),
+            Decision::Expired
+        ));
+        // The window is 24 hours to the second.
+        assert!(matches!(
+            decide_at("2026-11-27T05:00:00Z"),
+            Decision::Answer(_)
+        ));
+        // Expired wins over superseded: the dead letter says why it was never answered.
+        let superseded = Seen {
+            conversation: Some(Conversation {
+                last_customer_message_at: Some(t("2026-11-26T06:00:00Z")),
+                ..conversation()
+            }),
+            ..seen()
+        };
+        assert!(matches!(
+            decide(
+                superseded,
+                "tem a camiseta azul?",
+                at,
+                t("2026-11-28T00:00:00Z")
+            ),
+            Decision::Expired
+        ));
+    }
+
+    #[test]
+    fn an_old_message_the_assistant_would_not_answer_anyway_is_no_dead_letter() {
+        let off = Seen {
+            shop: Some(Merchant {
+                ai_enabled: false,
+                ..shop()
+            }),
+            ..seen()
+        };
+        assert!(matches!(
+            decide(
+                off,
+                "tem a camiseta azul?",
+                t(SENT),
+                t("2026-11-28T00:00:00Z")
+            ),
+            Decision::Record(Silent::Quiet)
+        ));
+    }
+
+    #[test]
+    fn a_message_superseded_by_a_newer_one_is_not_answered() {
+        let newer = Seen {
+            conversation: Some(Conversation {
+                last_customer_message_at: Some(t("2026-11-26T05:00:30Z")),
+                ..conversation()
+            }),
+            ..seen()
+        };
+        assert!(matches!(
+            decide_now(newer, "tem a camiseta azul?"),
+            Decision::Record(Silent::Superseded)
+        ));
+    }
+
+    #[test]
+    fn parts_an_earlier_run_stored_are_sent_without_asking_the_model_again() {
+        let stored = Seen {
+            parts: vec![part(0, "sent"), part(1, "pending")],
+            needs_reauth: true,
+            ..seen()
+        };
+        // Before the reauth check, as the parts' sends handle a disconnected account.
+        let Decision::Resume(parts) = decide_now(stored, "tem a camiseta azul?") else {
+            panic!("not resumed");
+        };
+        assert_eq!(keys(&parts), ["key-0", "key-1"]);
+    }
+
+    #[test]
+    fn an_account_that_needs_its_owner_is_not_answered() {
+        let reauth = Seen {
+            needs_reauth: true,
+            ..seen()
+        };
+        assert!(matches!(
+            decide_now(reauth, "tem a camiseta azul?"),
+            Decision::NeedsReauth
+        ));
+    }
+
+    #[test]
+    fn a_model_answer_with_the_handoff_marker_hands_over() {
+        assert_eq!(
+            answered(&format!("Claro! {HANDOFF_MARKER}")),
+            Answered::Handoff
+        );
+    }
+
+    #[test]
+    fn a_blank_model_answer_sends_nothing() {
+        assert_eq!(answered("  \n "), Answered::Empty);
+    }
+
+    #[test]
+    fn a_model_answer_becomes_its_reply_parts() {
+        assert_eq!(
+            answered(" Temos sim! "),
+            Answered::Parts(vec!["Temos sim!".to_owned()])
+        );
+    }
+
+    fn job(event: &str) -> (InboundEventV1, Messaging) {
+        let job = InboundEventV1 {
+            merchant_id: uuid::Uuid::nil(),
+            instagram_account_id: ACCOUNT.into(),
+            event_id: "h:abc".into(),
+            kind: EventKind::Message,
+            entry_time_ms: None,
+            received_at: t(SENT),
+            event: RawValue::from_string(event.to_owned()).expect("json"),
+            delivery: Default::default(),
+        };
+        let ev = serde_json::from_str(job.event.get()).expect("event");
+        (job, ev)
+    }
+
+    #[test]
+    fn a_customer_message_is_stored_with_its_mid_text_and_attachments() {
+        let (j, ev) = job(
+            r#"{"sender":{"id":1129842642640637},"message":{"mid":"m1","text":"oi","attachments":[{"type":"image"}]}}"#,
+        );
+        assert_eq!(
+            incoming(&j, &ev),
+            Some(Incoming {
+                customer: "1129842642640637".into(),
+                mid: "m1".into(),
+                text: Some("oi".into()),
+                attachments: serde_json::json!([{"type": "image"}]),
+            })
+        );
+    }
+
+    #[test]
+    fn a_postback_is_stored_as_its_title_or_else_its_payload() {
+        let (j, ev) = job(r#"{"sender":{"id":"1"},"postback":{"mid":"p1","payload":"SIZES"}}"#);
+        let msg = incoming(&j, &ev).expect("postback");
+        assert_eq!(
+            (msg.mid.as_str(), msg.text.as_deref()),
+            ("p1", Some("SIZES"))
+        );
+        assert_eq!(msg.attachments, serde_json::json!([]));
+        let (j, ev) =
+            job(r#"{"sender":{"id":"1"},"postback":{"title":"Sizes","payload":"SIZES"}}"#);
+        let msg = incoming(&j, &ev).expect("postback");
+        // Without a mid of Meta's, the event id stands in.
+        assert_eq!(
+            (msg.mid.as_str(), msg.text.as_deref()),
+            ("h:abc", Some("Sizes"))
+        );
+    }
+
+    #[test]
+    fn an_event_without_a_customer_message_stores_nothing() {
+        for event in [
+            r#"{"message":{"mid":"m1","text":"oi"}}"#.to_owned(),
+            format!(r#"{{"sender":{{"id":"{ACCOUNT}"}},"message":{{"mid":"m1","text":"oi"}}}}"#),
+            r#"{"sender":{"id":"1"},"read":{"mid":"m1"}}"#.to_owned(),
+        ] {
+            let (j, ev) = job(&event);
+            assert_eq!(incoming(&j, &ev), None, "{event}");
+        }
+    }
 }
