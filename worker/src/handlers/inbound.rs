@@ -15,10 +15,10 @@ use diesel_async::AsyncPgConnection;
 use igsales_jobs::{DeadReason, InboundEventV1, JobQueue, SendMessageV1};
 use igsales_meta::IdString;
 use igsales_meta::webhook::EventKind;
-use igsales_schema::conversations::{self, Conversation, NewMessage};
+use igsales_schema::conversations::{self, Author, Conversation, Direction, NewMessage};
 use igsales_schema::events::{self, NewEvent};
 use igsales_schema::merchants::{self, Merchant};
-use igsales_schema::outbound::{self, Outbound};
+use igsales_schema::outbound::{self, Outbound, OutboundStatus};
 use igsales_schema::{DbError, MerchantId, accounts, products};
 use serde::Deserialize;
 
@@ -239,7 +239,7 @@ struct Seen {
     conversation: Option<Conversation>,
     shop: Option<Merchant>,
     products: Vec<products::Product>,
-    history: Vec<(String, String)>,
+    history: Vec<(Author, String)>,
     /// Parts an earlier run stored.
     parts: Vec<Outbound>,
     /// Meta rejected the account's token: no model call, no send, until its owner reconnects.
@@ -320,7 +320,7 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
         let pending = seen
             .parts
             .into_iter()
-            .filter(|p| p.status == "pending")
+            .filter(|p| p.status == OutboundStatus::Pending)
             .collect();
         return push_sends(shared, ctx, &msg.customer, pending).await;
     }
@@ -480,8 +480,8 @@ fn incoming_row<'a>(ctx: &Ctx<'_>, msg: &'a Incoming, conversation: uuid::Uuid) 
     NewMessage {
         conversation,
         mid: &msg.mid,
-        direction: "inbound",
-        author: "customer",
+        direction: Direction::Inbound,
+        author: Author::Customer,
         text: msg.text.as_deref(),
         attachments: msg.attachments.clone(),
         sent_at: ctx.at,
@@ -584,8 +584,12 @@ async fn on_other(
                 &NewMessage {
                     conversation: conv.id,
                     mid: &mid,
-                    direction: "outbound",
-                    author: if ours { "assistant" } else { "human" },
+                    direction: Direction::Outbound,
+                    author: if ours {
+                        Author::Assistant
+                    } else {
+                        Author::Human
+                    },
                     text: text.as_deref(),
                     attachments: message
                         .and_then(|m| m.attachments.clone())
@@ -630,7 +634,7 @@ async fn push_sends(
     let (job, merchant, at) = (ctx.job, ctx.merchant, ctx.at);
     let sends: Vec<SendMessageV1> = rows
         .into_iter()
-        .filter(|r| r.status != "sent")
+        .filter(|r| r.status != OutboundStatus::Sent)
         .map(|r| SendMessageV1 {
             merchant_id: merchant.0,
             instagram_account_id: job.instagram_account_id.clone(),
