@@ -1,7 +1,7 @@
 //! Building the model's prompt and shaping its answer for Instagram (SPEC §5.2).
 
 use igsales_schema::conversations::Author;
-use igsales_schema::products::Product;
+use igsales_schema::products::{Product, fold};
 
 use crate::llm::ChatMessage;
 
@@ -39,22 +39,6 @@ const HUMAN_PHRASES: &[&str] = &[
     "operador",
     "asesor",
 ];
-
-fn fold(text: &str) -> String {
-    text.to_lowercase()
-        .chars()
-        .map(|c| match c {
-            'á' | 'à' | 'â' | 'ã' | 'ä' => 'a',
-            'é' | 'ê' | 'è' | 'ë' => 'e',
-            'í' | 'ì' | 'î' | 'ï' => 'i',
-            'ó' | 'ò' | 'ô' | 'õ' | 'ö' => 'o',
-            'ú' | 'ù' | 'û' | 'ü' => 'u',
-            'ç' => 'c',
-            'ñ' => 'n',
-            other => other,
-        })
-        .collect()
-}
 
 /// Does the customer ask for a person?
 pub fn asks_for_human(text: &str) -> bool {
