@@ -150,7 +150,7 @@ pub async fn deletion_status(
         .ok_or(AppError::NotFound("no such deletion request"))?;
     Ok(Json(json!({
         "confirmation_code": found.confirmation_code,
-        "status": found.status,
+        "status": found.status.as_str(),
         "requested_at": found.requested_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         "completed_at": found.completed_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
         "accounts_disconnected": found.accounts_disconnected,

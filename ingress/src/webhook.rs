@@ -22,7 +22,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
-use igsales_jobs::{InboundEventV1, InboundSignalV1, Job, JobQueue};
+use igsales_jobs::{InboundEventV1, InboundSignalV1, Job, JobQueue, WEBHOOK_INVALID};
 use igsales_meta::event_id;
 use igsales_meta::webhook::{
     Classified, Entry, Envelope, EventKind, classify_change, classify_messaging,
@@ -37,8 +37,6 @@ use crate::metrics::{
     ENQUEUE_SECONDS, INVALID_PARKED, LAST_WEBHOOK, SIGNATURE_FAILURES, WEBHOOK_EVENTS,
     WEBHOOK_REFUSED,
 };
-
-pub const INVALID_DLQ: &str = "dlq:webhook_invalid";
 
 /// Meta's verification handshake: echo `hub.challenge` byte for byte when the mode is
 /// `subscribe` and the token matches (constant time); else 403.
@@ -335,13 +333,7 @@ async fn park_invalid(state: &AppState, body: &[u8], reason: &str) -> Result<(),
     }
     let cap = state.settings.webhook.invalid_dlq_max;
     let mut redis = state.redis.clone();
-    let () = redis::pipe()
-        .atomic()
-        .lpush(INVALID_DLQ, record.to_string())
-        .ignore()
-        .ltrim(INVALID_DLQ, 0, cap as isize - 1)
-        .ignore()
-        .query_async(&mut redis)
+    igsales_jobs::push_dead_letter(&mut redis, WEBHOOK_INVALID, &record.to_string(), cap)
         .await
         .map_err(AppError::redis)?;
     metrics::counter!(INVALID_PARKED).increment(1);

@@ -67,6 +67,29 @@ pub fn dlq_key(job: &str) -> String {
     format!("dlq:{job}")
 }
 
+/// Adds to `pipe` the `LTRIM` that keeps `dlq:{list}` at its newest `cap` records.
+pub fn cap_dead_letters<'p>(
+    pipe: &'p mut redis::Pipeline,
+    list: &str,
+    cap: usize,
+) -> &'p mut redis::Pipeline {
+    pipe.ltrim(dlq_key(list), 0, cap as isize - 1).ignore()
+}
+
+/// Pushes one record onto `dlq:{list}` (newest first) and caps the list at `cap` records, in
+/// one MULTI: the list never holds more than `cap` between the two.
+pub async fn push_dead_letter(
+    redis: &mut impl redis::aio::ConnectionLike,
+    list: &str,
+    record: &str,
+    cap: usize,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    pipe.atomic().lpush(dlq_key(list), record).ignore();
+    cap_dead_letters(&mut pipe, list, cap);
+    pipe.query_async(redis).await
+}
+
 /// RFC 3339 UTC with a `Z`, to the millisecond.
 mod rfc3339 {
     use super::*;

@@ -8,14 +8,18 @@
 mod canary;
 pub mod delivery;
 mod inbound;
+pub mod names;
 pub mod queue;
 pub mod redis_conn;
 mod send;
 mod tokens;
 
 pub use canary::{CanaryFailure, CanaryV1};
-pub use delivery::{DeadLetter, DeadReason, Delivery, dlq_key};
+pub use delivery::{DeadLetter, DeadReason, Delivery, cap_dead_letters, dlq_key, push_dead_letter};
 pub use inbound::{InboundEventV1, InboundSignalV1};
+pub use names::{
+    DEAD_LETTER_LISTS, DEAD_LETTER_NAMES, DeadLetterList, QUEUES, REPLAYABLE, WEBHOOK_INVALID,
+};
 pub use queue::{Job, JobQueue};
 pub use send::SendMessageV1;
 pub use tokens::{HousekeepingV1, RefreshTokenV1, TokenRefreshSweepV1};

@@ -133,13 +133,34 @@ pub async fn resume(mut conn: &AsyncPgConnection, customer: &str) -> QueryResult
         .await
 }
 
+crate::text_enum::text_enum! {
+    /// Which way a message went (`messages.direction`).
+    pub enum Direction {
+        /// From the customer.
+        Inbound => "inbound",
+        /// To the customer, from the assistant or a person in the Instagram app.
+        Outbound => "outbound",
+    }
+}
+
+crate::text_enum::text_enum! {
+    /// Who wrote a message (`messages.author`).
+    pub enum Author {
+        Customer => "customer",
+        /// Our reply.
+        Assistant => "assistant",
+        /// A person answering from the Instagram app.
+        Human => "human",
+    }
+}
+
 /// One stored message.
 #[derive(Debug, Clone)]
 pub struct NewMessage<'a> {
     pub conversation: Uuid,
     pub mid: &'a str,
-    pub direction: &'a str,
-    pub author: &'a str,
+    pub direction: Direction,
+    pub author: Author,
     pub text: Option<&'a str>,
     pub attachments: serde_json::Value,
     pub sent_at: DateTime<Utc>,
@@ -214,8 +235,8 @@ pub async fn recent_messages_with(
     account: &str,
     customer: &str,
     limit: i64,
-) -> QueryResult<Vec<(String, String, DateTime<Utc>)>> {
-    let mut rows: Vec<(String, Option<String>, DateTime<Utc>)> = messages::table
+) -> QueryResult<Vec<(Author, String, DateTime<Utc>)>> {
+    let mut rows: Vec<(Author, Option<String>, DateTime<Utc>)> = messages::table
         .inner_join(conversations::table.on(conversations::id.eq(messages::conversation_id)))
         .filter(conversations::instagram_page_id.eq(account))
         .filter(conversations::customer_igsid.eq(customer))
@@ -231,4 +252,23 @@ pub async fn recent_messages_with(
         .into_iter()
         .filter_map(|(a, t, s)| t.map(|t| (a, t, s)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Author, Direction};
+
+    #[test]
+    fn directions_and_authors_are_the_words_the_columns_allow() {
+        let words: Vec<&str> = Direction::ALL.iter().map(|d| d.as_str()).collect();
+        crate::text_enum::tests::assert_checked("direction", &words);
+        let words: Vec<&str> = Author::ALL.iter().map(|a| a.as_str()).collect();
+        crate::text_enum::tests::assert_checked("author", &words);
+        for d in Direction::ALL {
+            assert_eq!(d.as_str().parse::<Direction>(), Ok(*d));
+        }
+        for a in Author::ALL {
+            assert_eq!(a.as_str().parse::<Author>(), Ok(*a));
+        }
+    }
 }

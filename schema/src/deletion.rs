@@ -8,11 +8,19 @@ use diesel_async::RunQueryDsl;
 use crate::db::{Db, DbError};
 use crate::schema::data_deletion_requests as ddr;
 
+crate::text_enum::text_enum! {
+    /// Where a data-deletion request stands (`data_deletion_requests.status`).
+    pub enum DeletionStatus {
+        Pending => "pending",
+        Completed => "completed",
+    }
+}
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = ddr)]
 pub struct DeletionRequest {
     pub confirmation_code: String,
-    pub status: String,
+    pub status: DeletionStatus,
     pub accounts_disconnected: i32,
     pub conversations_deleted: i32,
     pub requested_at: DateTime<Utc>,
@@ -30,7 +38,7 @@ impl Db {
             .values((
                 ddr::confirmation_code.eq(confirmation_code),
                 ddr::subject_sha256.eq(subject_sha256),
-                ddr::status.eq("pending"),
+                ddr::status.eq(DeletionStatus::Pending),
             ))
             .execute(&mut conn)
             .await?;
@@ -46,7 +54,7 @@ impl Db {
         let mut conn = self.checkout().await?;
         diesel::update(ddr::table.find(confirmation_code))
             .set((
-                ddr::status.eq("completed"),
+                ddr::status.eq(DeletionStatus::Completed),
                 ddr::accounts_disconnected
                     .eq(i32::try_from(accounts_disconnected).unwrap_or(i32::MAX)),
                 ddr::conversations_deleted
@@ -69,5 +77,19 @@ impl Db {
             .first(&mut conn)
             .await
             .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeletionStatus;
+
+    #[test]
+    fn statuses_are_the_words_the_column_allows() {
+        let words: Vec<&str> = DeletionStatus::ALL.iter().map(|s| s.as_str()).collect();
+        crate::text_enum::tests::assert_checked("status", &words);
+        for s in DeletionStatus::ALL {
+            assert_eq!(s.as_str().parse::<DeletionStatus>(), Ok(*s));
+        }
     }
 }

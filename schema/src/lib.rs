@@ -14,6 +14,7 @@ pub mod outbound;
 pub mod prepared;
 pub mod products;
 pub mod schema;
+pub mod text_enum;
 pub mod vault;
 
 pub use db::{

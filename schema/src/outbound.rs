@@ -12,6 +12,22 @@ use crate::schema::outbound_messages as om;
 /// Instagram gets a reply in at most this many parts.
 pub const MAX_PARTS: usize = 3;
 
+crate::text_enum::text_enum! {
+    /// Where one reply part stands (`outbound_messages.status`).
+    pub enum OutboundStatus {
+        /// Not sent yet, or a send that certainly did not go out.
+        Pending => "pending",
+        /// Claimed for a send whose outcome is not known yet.
+        Sending => "sending",
+        /// Meta has it (its answer or the echo said so).
+        Sent => "sent",
+        /// Ended: two sends timed out and no echo confirmed either (never sent again).
+        SendUnknown => "send_unknown",
+        /// Ended unsent, for the reason `last_error` leads with.
+        Failed => "failed",
+    }
+}
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = om)]
 pub struct Outbound {
@@ -21,7 +37,7 @@ pub struct Outbound {
     pub recipient_igsid: String,
     pub part_index: i16,
     pub text: String,
-    pub status: String,
+    pub status: OutboundStatus,
     pub send_attempts: i32,
     pub meta_message_id: Option<String>,
     pub sending_started_at: Option<DateTime<Utc>>,
@@ -144,7 +160,7 @@ pub async fn with_previous(
 pub async fn mark_sending(
     mut conn: &AsyncPgConnection,
     key: &str,
-    observed_status: &str,
+    observed_status: OutboundStatus,
     observed_attempts: i32,
 ) -> QueryResult<bool> {
     let n = diesel::update(
@@ -154,7 +170,7 @@ pub async fn mark_sending(
             .filter(om::send_attempts.eq(observed_attempts)),
     )
     .set((
-        om::status.eq("sending"),
+        om::status.eq(OutboundStatus::Sending),
         om::send_attempts.eq(om::send_attempts + 1),
         om::sending_started_at.eq(diesel::dsl::now),
         om::updated_at.eq(diesel::dsl::now),
@@ -172,7 +188,7 @@ pub async fn mark_sent(
 ) -> QueryResult<()> {
     diesel::update(om::table.filter(om::idempotency_key.eq(key)))
         .set((
-            om::status.eq("sent"),
+            om::status.eq(OutboundStatus::Sent),
             om::meta_message_id.eq(message_id),
             om::sent_at.eq(diesel::dsl::now),
             om::last_error.eq(None::<String>),
@@ -189,7 +205,7 @@ pub async fn mark_sent(
 pub async fn mark_status(
     mut conn: &AsyncPgConnection,
     key: &str,
-    status: &str,
+    status: OutboundStatus,
     error: Option<&str>,
 ) -> QueryResult<()> {
     diesel::update(om::table.filter(om::idempotency_key.eq(key)))
@@ -209,7 +225,7 @@ pub async fn mark_status(
 pub async fn mark_dead(
     mut conn: &AsyncPgConnection,
     key: &str,
-    status: &str,
+    status: OutboundStatus,
     reason: &str,
     error: &str,
 ) -> QueryResult<()> {
@@ -239,7 +255,7 @@ pub async fn confirm_echo(
             .filter(om::recipient_igsid.eq(recipient))
             .filter(om::meta_message_id.eq(mid)),
     )
-    .set(om::status.eq("sent"))
+    .set(om::status.eq(OutboundStatus::Sent))
     .execute(&mut conn)
     .await?;
     if by_id > 0 {
@@ -249,7 +265,11 @@ pub async fn confirm_echo(
     let candidate: Option<Uuid> = om::table
         .filter(om::recipient_igsid.eq(recipient))
         .filter(om::text.eq(text))
-        .filter(om::status.eq_any(["sending", "sent", "send_unknown"]))
+        .filter(om::status.eq_any([
+            OutboundStatus::Sending,
+            OutboundStatus::Sent,
+            OutboundStatus::SendUnknown,
+        ]))
         .filter(
             om::meta_message_id
                 .is_null()
@@ -265,7 +285,7 @@ pub async fn confirm_echo(
     };
     diesel::update(om::table.find(id))
         .set((
-            om::status.eq("sent"),
+            om::status.eq(OutboundStatus::Sent),
             om::meta_message_id.eq(mid),
             om::sent_at.eq(diesel::dsl::now),
             om::updated_at.eq(diesel::dsl::now),
@@ -273,4 +293,18 @@ pub async fn confirm_echo(
         .execute(&mut conn)
         .await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutboundStatus;
+
+    #[test]
+    fn statuses_are_the_words_the_column_allows() {
+        let words: Vec<&str> = OutboundStatus::ALL.iter().map(|s| s.as_str()).collect();
+        crate::text_enum::tests::assert_checked("status", &words);
+        for s in OutboundStatus::ALL {
+            assert_eq!(s.as_str().parse::<OutboundStatus>(), Ok(*s));
+        }
+    }
 }

@@ -100,8 +100,27 @@ pub async fn list_first(mut conn: &AsyncPgConnection, limit: i64) -> QueryResult
         .await
 }
 
-/// Products relevant to `words` (lowercase, accents folded as the worker folds them): the most
-/// matches in name and SKU (then description) first.
+/// Lowercase without the accents of Portuguese and Spanish, so `calça` matches `calca`: what
+/// catalog search compares. It must fold exactly as the `translate(lower(…), …)` of the
+/// `search_name` and `search_description` columns (migration `000003_catalog_search`).
+pub fn fold(text: &str) -> String {
+    text.to_lowercase()
+        .chars()
+        .map(|c| match c {
+            'á' | 'à' | 'â' | 'ã' | 'ä' => 'a',
+            'é' | 'ê' | 'è' | 'ë' => 'e',
+            'í' | 'ì' | 'î' | 'ï' => 'i',
+            'ó' | 'ò' | 'ô' | 'õ' | 'ö' => 'o',
+            'ú' | 'ù' | 'û' | 'ü' => 'u',
+            'ç' => 'c',
+            'ñ' => 'n',
+            other => other,
+        })
+        .collect()
+}
+
+/// Products relevant to `words` (each already passed through [`fold`]): the most matches in
+/// name and SKU (then description) first.
 pub async fn search(
     mut conn: &AsyncPgConnection,
     words: &[String],
@@ -130,4 +149,28 @@ pub async fn search(
         .prepared()
         .load(&mut conn)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fold;
+
+    /// The letters the search columns' `translate` replaces, and what with.
+    const FROM: &str = "áàâãäéèêëíìîïóòôõöúùûüçñ";
+    const TO: &str = "aaaaaeeeeiiiiooooouuuucn";
+
+    #[test]
+    fn folding_matches_the_search_columns() {
+        let migration = include_str!("../migrations/2026-11-26-000003_catalog_search/up.sql");
+        assert_eq!(
+            migration.matches(&format!("'{FROM}', '{TO}'")).count(),
+            2,
+            "both search columns translate these letters: fold() must change with them"
+        );
+        assert_eq!(fold(FROM), TO);
+        assert_eq!(fold(&FROM.to_uppercase()), TO, "lower() comes first");
+        assert_eq!(fold("Calça AZUL-3 Ñandú"), "calca azul-3 nandu");
+        // Nothing else changes: other letters, digits, punctuation, other scripts.
+        assert_eq!(fold("ßøåæ œ ÿ 日本 12,5"), "ßøåæ œ ÿ 日本 12,5");
+    }
 }

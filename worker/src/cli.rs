@@ -143,16 +143,7 @@ pub enum ConversationCommand {
 }
 
 /// Job names whose dead letters the CLI knows (`webhook_invalid` holds unreadable webhooks).
-const DLQ_QUEUES: &[&str] = &[
-    "inbound_event",
-    "inbound_signal",
-    "send_message",
-    "refresh_token",
-    "token_refresh_sweep",
-    "housekeeping",
-    "canary",
-    "webhook_invalid",
-];
+const DLQ_QUEUES: &[&str] = igsales_jobs::DEAD_LETTER_NAMES;
 
 fn dlq_queue(s: &str) -> Result<String, String> {
     if s.starts_with("dlq:") {

@@ -18,13 +18,7 @@ use redis::aio::ConnectionManager;
 use serde_json::Value;
 
 /// Queues whose dead letters can be pushed back.
-pub const REPLAYABLE: &[&str] = &[
-    InboundEventV1::NAME,
-    InboundSignalV1::NAME,
-    SendMessageV1::NAME,
-    RefreshTokenV1::NAME,
-    CanaryV1::NAME,
-];
+pub use igsales_jobs::REPLAYABLE;
 
 /// The record as stored (kept verbatim so it can be removed exactly) and parsed.
 struct Stored {
@@ -74,19 +68,6 @@ pub fn redact(v: &mut Value) {
     }
 }
 
-/// Every dead-letter list there is: each queue the pool serves, and the ingress's unreadable
-/// webhooks.
-pub fn all_queues() -> Vec<&'static str> {
-    crate::runtime::QUEUES
-        .iter()
-        .copied()
-        .chain(std::iter::once(WEBHOOK_INVALID))
-        .collect()
-}
-
-/// The ingress parks signed payloads it cannot read here (not a job queue: nothing to replay).
-pub const WEBHOOK_INVALID: &str = "webhook_invalid";
-
 pub async fn list(
     settings: &RedisSettings,
     queue: Option<&str>,
@@ -97,7 +78,8 @@ pub async fn list(
     let mut conn = connect(settings).await?;
     let queues: Vec<&str> = match queue {
         Some(q) => vec![q],
-        None => all_queues(),
+        // Every list: each queue the pool serves, and the ingress's unreadable webhooks.
+        None => igsales_jobs::DEAD_LETTER_NAMES.to_vec(),
     };
     let take = isize::try_from(limit).unwrap_or(isize::MAX);
     let mut values: Vec<(Option<chrono::DateTime<Utc>>, Value)> = Vec::new();

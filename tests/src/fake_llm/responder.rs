@@ -16,6 +16,8 @@
 //! Instructions that mention those keywords belong in the system message: only the customer's
 //! message is searched for them.
 
+use igsales_schema::products::fold;
+
 use super::HANDOFF_MARKER;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,23 +188,6 @@ fn words(text: &str) -> Vec<String> {
         .map(|w| match w.strip_suffix('s') {
             Some(stem) if stem.chars().count() >= 3 => stem.to_owned(),
             _ => w.to_owned(),
-        })
-        .collect()
-}
-
-/// Lowercase without the accents of Portuguese and Spanish, so `calça` matches `calca`.
-fn fold(text: &str) -> String {
-    text.to_lowercase()
-        .chars()
-        .map(|c| match c {
-            'á' | 'à' | 'â' | 'ã' | 'ä' => 'a',
-            'é' | 'è' | 'ê' | 'ë' => 'e',
-            'í' | 'ì' | 'î' | 'ï' => 'i',
-            'ó' | 'ò' | 'ô' | 'õ' | 'ö' => 'o',
-            'ú' | 'ù' | 'û' | 'ü' => 'u',
-            'ç' => 'c',
-            'ñ' => 'n',
-            c => c,
         })
         .collect()
 }

@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use diesel_async::AsyncPgConnection;
-use igsales_jobs::{HousekeepingV1, dlq_key};
+use igsales_jobs::{HousekeepingV1, cap_dead_letters};
 use igsales_schema::{DbError, events};
 
 use crate::runtime::Shared;
@@ -79,10 +79,9 @@ pub async fn run(job: HousekeepingV1, shared: &Shared) -> Result<(), JobError> {
         }
     }
 
-    let cap = shared.settings.retry.dlq_max_len as isize;
     let mut pipe = redis::pipe();
-    for queue in crate::runtime::QUEUES.iter().chain(&["webhook_invalid"]) {
-        pipe.ltrim(dlq_key(queue), 0, cap - 1).ignore();
+    for list in igsales_jobs::DEAD_LETTER_NAMES {
+        cap_dead_letters(&mut pipe, list, shared.settings.retry.dlq_max_len);
     }
     let () = pipe
         .query_async(&mut redis)

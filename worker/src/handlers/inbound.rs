@@ -32,10 +32,10 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use diesel_async::AsyncPgConnection;
 use igsales_jobs::{DeadReason, InboundEventV1, JobQueue, SendMessageV1};
 use igsales_meta::webhook::{EventKind, Messaging};
-use igsales_schema::conversations::{self, Conversation, NewMessage};
+use igsales_schema::conversations::{self, Author, Conversation, Direction, NewMessage};
 use igsales_schema::events::{self, NewEvent};
 use igsales_schema::merchants::{self, Merchant};
-use igsales_schema::outbound::{self, Outbound};
+use igsales_schema::outbound::{self, Outbound, OutboundStatus};
 use igsales_schema::{DbError, MerchantId, accounts, products};
 
 use crate::reply::{self, HANDOFF_MARKER};
@@ -206,7 +206,7 @@ struct Seen {
     conversation: Option<Conversation>,
     shop: Option<Merchant>,
     products: Vec<products::Product>,
-    history: Vec<(String, String)>,
+    history: Vec<(Author, String)>,
     /// Parts an earlier run stored.
     parts: Vec<Outbound>,
     /// Meta rejected the account's token: no model call, no send, until its owner reconnects.
@@ -253,7 +253,7 @@ enum Silent {
 struct Prompt {
     shop: Merchant,
     products: Vec<products::Product>,
-    history: Vec<(String, String)>,
+    history: Vec<(Author, String)>,
 }
 
 /// Decides what to do with the customer's message `text`, sent `at`, from what was read.
@@ -262,7 +262,7 @@ fn decide(seen: Seen, text: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> Deci
         let pending = seen
             .parts
             .into_iter()
-            .filter(|p| p.status == "pending")
+            .filter(|p| p.status == OutboundStatus::Pending)
             .collect();
         return Decision::Resend(pending);
     }
@@ -560,8 +560,8 @@ fn incoming_row<'a>(ctx: &Ctx<'_>, msg: &'a Incoming, conversation: uuid::Uuid) 
     NewMessage {
         conversation,
         mid: &msg.mid,
-        direction: "inbound",
-        author: "customer",
+        direction: Direction::Inbound,
+        author: Author::Customer,
         text: msg.text.as_deref(),
         attachments: msg.attachments.clone(),
         sent_at: ctx.at,
@@ -664,8 +664,12 @@ async fn on_other(
                 &NewMessage {
                     conversation: conv.id,
                     mid: &mid,
-                    direction: "outbound",
-                    author: if ours { "assistant" } else { "human" },
+                    direction: Direction::Outbound,
+                    author: if ours {
+                        Author::Assistant
+                    } else {
+                        Author::Human
+                    },
                     text: text.as_deref(),
                     attachments: message
                         .and_then(|m| m.attachments.clone())
@@ -710,7 +714,7 @@ async fn push_sends(
     let (job, merchant, at) = (ctx.job, ctx.merchant, ctx.at);
     let sends: Vec<SendMessageV1> = rows
         .into_iter()
-        .filter(|r| r.status != "sent")
+        .filter(|r| r.status != OutboundStatus::Sent)
         .map(|r| SendMessageV1 {
             merchant_id: merchant.0,
             instagram_account_id: job.instagram_account_id.clone(),
@@ -766,7 +770,7 @@ mod tests {
         }
     }
 
-    fn part(index: i16, status: &str) -> Outbound {
+    fn part(index: i16, status: OutboundStatus) -> Outbound {
         Outbound {
             id: uuid::Uuid::new_v4(),
             conversation_id: uuid::Uuid::nil(),
@@ -774,7 +778,7 @@ mod tests {
             recipient_igsid: "1129842642640637".into(),
             part_index: index,
             text: format!("part {index}"),
-            status: status.into(),
+            status,
             send_attempts: 0,
             meta_message_id: None,
             sending_started_at: None,
@@ -790,7 +794,7 @@ mod tests {
             conversation: Some(conversation()),
             shop: Some(shop()),
             products: Vec::new(),
-            history: vec![("customer".into(), "oi".into())],
+            history: vec![(Author::Customer, "oi".into())],
             parts: Vec::new(),
             needs_reauth: false,
         }
@@ -810,7 +814,7 @@ mod tests {
             panic!("not answered");
         };
         assert_eq!(prompt.shop.persona, "friendly");
-        assert_eq!(prompt.history, [("customer".to_owned(), "oi".to_owned())]);
+        assert_eq!(prompt.history, [(Author::Customer, "oi".to_owned())]);
         // A first message has no conversation yet.
         let first = Seen {
             conversation: None,
@@ -823,7 +827,7 @@ mod tests {
     fn an_event_handled_before_sends_again_only_the_parts_that_never_started() {
         let done = Seen {
             state: Some(true),
-            parts: vec![part(0, "sent"), part(1, "pending"), part(2, "sending")],
+            parts: vec![part(0, OutboundStatus::Sent), part(1, OutboundStatus::Pending), part(2, OutboundStatus::Sending)],
             ..seen()
         };
         let Decision::Resend(parts) = decide_now(done, "tem a camiseta azul?") else {
@@ -1010,7 +1014,7 @@ mod tests {
     #[test]
     fn parts_an_earlier_run_stored_are_sent_without_asking_the_model_again() {
         let stored = Seen {
-            parts: vec![part(0, "sent"), part(1, "pending")],
+            parts: vec![part(0, OutboundStatus::Sent), part(1, OutboundStatus::Pending)],
             needs_reauth: true,
             ..seen()
         };

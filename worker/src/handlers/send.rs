@@ -12,7 +12,7 @@ use diesel_async::AsyncPgConnection;
 use igsales_jobs::{DeadReason, SendMessageV1};
 use igsales_meta::ErrorClass;
 use igsales_schema::accounts::{self, AccountError};
-use igsales_schema::outbound;
+use igsales_schema::outbound::{self, OutboundStatus};
 use igsales_schema::{DbError, MerchantId};
 
 use crate::runtime::Shared;
@@ -24,7 +24,7 @@ async fn set_status(
     shared: &Shared,
     merchant: MerchantId,
     key: &str,
-    status: &'static str,
+    status: OutboundStatus,
     error: Option<String>,
 ) -> Result<(), JobError> {
     let key = key.to_owned();
@@ -49,7 +49,10 @@ async fn end(
     shared
         .db
         .as_merchant(merchant, async move |c: &AsyncPgConnection| {
-            Ok::<_, DbError>(outbound::mark_dead(c, &key, "failed", reason.as_str(), &error).await?)
+            Ok::<_, DbError>(
+                outbound::mark_dead(c, &key, OutboundStatus::Failed, reason.as_str(), &error)
+                    .await?,
+            )
         })
         .await?;
     Ok(())
@@ -68,7 +71,7 @@ enum Decision {
 async fn die(
     c: &AsyncPgConnection,
     key: &str,
-    status: &'static str,
+    status: OutboundStatus,
     reason: DeadReason,
     why: &'static str,
 ) -> Result<Decision, DbError> {
@@ -82,7 +85,7 @@ fn reason_of(part: &outbound::Outbound) -> DeadReason {
         Some("window_expired") => DeadReason::WindowExpired,
         Some("needs_reauth") => DeadReason::NeedsReauth,
         Some("send_unknown") => DeadReason::SendUnknown,
-        _ if part.status == "send_unknown" => DeadReason::SendUnknown,
+        _ if part.status == OutboundStatus::SendUnknown => DeadReason::SendUnknown,
         _ => DeadReason::Permanent,
     }
 }
@@ -123,14 +126,17 @@ async fn decide(
         // The part is gone (data deletion): nothing to send.
         return Ok(Decision::Done);
     };
-    if matches!(row.status.as_str(), "sent" | "send_unknown") {
+    if matches!(
+        row.status,
+        OutboundStatus::Sent | OutboundStatus::SendUnknown
+    ) {
         return Ok(Decision::Done);
     }
     if Utc::now() > window_closes_at {
         return die(
             c,
             k,
-            "failed",
+            OutboundStatus::Failed,
             DeadReason::WindowExpired,
             "the 24-hour messaging window closed before the send",
         )
@@ -141,7 +147,7 @@ async fn decide(
             return die(
                 c,
                 k,
-                "failed",
+                OutboundStatus::Failed,
                 DeadReason::NeedsReauth,
                 "the account is disconnected",
             )
@@ -151,7 +157,7 @@ async fn decide(
             return die(
                 c,
                 k,
-                "failed",
+                OutboundStatus::Failed,
                 DeadReason::NeedsReauth,
                 "the account needs its owner to authorise it again",
             )
@@ -161,28 +167,28 @@ async fn decide(
     }
     // Parts go out in order: a later part waits for the one before it, and dies with it.
     if let Some(b) = &before {
-        match b.status.as_str() {
-            "pending" | "sending" => {
+        match b.status {
+            OutboundStatus::Pending | OutboundStatus::Sending => {
                 let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();
                 return Ok(Decision::Wait(
                     wait_for_previous(age),
                     "waiting for the previous part",
                 ));
             }
-            "failed" | "send_unknown" => {
+            OutboundStatus::Failed | OutboundStatus::SendUnknown => {
                 return die(
                     c,
                     k,
-                    "failed",
+                    OutboundStatus::Failed,
                     reason_of(b),
                     "an earlier part of this reply could not be sent",
                 )
                 .await;
             }
-            _ => {}
+            OutboundStatus::Sent => {}
         }
     }
-    if row.status == "sending" {
+    if row.status == OutboundStatus::Sending {
         let since = row
             .sending_started_at
             .map_or(echo_wait, |t| (Utc::now() - t).to_std().unwrap_or_default());
@@ -196,7 +202,7 @@ async fn decide(
             return die(
                 c,
                 k,
-                "send_unknown",
+                OutboundStatus::SendUnknown,
                 DeadReason::SendUnknown,
                 "two sends timed out and no echo confirmed either",
             )
@@ -210,7 +216,7 @@ async fn decide(
             return die(
                 c,
                 k,
-                "failed",
+                OutboundStatus::Failed,
                 DeadReason::Permanent,
                 "the stored token cannot be decrypted",
             )
@@ -240,9 +246,9 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
         .as_merchant_committed(merchant, async |c: &AsyncPgConnection| {
             match decide(c, shared, &job, merchant).await? {
                 Decision::Send(send) => {
-                    let (status, attempts) = (send.0.status.clone(), send.0.send_attempts);
+                    let (status, attempts) = (send.0.status, send.0.send_attempts);
                     let (claimed, done) = futures::try_join!(
-                        outbound::mark_sending(c, &job.idempotency_key, &status, attempts),
+                        outbound::mark_sending(c, &job.idempotency_key, status, attempts),
                         igsales_schema::commit(c),
                     )?;
                     Ok::<_, DbError>((
@@ -320,7 +326,8 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                     ))
                 }
                 ErrorClass::Throttled { regain_after } => {
-                    set_status(shared, merchant, &key, "pending", Some(error)).await?;
+                    set_status(shared, merchant, &key, OutboundStatus::Pending, Some(error))
+                        .await?;
                     let wait = regain_after
                         .unwrap_or(shared.settings.limits.throttle_wait)
                         .min(shared.settings.limits.max_pause);
@@ -338,7 +345,8 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                         end(shared, merchant, &key, DeadReason::Exhausted, &error).await?;
                         return Err(JobError::Dead(DeadReason::Exhausted, e.into()));
                     }
-                    set_status(shared, merchant, &key, "pending", Some(error)).await?;
+                    set_status(shared, merchant, &key, OutboundStatus::Pending, Some(error))
+                        .await?;
                     Err(JobError::Retry(e.into()))
                 }
                 ErrorClass::Reauth => {
@@ -351,7 +359,7 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                                 outbound::mark_dead(
                                     c,
                                     &key,
-                                    "failed",
+                                    OutboundStatus::Failed,
                                     DeadReason::NeedsReauth.as_str(),
                                     &error
                                 ),

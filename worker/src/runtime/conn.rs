@@ -67,6 +67,49 @@ struct Keys {
     done: String,
 }
 
+impl Keys {
+    fn new(config: &Config) -> Self {
+        Keys {
+            workers: config.workers_set(),
+            active: config.active_jobs_list(),
+            scheduled: config.scheduled_jobs_set(),
+            signal: config.signal_list(),
+            inflight_prefix: config.inflight_jobs_set(),
+            done: config.done_jobs_set(),
+        }
+    }
+
+    /// apalis's scripts are `EVALSHA sha numkeys keys… args…` (or `EVAL` after a restart).
+    fn call(&self, a: &[&[u8]]) -> Call {
+        let (Some(name), Some(numkeys)) = (a.first(), a.get(2)) else {
+            return Call::Other;
+        };
+        if !(name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL")) {
+            return Call::Other;
+        }
+        let key = |i: usize| a.get(3 + i).copied().unwrap_or_default();
+        let argc = a.len().saturating_sub(3);
+        match *numkeys {
+            b"7" if key(0) == self.workers.as_bytes() && key(1) == self.active.as_bytes() => {
+                Call::Fetch
+            }
+            b"1" if key(0) == self.workers.as_bytes() => Call::KeepAlive,
+            b"2" if key(0) == self.workers.as_bytes() => Call::Register,
+            // Four keys and one argument (the cut-off) reaps every stale worker; with a second
+            // (a name) it is the registration's look at one worker only.
+            b"4" if key(0) == self.workers.as_bytes()
+                && key(3) == self.inflight_prefix.as_bytes()
+                && argc == 5 =>
+            {
+                Call::ReapOthers
+            }
+            b"5" if key(1) == self.done.as_bytes() => Call::Ack,
+            b"5" if key(1) == self.active.as_bytes() => Call::Release,
+            _ => Call::Other,
+        }
+    }
+}
+
 /// What the retries know, shared by every clone of one queue's connection.
 struct Ledger {
     /// Task ids apalis got from our fetches and has not acked yet.
@@ -227,14 +270,7 @@ impl QueueConn {
     pub fn new(inner: ConnectionManager, config: &Config, faults: Faults, retry: Retry) -> Self {
         QueueConn {
             inner,
-            keys: Arc::new(Keys {
-                workers: config.workers_set(),
-                active: config.active_jobs_list(),
-                scheduled: config.scheduled_jobs_set(),
-                signal: config.signal_list(),
-                inflight_prefix: config.inflight_jobs_set(),
-                done: config.done_jobs_set(),
-            }),
+            keys: Arc::new(Keys::new(config)),
             mover: Arc::new(redis::Script::new(MOVE_DUE)),
             reclaimer: Arc::new(redis::Script::new(RECLAIM)),
             ledger: Arc::new(Ledger {
@@ -244,35 +280,6 @@ impl QueueConn {
             }),
             faults,
             retry,
-        }
-    }
-
-    /// apalis's scripts are `EVALSHA sha numkeys keys… args…` (or `EVAL` after a restart).
-    fn call(&self, a: &[&[u8]]) -> Call {
-        let (Some(name), Some(numkeys)) = (a.first(), a.get(2)) else {
-            return Call::Other;
-        };
-        if !(name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL")) {
-            return Call::Other;
-        }
-        let key = |i: usize| a.get(3 + i).copied().unwrap_or_default();
-        let k = &self.keys;
-        let argc = a.len().saturating_sub(3);
-        match *numkeys {
-            b"7" if key(0) == k.workers.as_bytes() && key(1) == k.active.as_bytes() => Call::Fetch,
-            b"1" if key(0) == k.workers.as_bytes() => Call::KeepAlive,
-            b"2" if key(0) == k.workers.as_bytes() => Call::Register,
-            // Four keys and one argument (the cut-off) reaps every stale worker; with a second
-            // (a name) it is the registration's look at one worker only.
-            b"4" if key(0) == k.workers.as_bytes()
-                && key(3) == k.inflight_prefix.as_bytes()
-                && argc == 5 =>
-            {
-                Call::ReapOthers
-            }
-            b"5" if key(1) == k.done.as_bytes() => Call::Ack,
-            b"5" if key(1) == k.active.as_bytes() => Call::Release,
-            _ => Call::Other,
         }
     }
 
@@ -438,7 +445,7 @@ impl QueueConn {
 
     async fn run(&mut self, cmd: &Cmd) -> RedisResult<Value> {
         let a = args(cmd);
-        let call = self.call(&a);
+        let call = self.keys.call(&a);
         match call {
             Call::Fetch => {
                 if let (Some(inflight), Ok(mut known)) = (a.get(3 + 2), self.ledger.inflight.lock())
@@ -507,6 +514,121 @@ impl ConnectionLike for QueueConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SHA-1s of the apalis-redis scripts `Keys::call` recognises (its `lua/*.lua`), as
+    /// apalis-redis 1.0.0 sends them.
+    const FETCH_NEXT: &str = "f053fd9b41b61a2d32b8b7d8dba3f1a96e3aa6e1";
+    const REGISTER_WORKER: &str = "0d5fbce91e1dcff1121ece41f7169da3c0e39194";
+    const KEEP_ALIVE: &str = "5c1d697dfa0d68de2954ceefa235f87162ecc839";
+    const REENQUEUE_ORPHANED: &str = "6b6f3808de063cd4ca38e9e11b6968a6cc826069";
+
+    /// Answers every command with 0 and keeps its arguments: what apalis-redis sends, without
+    /// a server.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Vec<Vec<u8>>>>>);
+
+    impl ConnectionLike for Recorder {
+        fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+            let sent = args(cmd).into_iter().map(<[u8]>::to_vec).collect();
+            self.0.lock().expect("recorder").push(sent);
+            Box::pin(async { Ok(Value::Int(0)) })
+        }
+
+        fn req_packed_commands<'a>(
+            &'a mut self,
+            _pipeline: &'a Pipeline,
+            _offset: usize,
+            _count: usize,
+        ) -> RedisFuture<'a, Vec<Value>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn get_db(&self) -> i64 {
+            0
+        }
+    }
+
+    /// An upgrade of apalis-redis that changes a script (its text, keys or arguments) fails
+    /// here. Whoever upgrades: re-read the new `lua/*.lua` and `src/queries/*.rs`, then check
+    /// `Keys::call` (key counts and order), the argument positions `QueueConn::run` and
+    /// `with_retries` read (in-flight set, worker name, ack groups, release ids), that
+    /// MOVE_DUE still does for due jobs what `fetch_next.lua` does, and that RECLAIM matches
+    /// how the fetch fills the in-flight set; then record the new SHA-1s here and the new
+    /// `=` versions in the workspace Cargo.toml.
+    #[tokio::test]
+    async fn apalis_redis_sends_the_scripts_this_wrapper_recognises() {
+        use apalis::prelude::{Backend, WorkerContext};
+
+        let config = Config::default()
+            .queue("canary")
+            .heartbeat_interval(Duration::from_millis(10))
+            .lock_tasks(false);
+        let worker = WorkerContext::new("canary-test-1-0");
+        let recorder = Recorder::default();
+        let mut storage: apalis_redis::RedisStorage<(), Recorder> =
+            apalis_redis::RedisStorage::new(recorder.clone()).with_config(config.clone());
+        // Registration, then (the heartbeat being due at once) a heartbeat, then a fetch.
+        futures::future::poll_fn(|cx| storage.poll_ready(cx, &worker))
+            .await
+            .expect("registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        futures::future::poll_fn(|cx| storage.poll_ready(cx, &worker))
+            .await
+            .expect("heartbeat");
+        // The recorder's 0 is no fetch reply: only the command sent matters here.
+        let _ = apalis_redis::queries::fetch_next(&mut recorder.clone(), &worker, &config).await;
+
+        let keys = Keys::new(&config);
+        let sent = recorder.0.lock().expect("recorder").clone();
+        let scripts: Vec<(Call, String)> = sent
+            .iter()
+            .map(|a| a.iter().map(Vec::as_slice).collect::<Vec<&[u8]>>())
+            .filter(|a| a.first() == Some(&b"EVALSHA".as_slice()))
+            .map(|a| (keys.call(&a), text(a[1])))
+            .collect();
+        let upgrade = "apalis-redis's scripts changed: see this test's doc comment";
+        assert_eq!(
+            scripts,
+            [
+                // The registration's look at this worker's own name, which is left alone.
+                (Call::Other, REENQUEUE_ORPHANED.to_owned()),
+                (Call::Register, REGISTER_WORKER.to_owned()),
+                (Call::KeepAlive, KEEP_ALIVE.to_owned()),
+                (Call::ReapOthers, REENQUEUE_ORPHANED.to_owned()),
+                (Call::Fetch, FETCH_NEXT.to_owned()),
+            ],
+            "{upgrade}"
+        );
+
+        // The arguments the wrapper reads, where it reads them.
+        let name = worker.name().as_bytes();
+        let keep_alive = sent
+            .iter()
+            .find(|a| a.get(1).map(Vec::as_slice) == Some(KEEP_ALIVE.as_bytes()));
+        let keep_alive = keep_alive.expect("a keep-alive");
+        assert_eq!(
+            keep_alive.get(3 + 1 + 1).map(Vec::as_slice),
+            Some(name),
+            "{upgrade}"
+        );
+        let fetch = sent.last().expect("the fetch");
+        let inflight = config.inflight_set_for(&worker);
+        assert_eq!(
+            fetch.get(3 + 2).map(Vec::as_slice),
+            Some(inflight.as_bytes()),
+            "{upgrade}"
+        );
+        assert_eq!(
+            fetch.get(3 + 7 + 2).map(Vec::as_slice),
+            Some(name),
+            "{upgrade}"
+        );
+        assert_eq!(
+            fetch.get(3 + 6).map(Vec::as_slice),
+            Some(config.scheduled_jobs_set().as_bytes()),
+            "{upgrade}"
+        );
+    }
 
     #[test]
     fn lost_replies_may_have_run_refusals_did_not() {

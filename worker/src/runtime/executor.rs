@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
-use igsales_jobs::{DeadLetter, DeadReason, Job, JobQueue, dlq_key};
+use igsales_jobs::{DeadLetter, DeadReason, Job, JobQueue, push_dead_letter};
 use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
@@ -203,15 +203,8 @@ async fn dead_letter<J: Job>(
         worker: ctx.worker.clone(),
     };
     let text = serde_json::to_string(&record).map_err(|e| InfraError(e.to_string()))?;
-    let key = dlq_key(J::NAME);
     let mut redis = ctx.redis.clone();
-    let () = redis::pipe()
-        .atomic()
-        .lpush(&key, text)
-        .ignore()
-        .ltrim(&key, 0, policy.dlq_max_len as isize - 1)
-        .ignore()
-        .query_async(&mut redis)
+    push_dead_letter(&mut redis, J::NAME, &text, policy.dlq_max_len)
         .await
         .map_err(|e| InfraError(format!("dead-letter push failed: {e}")))?;
     metrics::counter!(m::DLQ_PUSHED, "queue" => J::NAME, "reason" => reason.as_str()).increment(1);

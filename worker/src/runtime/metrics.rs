@@ -63,11 +63,11 @@ pub async fn sample_queues(
 /// Depth of the ingress's list of unreadable webhooks (`dlq:webhook_invalid`).
 pub async fn sample_invalid_webhooks(redis: &mut ConnectionManager) {
     let n: redis::RedisResult<u64> = redis::cmd("LLEN")
-        .arg(igsales_jobs::dlq_key("webhook_invalid"))
+        .arg(igsales_jobs::dlq_key(igsales_jobs::WEBHOOK_INVALID))
         .query_async(redis)
         .await;
     if let Ok(n) = n {
-        metrics::gauge!(DLQ_DEPTH, "queue" => "webhook_invalid").set(n as f64);
+        metrics::gauge!(DLQ_DEPTH, "queue" => igsales_jobs::WEBHOOK_INVALID).set(n as f64);
     }
 }
 

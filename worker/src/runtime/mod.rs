@@ -29,10 +29,7 @@ use apalis_cron::{CronScheduler, Tick};
 use apalis_redis::{Config, RedisStorage};
 use chrono::Utc;
 use futures::future::BoxFuture;
-use igsales_jobs::{
-    CanaryV1, HousekeepingV1, InboundEventV1, InboundSignalV1, Job, JobQueue, RefreshTokenV1,
-    SendMessageV1, TokenRefreshSweepV1,
-};
+use igsales_jobs::{HousekeepingV1, InboundSignalV1, Job, JobQueue, TokenRefreshSweepV1};
 use igsales_meta::MetaClient;
 use igsales_schema::{Db, Vault};
 use redis::aio::ConnectionManager;
@@ -43,15 +40,7 @@ use self::outcome::JobError;
 pub use self::settings::{RunArgs, RunSettings};
 
 /// Every queue a worker process serves.
-pub const QUEUES: &[&str] = &[
-    InboundEventV1::NAME,
-    InboundSignalV1::NAME,
-    SendMessageV1::NAME,
-    RefreshTokenV1::NAME,
-    TokenRefreshSweepV1::NAME,
-    HousekeepingV1::NAME,
-    CanaryV1::NAME,
-];
+pub const QUEUES: &[&str] = igsales_jobs::QUEUES;
 
 /// What every handler may use; one per process.
 pub struct Shared {
