@@ -151,9 +151,9 @@ pub fn router(state: AppState) -> Router {
         ));
     let webhook_limit = state.settings.webhook_max_body_bytes;
     Router::new()
-        .route("/healthz", get(health::healthz))
+        .route("/healthz", get(igsales_jobs::probes::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+        .route("/metrics", get(igsales_jobs::probes::metrics))
         .route(
             "/webhooks/instagram",
             get(webhook::handshake)
