@@ -102,3 +102,29 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// The fakes' binaries, once serving: print `line` (whoever started us waits for it, possibly
+/// through a pipe), then wait for SIGTERM or Ctrl-C.
+pub async fn announce_then_wait_for_stop(line: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    drop(stdout);
+    #[cfg(unix)]
+    {
+        use anyhow::Context as _;
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        use anyhow::Context as _;
+        tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
+    }
+    Ok(())
+}
