@@ -581,16 +581,8 @@ async fn sigterm_lets_an_in_flight_request_finish_and_stops_accepting() {
     }
     // A merchant, and a connect flow whose code exchange Meta answers slowly.
     let merchant = igsales_schema::MerchantId::new_random();
-    db.app_db(1)
-        .await
-        .as_merchant(
-            merchant,
-            async move |c: &diesel_async::AsyncPgConnection| {
-                igsales_schema::merchants::create(c, merchant, "Shop", None)
-                    .await
-                    .map_err(igsales_schema::DbError::from)
-            },
-        )
+    let shop = igsales_tests::shops::Shop::named("Shop");
+    igsales_tests::shops::seed(&db.app_db(1).await, merchant, &shop)
         .await
         .expect("merchant");
     let auth = vec![("Authorization".to_owned(), format!("Bearer {ADMIN_TOKEN}"))];

@@ -4,17 +4,15 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-use diesel_async::AsyncPgConnection;
 use igsales_config::{
     AppEnv, DbSettings, GraphSettings, GraphVersion, HttpUrl, KeyEntry, KeyRing, PgUrl,
     RedisSettings, RedisUrl, Secret,
 };
 use igsales_ingress::{AppState, IngressSettings, router};
 use igsales_jobs::InboundEventV1;
-use igsales_schema::accounts::{self, Connection};
-use igsales_schema::{Db, DbError, MerchantId, Vault, merchants};
+use igsales_schema::{Db, MerchantId, Vault};
 use igsales_tests::fake_meta::{FakeMeta, FakeMetaConfig};
+use igsales_tests::shops::{self, Account, Shop};
 use igsales_tests::{TestDb, TestRedis};
 
 /// The §1.2 fixture's key; also the Instagram app secret of the fake.
@@ -132,27 +130,8 @@ impl Harness {
     pub async fn merchant_with_account(&self, account_id: &str) -> MerchantId {
         let m = MerchantId::new_random();
         let vault = Vault::new(&key_ring());
-        let page = account_id.to_owned();
-        self.app_db
-            .as_merchant(m, async move |c: &AsyncPgConnection| {
-                merchants::create(c, m, "Shop", None)
-                    .await
-                    .map_err(DbError::from)?;
-                accounts::connect(
-                    c,
-                    &vault,
-                    m,
-                    &Connection {
-                        instagram_page_id: &page,
-                        instagram_user_id: None,
-                        username: "shop",
-                        token: &Secret::new("IGAA-seeded-token"),
-                        expires_at: Utc::now() + chrono::Duration::days(50),
-                    },
-                )
-                .await
-                .map_err(|e| DbError::Connect(e.to_string()))
-            })
+        let account = Account::new(&vault, account_id, "IGAA-seeded-token");
+        shops::seed(&self.app_db, m, &Shop::named("Shop").with_account(account))
             .await
             .expect("seed merchant and account");
         m
@@ -160,12 +139,7 @@ impl Harness {
 
     pub async fn merchant(&self) -> MerchantId {
         let m = MerchantId::new_random();
-        self.app_db
-            .as_merchant(m, async move |c: &AsyncPgConnection| {
-                merchants::create(c, m, "Shop", None)
-                    .await
-                    .map_err(DbError::from)
-            })
+        shops::seed(&self.app_db, m, &Shop::named("Shop"))
             .await
             .expect("seed merchant");
         m
