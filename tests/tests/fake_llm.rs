@@ -10,6 +10,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig, HANDOFF_MARKER, LlmFailure};
+use igsales_tests::http::{Answer, agent, answer};
 use serde_json::{Value, json};
 
 const KEY: &str = "test-llm-key";
@@ -17,24 +18,13 @@ const CATALOG: &str = "You are the shop's sales assistant. Products:\n\
                        - Camiseta Azul (SKU CAM-AZ): 89.90 BRL, stock 3\n\
                        - Caneca Preta (SKU CAN-PR): 35.00 BRL, stock 12";
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+/// What OpenAI's API answers, read off an answer.
+trait Completion {
+    fn content(&self) -> String;
+    fn error(&self, status: u16, kind: &str) -> Value;
 }
 
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
+impl Completion for Answer {
     /// The assistant's text of a 200.
     #[track_caller]
     fn content(&self) -> String {
@@ -55,27 +45,6 @@ impl Answer {
         let keys: Vec<&String> = error.as_object().expect("an object").keys().collect();
         assert_eq!(keys.len(), 4, "{}", self.body);
         error
-    }
-}
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
-
-fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-    let mut r = response.expect("HTTP exchange with the fake");
-    Answer {
-        status: r.status().as_u16(),
-        headers: r
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-            .collect(),
-        body: r.body_mut().read_to_string().expect("read body"),
     }
 }
 

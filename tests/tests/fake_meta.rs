@@ -12,6 +12,7 @@ use igsales_tests::fake_meta::webhook::{self, escape_non_ascii, signature_256, s
 use igsales_tests::fake_meta::{
     Endpoint, Failure, FakeAccount, FakeMeta, FakeMetaConfig, TokenShape,
 };
+use igsales_tests::http::{Answer, agent, answer};
 use serde_json::{Value, json};
 use url::Url;
 
@@ -21,24 +22,12 @@ const SCOPES: &str = "instagram_business_basic,instagram_business_manage_message
 const FIXTURE: &str = r#"{"object":"instagram","entry":[{"time":1762022388574,"id":"17841400538867190","messaging":[{"sender":{"id":"1129842642640637"},"recipient":{"id":"17841400538867190"},"timestamp":1762022346848,"message":{"mid":"aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQxNDAwNTM4ODY3MTkwOjM0MDI4MjM2Njg0MTcxMDMwMTI0NDI1ODU5OTE3NTI2OTQwODg3NjozMjUwMzU3NTI4NDQ2NDA1ODQ5NjkyMTc3NjY5OTczNjA2NAZDZD","text":"Ol\u00e1, tem em azul? \ud83d\udc99"}}]}]}"#;
 const FIXTURE_MID: &str = "aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQxNDAwNTM4ODY3MTkwOjM0MDI4MjM2Njg0MTcxMDMwMTI0NDI1ODU5OTE3NTI2OTQwODg3NjozMjUwMzU3NTI4NDQ2NDA1ODQ5NjkyMTc3NjY5OTczNjA2NAZDZD";
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+/// Meta's error envelope, read off an answer.
+trait GraphError {
+    fn graph_error(&self, status: u16, code: u64) -> Value;
 }
 
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
+impl GraphError for Answer {
     #[track_caller]
     fn graph_error(&self, status: u16, code: u64) -> Value {
         assert_eq!(self.status, status, "{}", self.body);
@@ -50,28 +39,6 @@ impl Answer {
         assert_eq!(error["code"], code, "{}", self.body);
         assert!(error["fbtrace_id"].is_string(), "{}", self.body);
         error.clone()
-    }
-}
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .max_redirects(0)
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
-
-fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-    let mut r = response.expect("HTTP exchange with the fake");
-    Answer {
-        status: r.status().as_u16(),
-        headers: r
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-            .collect(),
-        body: r.body_mut().read_to_string().expect("read body"),
     }
 }
 

@@ -12,6 +12,7 @@ use igsales_ingress::{AppState, IngressSettings, router};
 use igsales_jobs::InboundEventV1;
 use igsales_schema::{Db, MerchantId, Vault};
 use igsales_tests::fake_meta::{FakeMeta, FakeMetaConfig};
+use igsales_tests::http::{Answer, get, post};
 use igsales_tests::shops::{self, Account, Shop};
 use igsales_tests::{TestDb, TestRedis};
 
@@ -187,78 +188,8 @@ pub async fn build_state(s: IngressSettings) -> AppState {
     AppState::new(s, db, redis)
 }
 
-/// A blocking HTTP client with redirects off, run off the async threads.
-pub fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into()
-}
-
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("JSON body ({e}): {}", self.body))
-    }
-}
-
-fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
-    let mut r = r.expect("HTTP request");
-    let headers = r
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-        .collect();
-    Reply {
-        status: r.status().as_u16(),
-        headers,
-        body: r.body_mut().read_to_string().unwrap_or_default(),
-    }
-}
-
-/// GET with extra headers.
-pub async fn get(url: String, headers: Vec<(String, String)>) -> Reply {
-    tokio::task::spawn_blocking(move || {
-        let mut req = agent().get(&url);
-        for (k, v) in &headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        reply(req.call())
-    })
-    .await
-    .expect("join")
-}
-
-/// POST a body with extra headers.
-pub async fn post(url: String, body: String, headers: Vec<(String, String)>) -> Reply {
-    tokio::task::spawn_blocking(move || {
-        let mut req = agent().post(&url);
-        for (k, v) in &headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        reply(req.send(body.as_bytes()))
-    })
-    .await
-    .expect("join")
-}
-
 /// POST a webhook body signed with `secret`.
-pub async fn deliver(h: &Harness, body: &str, secret: &str) -> Reply {
+pub async fn deliver(h: &Harness, body: &str, secret: &str) -> Answer {
     let sig = igsales_tests::fake_meta::webhook::signature_256(secret, body.as_bytes());
     post(
         h.url("/webhooks/instagram"),
