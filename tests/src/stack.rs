@@ -249,25 +249,19 @@ impl Stack {
         within: Duration,
     ) -> Option<String> {
         let deadline = Instant::now() + within;
-        loop {
-            let replies: Vec<String> = self
-                .fake
+        let texts = || -> Vec<String> {
+            self.fake
                 .sent_messages()
                 .into_iter()
                 .filter(|m| m.recipient_id == customer)
                 .filter_map(|m| m.text)
-                .collect();
-            if replies.len() > seen {
+                .collect()
+        };
+        loop {
+            if texts().len() > seen {
                 // A long answer comes in parts, a moment apart.
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                let all: Vec<String> = self
-                    .fake
-                    .sent_messages()
-                    .into_iter()
-                    .filter(|m| m.recipient_id == customer)
-                    .filter_map(|m| m.text)
-                    .collect();
-                return Some(all[seen..].join("\n"));
+                return Some(texts()[seen..].join("\n"));
             }
             if Instant::now() > deadline {
                 return None;

@@ -4,13 +4,12 @@
 //! Test bodies call blocking ureq directly: on the multi-thread runtime the test body runs on
 //! its own thread and the fake is served by the workers.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig, HANDOFF_MARKER, LlmFailure};
 use igsales_tests::http::{Answer, agent, answer};
+use igsales_tests::process::{start_announced, terminate};
 use serde_json::{Value, json};
 
 const KEY: &str = "test-llm-key";
@@ -406,21 +405,11 @@ async fn max_tokens_truncates_on_a_char_boundary_with_finish_reason_length() {
 
 #[test]
 fn the_binary_prints_its_url_serves_and_stops_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fake-llm"))
-        .args(["--api-key", "sandbox-key", "--latency-ms", "10"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start fake-llm");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let base = line
-        .trim_end()
-        .strip_prefix("fake-llm listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
+    let (child, base) = start_announced(
+        env!("CARGO_BIN_EXE_fake-llm"),
+        "fake-llm",
+        &["--api-key", "sandbox-key", "--latency-ms", "10"],
+    );
     assert!(
         base.starts_with("http://127.0.0.1:") && base.ends_with("/v1"),
         "{base}"
@@ -433,11 +422,5 @@ fn the_binary_prints_its_url_serves_and_stops_on_sigterm() {
     ));
     assert!(a.content().contains("89.90 BRL"), "{}", a.body);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
-    let status = child.wait().expect("wait for fake-llm");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(terminate(child), Some(0));
 }

@@ -4,8 +4,6 @@
 //! Test bodies call blocking ureq directly: on the multi-thread runtime the test body runs on
 //! its own thread and the fake is served by the workers.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use igsales_tests::fake_meta::webhook::{self, escape_non_ascii, signature_256, signature_sha1};
@@ -13,6 +11,7 @@ use igsales_tests::fake_meta::{
     Endpoint, Failure, FakeAccount, FakeMeta, FakeMetaConfig, TokenShape,
 };
 use igsales_tests::http::{Answer, agent, answer};
+use igsales_tests::process::{start_announced, terminate};
 use serde_json::{Value, json};
 use url::Url;
 
@@ -788,26 +787,16 @@ async fn deliver_signs_the_exact_body_and_reports_non_2xx_statuses() {
 
 #[test]
 fn the_binary_prints_its_url_serves_and_stops_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fake-meta"))
-        .args([
+    let (child, base) = start_announced(
+        env!("CARGO_BIN_EXE_fake-meta"),
+        "fake-meta",
+        &[
             "--client-id",
             "123",
             "--account-user-id",
             "17841411111111111",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start fake-meta");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let base = line
-        .trim_end()
-        .strip_prefix("fake-meta listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
+        ],
+    );
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     let a = get(&format!(
         "{base}/oauth/authorize?client_id=123&redirect_uri=https://x.test/cb&response_type=code\
@@ -815,11 +804,5 @@ fn the_binary_prints_its_url_serves_and_stops_on_sigterm() {
     ));
     assert_eq!(a.status, 302, "{}", a.body);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
-    let status = child.wait().expect("wait for fake-meta");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(terminate(child), Some(0));
 }
