@@ -87,6 +87,31 @@ pub fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHa
         .as_ref()
 }
 
+/// Resolves on SIGTERM (how orchestrators stop us) or Ctrl-C, then logs that the process is
+/// finishing `what` (e.g. "in-flight requests").
+pub async fn shutdown_signal(what: &str) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            // Without a SIGTERM handler, Ctrl-C alone stops us.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing {what}");
+}
+
 /// `healthcheck` for a container image without a shell or curl: GETs
 /// `http://127.0.0.1:{port}/healthz` (port from `port_var`, else `default_port`) and exits 0 when
 /// it answers 200, 1 otherwise.

@@ -150,9 +150,9 @@ pub fn router(state: AppState) -> Router {
         ));
     let webhook_limit = state.settings.webhook.max_body_bytes;
     Router::new()
-        .route("/healthz", get(health::healthz))
+        .route("/healthz", get(igsales_jobs::probes::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+        .route("/metrics", get(igsales_jobs::probes::metrics))
         .route(
             "/webhooks/instagram",
             get(webhook::handshake)
@@ -212,7 +212,7 @@ pub async fn serve(settings: IngressSettings) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_wait = stop_rx.clone();
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        igsales_config::shutdown_signal("in-flight requests").await;
         let _ = stop_tx.send(true);
     });
     let deadline = async move {
@@ -226,26 +226,4 @@ pub async fn serve(settings: IngressSettings) -> anyhow::Result<()> {
     drop(stop_rx);
     tracing::info!("ingress stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
 }

@@ -2,10 +2,11 @@
 
 mod common;
 
-use common::{Harness, IG_SECRET, META_SECRET, get, post};
+use common::{Harness, IG_SECRET, META_SECRET};
 use diesel::QueryableByName;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use igsales_schema::MerchantId;
+use igsales_tests::http::{Answer, get, post};
 
 const ACCOUNT: &str = "17841400538867190";
 
@@ -16,7 +17,7 @@ fn form(signed_request: &str) -> String {
     )
 }
 
-async fn call(h: &Harness, path: &str, signed_request: &str) -> common::Reply {
+async fn call(h: &Harness, path: &str, signed_request: &str) -> Answer {
     post(
         h.url(path),
         form(signed_request),

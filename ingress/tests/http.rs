@@ -2,8 +2,9 @@
 
 mod common;
 
-use common::{Harness, IG_SECRET, deliver, get, post};
+use common::{Harness, IG_SECRET, deliver};
 use igsales_tests::fake_meta::webhook::{envelope, messaging_entry, text_message};
+use igsales_tests::http::{get, post};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_requests_by_route_and_status_and_time_the_enqueue() {

@@ -5,11 +5,12 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{ADMIN, FAILURE_URL, Harness, Reply, SUCCESS_URL, get, post};
+use common::{ADMIN, FAILURE_URL, Harness, SUCCESS_URL};
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 use igsales_schema::MerchantId;
 use igsales_tests::fake_meta::{Endpoint, Failure, FakeAccount, TokenShape};
+use igsales_tests::http::{Answer, get, post};
 
 fn query_of(url: &str) -> HashMap<String, String> {
     url::Url::parse(url)
@@ -79,7 +80,7 @@ async fn begin(h: &Harness, merchant: MerchantId) -> Flow {
 }
 
 /// The browser arriving at our callback; browsers drop the `#_` fragment.
-async fn finish(flow: &Flow, cookie: Option<&str>) -> Reply {
+async fn finish(flow: &Flow, cookie: Option<&str>) -> Answer {
     let url = flow.callback_url.split('#').next().expect("url").to_owned();
     let headers = cookie
         .map(|c| vec![("Cookie".to_owned(), c.to_owned())])
@@ -87,7 +88,7 @@ async fn finish(flow: &Flow, cookie: Option<&str>) -> Reply {
     get(url, headers).await
 }
 
-fn outcome(r: &Reply) -> (String, HashMap<String, String>) {
+fn outcome(r: &Answer) -> (String, HashMap<String, String>) {
     assert_eq!(r.status, 302, "{}", r.body);
     let location = r.header("location").expect("location");
     let base = location.split('?').next().unwrap_or(location).to_owned();
@@ -245,7 +246,7 @@ fn outbound(h: &Harness) -> usize {
     .sum()
 }
 
-fn assert_failed(r: &Reply, error: &str) {
+fn assert_failed(r: &Answer, error: &str) {
     let (to, q) = outcome(r);
     assert_eq!(to, FAILURE_URL);
     assert_eq!(q.get("error").map(String::as_str), Some(error), "{q:?}");

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use igsales_tests::TestDb;
 use igsales_tests::cli::{key_entry, run};
+use igsales_tests::http::{self, Answer};
 use igsales_tests::tls_redis::{TlsRedis, tls_redis};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ingress");
@@ -274,19 +275,10 @@ fn spawn(env: &[(&'static str, String)]) -> Child {
     cmd.spawn().expect("spawn ingress")
 }
 
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(2)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
-        .get(&format!("http://127.0.0.1:{port}{path}"))
-        .call()
-        .ok()?;
-    let status = resp.status().as_u16();
-    let body = resp.body_mut().read_to_string().ok()?;
-    Some((status, body))
+/// What the ingress on `port` answers to a GET of `path`; None while it does not answer.
+fn get(port: u16, path: &str) -> Option<Answer> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    http::try_answer(http::agent(Duration::from_secs(2)).get(&url).call()).ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -306,10 +298,10 @@ async fn starts_as_the_app_role_serves_readiness_and_stops_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(ready.0, 200, "{}", ready.1);
-    let body: serde_json::Value = serde_json::from_str(&ready.1).expect("json");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let body: serde_json::Value = serde_json::from_str(&ready.body).expect("json");
     assert_eq!(body, serde_json::json!({"redis": "ok", "postgres": "ok"}));
-    assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(get(port, "/healthz").map(|r| r.status), Some(200));
     // The container health probe (no shell or curl in the image).
     run(BIN, &["healthcheck"], &[("PORT", port.to_string())]).assert_code(0);
 
@@ -445,20 +437,12 @@ async fn sigterm_lets_an_in_flight_request_finish_and_stops_accepting() {
     }
     // A merchant, and a connect flow whose code exchange Meta answers slowly.
     let merchant = igsales_schema::MerchantId::new_random();
-    db.app_db(1)
-        .await
-        .as_merchant(
-            merchant,
-            async move |c: &diesel_async::AsyncPgConnection| {
-                igsales_schema::merchants::create(c, merchant, "Shop", None)
-                    .await
-                    .map_err(igsales_schema::DbError::from)
-            },
-        )
+    let shop = igsales_tests::shops::Shop::named("Shop");
+    igsales_tests::shops::seed(&db.app_db(1).await, merchant, &shop)
         .await
         .expect("merchant");
     let auth = vec![("Authorization".to_owned(), format!("Bearer {ADMIN_TOKEN}"))];
-    let started = common::post(
+    let started = http::post(
         format!("{base}/v1/merchants/{merchant}/instagram/connect"),
         String::new(),
         auth,
@@ -469,7 +453,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_stops_accepting() {
         .as_str()
         .expect("start_url")
         .to_owned();
-    let start = common::get(start_url, vec![]).await;
+    let start = http::get(start_url, vec![]).await;
     let cookie = start
         .header("set-cookie")
         .expect("cookie")
@@ -477,7 +461,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_stops_accepting() {
         .next()
         .expect("pair")
         .to_owned();
-    let back = common::get(
+    let back = http::get(
         start.header("location").expect("location").to_owned(),
         vec![],
     )
@@ -493,7 +477,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_stops_accepting() {
         Endpoint::CodeExchange,
         Failure::hang(Duration::from_millis(1500)),
     );
-    let in_flight = tokio::spawn(common::get(callback, vec![("Cookie".to_owned(), cookie)]));
+    let in_flight = tokio::spawn(http::get(callback, vec![("Cookie".to_owned(), cookie)]));
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
         fake.requests_to(Endpoint::CodeExchange).len(),

@@ -6,10 +6,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Harness, IG_SECRET, META_SECRET, VERIFY, counter, deliver, get, post};
+use common::{Harness, IG_SECRET, META_SECRET, VERIFY, counter, deliver};
 use igsales_tests::fake_meta::webhook::{
     self as wh, envelope, messaging_entry, signature_256, signature_sha1,
 };
+use igsales_tests::http::{get, post};
 
 const ACCOUNT: &str = "17841400538867190";
 const CUSTOMER: &str = "1129842642640637";

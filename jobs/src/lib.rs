@@ -1,5 +1,5 @@
 //! Job contracts shared by `ingress` (which enqueues) and `worker` (which runs them), and the
-//! Redis connection both use.
+//! Redis connection both use, and the probes both answer (`/healthz`, `/readyz`, `/metrics`).
 //!
 //! Each job has a stable snake_case name, which is also its apalis queue name. Payloads are
 //! versioned serde structs: a compatible change adds a `#[serde(default)]` field; a breaking
@@ -9,6 +9,7 @@ mod canary;
 pub mod delivery;
 mod inbound;
 pub mod names;
+pub mod probes;
 pub mod queue;
 pub mod redis_conn;
 mod send;

@@ -568,10 +568,9 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
             for w in procs.running() {
                 let url = format!("http://127.0.0.1:{}/metrics", w.port);
                 let text = tokio::task::spawn_blocking(move || {
-                    ureq::get(&url)
-                        .call()
-                        .ok()
-                        .and_then(|mut r| r.body_mut().read_to_string().ok())
+                    let agent = crate::http::agent(Duration::from_secs(10));
+                    crate::http::try_answer(agent.get(&url).call())
+                        .map(|a| a.body)
                         .unwrap_or_default()
                 })
                 .await

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod db;
 pub mod fake_llm;
 pub mod fake_meta;
+pub mod http;
 pub mod process;
 pub mod proxy;
 pub mod redis;

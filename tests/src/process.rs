@@ -102,3 +102,61 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// The fakes' binaries, once serving: print `line` (whoever started us waits for it, possibly
+/// through a pipe), then wait for SIGTERM or Ctrl-C.
+pub async fn announce_then_wait_for_stop(line: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    drop(stdout);
+    #[cfg(unix)]
+    {
+        use anyhow::Context as _;
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        use anyhow::Context as _;
+        tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
+    }
+    Ok(())
+}
+
+/// Starts a fake's binary (`name`: fake-meta, fake-llm) and reads the URL its first line
+/// announces (see [`announce_then_wait_for_stop`]).
+pub fn start_announced(bin: &str, name: &str, args: &[&str]) -> (Child, String) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let url = line
+        .trim_end()
+        .strip_prefix(&format!("{name} listening on "))
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    (child, url)
+}
+
+/// `kill -TERM` and the exit code it ends with (None: ended by a signal).
+pub fn terminate(mut child: Child) -> Option<i32> {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    child.wait().expect("wait for the process").code()
+}

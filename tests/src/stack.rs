@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::fake_llm::{FakeLlm, FakeLlmConfig};
 use crate::fake_meta::{FakeAccount, FakeMeta, FakeMetaConfig, webhook as wh};
+use crate::http::{self, Answer};
 use crate::process::{Process, free_port};
 
 pub const IG_SECRET: &str = "sandbox-ig-app-secret";
@@ -58,21 +59,10 @@ pub struct Stack {
     database_url: String,
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into()
-}
-
-fn location(r: &ureq::http::Response<ureq::Body>) -> anyhow::Result<String> {
-    r.headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
+fn location(a: &Answer) -> anyhow::Result<String> {
+    a.header("location")
         .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("no redirect (HTTP {})", r.status()))
+        .ok_or_else(|| anyhow::anyhow!("no redirect (HTTP {})", a.status))
 }
 
 impl Stack {
@@ -201,28 +191,28 @@ impl Stack {
         let base = self.base.clone();
         let merchant = merchant.to_owned();
         tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-            let agent = agent();
-            let mut r = agent
-                .post(&format!("{base}/v1/merchants/{merchant}/instagram/connect"))
-                .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
-                .send_empty()?;
-            anyhow::ensure!(r.status() == 201, "connect: HTTP {}", r.status());
-            let body: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string()?)?;
+            let agent = http::agent(Duration::from_secs(10));
+            let r = http::try_answer(
+                agent
+                    .post(&format!("{base}/v1/merchants/{merchant}/instagram/connect"))
+                    .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+                    .send_empty(),
+            )?;
+            anyhow::ensure!(r.status == 201, "connect: HTTP {}", r.status);
+            let body: serde_json::Value = serde_json::from_str(&r.body)?;
             let start_url = body["start_url"]
                 .as_str()
                 .ok_or_else(|| anyhow::anyhow!("no start_url"))?;
-            let start = agent.get(start_url).call()?;
+            let start = http::try_answer(agent.get(start_url).call())?;
             let cookie = start
-                .headers()
-                .get("set-cookie")
-                .and_then(|v| v.to_str().ok())
+                .header("set-cookie")
                 .and_then(|c| c.split(';').next())
                 .ok_or_else(|| anyhow::anyhow!("no flow cookie"))?
                 .to_owned();
-            let authorize = agent.get(&location(&start)?).call()?;
+            let authorize = http::try_answer(agent.get(&location(&start)?).call())?;
             let callback = location(&authorize)?;
             let callback = callback.split('#').next().unwrap_or(&callback).to_owned();
-            let done = agent.get(&callback).header("Cookie", &cookie).call()?;
+            let done = http::try_answer(agent.get(&callback).header("Cookie", &cookie).call())?;
             location(&done)
         })
         .await?
@@ -259,25 +249,19 @@ impl Stack {
         within: Duration,
     ) -> Option<String> {
         let deadline = Instant::now() + within;
-        loop {
-            let replies: Vec<String> = self
-                .fake
+        let texts = || -> Vec<String> {
+            self.fake
                 .sent_messages()
                 .into_iter()
                 .filter(|m| m.recipient_id == customer)
                 .filter_map(|m| m.text)
-                .collect();
-            if replies.len() > seen {
+                .collect()
+        };
+        loop {
+            if texts().len() > seen {
                 // A long answer comes in parts, a moment apart.
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                let all: Vec<String> = self
-                    .fake
-                    .sent_messages()
-                    .into_iter()
-                    .filter(|m| m.recipient_id == customer)
-                    .filter_map(|m| m.text)
-                    .collect();
-                return Some(all[seen..].join("\n"));
+                return Some(texts()[seen..].join("\n"));
             }
             if Instant::now() > deadline {
                 return None;

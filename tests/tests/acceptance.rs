@@ -7,6 +7,7 @@ use std::time::Duration;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use igsales_schema::{DbError, MerchantId};
 use igsales_tests::fake_meta::{Endpoint, Failure, webhook as wh};
+use igsales_tests::http;
 use igsales_tests::stack::{ADMIN_TOKEN, IG_SECRET, Stack, StackConfig};
 use igsales_tests::{PrivateRedis, TestDb, TestRedis};
 
@@ -77,19 +78,13 @@ async fn pkce_connect_then_a_dm_gets_one_answer_even_when_meta_replays_it() {
     );
 
     // The account is listed, without its token.
-    let listed = tokio::task::spawn_blocking(move || {
-        ureq::get(&format!("{}/v1/merchants/{merchant}/instagram", s.base))
-            .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
-            .call()
-            .expect("list")
-            .body_mut()
-            .read_to_string()
-            .map(|b| (b, s))
-    })
-    .await
-    .expect("join")
-    .expect("body");
-    let (body, s) = listed;
+    let listed = http::get(
+        format!("{}/v1/merchants/{merchant}/instagram", s.base),
+        vec![("Authorization".into(), format!("Bearer {ADMIN_TOKEN}"))],
+    )
+    .await;
+    assert_eq!(listed.status, 200, "list: {}", listed.body);
+    let body = listed.body;
     assert!(
         body.contains("\"username\":\"lojaazul\"") && !body.contains("IGAA"),
         "{body}"

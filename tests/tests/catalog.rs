@@ -3,8 +3,9 @@
 
 use diesel_async::AsyncPgConnection;
 use igsales_schema::products::{self, Product};
-use igsales_schema::{DbError, MerchantId, merchants};
+use igsales_schema::{DbError, MerchantId};
 use igsales_tests::TestDb;
+use igsales_tests::shops::{self, Shop};
 
 fn product(sku: &str, name: &str, description: &str) -> Product {
     Product {
@@ -34,13 +35,11 @@ async fn folded_words_find_the_products_that_mention_them_best_first() {
         (shop, catalog),
         (other, vec![product("TEE-99", "Camiseta", "")]),
     ] {
-        db.as_merchant(m, async move |c: &AsyncPgConnection| {
-            merchants::create(c, m, "Shop", None).await?;
-            products::upsert(c, m, &rows, |_| {}).await?;
-            Ok::<_, DbError>(())
-        })
-        .await
-        .expect("seed catalog");
+        let shop = Shop {
+            products: &rows,
+            ..Shop::named("Shop")
+        };
+        shops::seed(&db, m, &shop).await.expect("seed catalog");
     }
     let search = async |words: &[&str], limit: i64| -> Vec<String> {
         let words: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();

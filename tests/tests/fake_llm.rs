@@ -4,12 +4,12 @@
 //! Test bodies call blocking ureq directly: on the multi-thread runtime the test body runs on
 //! its own thread and the fake is served by the workers.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig, HANDOFF_MARKER, LlmFailure};
+use igsales_tests::http::{Answer, agent, answer};
+use igsales_tests::process::{start_announced, terminate};
 use serde_json::{Value, json};
 
 const KEY: &str = "test-llm-key";
@@ -17,24 +17,13 @@ const CATALOG: &str = "You are the shop's sales assistant. Products:\n\
                        - Camiseta Azul (SKU CAM-AZ): 89.90 BRL, stock 3\n\
                        - Caneca Preta (SKU CAN-PR): 35.00 BRL, stock 12";
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+/// What OpenAI's API answers, read off an answer.
+trait Completion {
+    fn content(&self) -> String;
+    fn error(&self, status: u16, kind: &str) -> Value;
 }
 
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
+impl Completion for Answer {
     /// The assistant's text of a 200.
     #[track_caller]
     fn content(&self) -> String {
@@ -55,27 +44,6 @@ impl Answer {
         let keys: Vec<&String> = error.as_object().expect("an object").keys().collect();
         assert_eq!(keys.len(), 4, "{}", self.body);
         error
-    }
-}
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
-
-fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-    let mut r = response.expect("HTTP exchange with the fake");
-    Answer {
-        status: r.status().as_u16(),
-        headers: r
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-            .collect(),
-        body: r.body_mut().read_to_string().expect("read body"),
     }
 }
 
@@ -437,21 +405,11 @@ async fn max_tokens_truncates_on_a_char_boundary_with_finish_reason_length() {
 
 #[test]
 fn the_binary_prints_its_url_serves_and_stops_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fake-llm"))
-        .args(["--api-key", "sandbox-key", "--latency-ms", "10"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start fake-llm");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let base = line
-        .trim_end()
-        .strip_prefix("fake-llm listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
+    let (child, base) = start_announced(
+        env!("CARGO_BIN_EXE_fake-llm"),
+        "fake-llm",
+        &["--api-key", "sandbox-key", "--latency-ms", "10"],
+    );
     assert!(
         base.starts_with("http://127.0.0.1:") && base.ends_with("/v1"),
         "{base}"
@@ -464,11 +422,5 @@ fn the_binary_prints_its_url_serves_and_stops_on_sigterm() {
     ));
     assert!(a.content().contains("89.90 BRL"), "{}", a.body);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
-    let status = child.wait().expect("wait for fake-llm");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(terminate(child), Some(0));
 }

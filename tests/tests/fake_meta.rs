@@ -4,14 +4,14 @@
 //! Test bodies call blocking ureq directly: on the multi-thread runtime the test body runs on
 //! its own thread and the fake is served by the workers.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use igsales_tests::fake_meta::webhook::{self, escape_non_ascii, signature_256, signature_sha1};
 use igsales_tests::fake_meta::{
     Endpoint, Failure, FakeAccount, FakeMeta, FakeMetaConfig, TokenShape,
 };
+use igsales_tests::http::{Answer, agent, answer};
+use igsales_tests::process::{start_announced, terminate};
 use serde_json::{Value, json};
 use url::Url;
 
@@ -21,24 +21,12 @@ const SCOPES: &str = "instagram_business_basic,instagram_business_manage_message
 const FIXTURE: &str = r#"{"object":"instagram","entry":[{"time":1762022388574,"id":"17841400538867190","messaging":[{"sender":{"id":"1129842642640637"},"recipient":{"id":"17841400538867190"},"timestamp":1762022346848,"message":{"mid":"aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQxNDAwNTM4ODY3MTkwOjM0MDI4MjM2Njg0MTcxMDMwMTI0NDI1ODU5OTE3NTI2OTQwODg3NjozMjUwMzU3NTI4NDQ2NDA1ODQ5NjkyMTc3NjY5OTczNjA2NAZDZD","text":"Ol\u00e1, tem em azul? \ud83d\udc99"}}]}]}"#;
 const FIXTURE_MID: &str = "aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQxNDAwNTM4ODY3MTkwOjM0MDI4MjM2Njg0MTcxMDMwMTI0NDI1ODU5OTE3NTI2OTQwODg3NjozMjUwMzU3NTI4NDQ2NDA1ODQ5NjkyMTc3NjY5OTczNjA2NAZDZD";
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+/// Meta's error envelope, read off an answer.
+trait GraphError {
+    fn graph_error(&self, status: u16, code: u64) -> Value;
 }
 
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
+impl GraphError for Answer {
     #[track_caller]
     fn graph_error(&self, status: u16, code: u64) -> Value {
         assert_eq!(self.status, status, "{}", self.body);
@@ -50,28 +38,6 @@ impl Answer {
         assert_eq!(error["code"], code, "{}", self.body);
         assert!(error["fbtrace_id"].is_string(), "{}", self.body);
         error.clone()
-    }
-}
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .max_redirects(0)
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
-
-fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-    let mut r = response.expect("HTTP exchange with the fake");
-    Answer {
-        status: r.status().as_u16(),
-        headers: r
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-            .collect(),
-        body: r.body_mut().read_to_string().expect("read body"),
     }
 }
 
@@ -821,26 +787,16 @@ async fn deliver_signs_the_exact_body_and_reports_non_2xx_statuses() {
 
 #[test]
 fn the_binary_prints_its_url_serves_and_stops_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fake-meta"))
-        .args([
+    let (child, base) = start_announced(
+        env!("CARGO_BIN_EXE_fake-meta"),
+        "fake-meta",
+        &[
             "--client-id",
             "123",
             "--account-user-id",
             "17841411111111111",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start fake-meta");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let base = line
-        .trim_end()
-        .strip_prefix("fake-meta listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
+        ],
+    );
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     let a = get(&format!(
         "{base}/oauth/authorize?client_id=123&redirect_uri=https://x.test/cb&response_type=code\
@@ -848,11 +804,5 @@ fn the_binary_prints_its_url_serves_and_stops_on_sigterm() {
     ));
     assert_eq!(a.status, 302, "{}", a.body);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
-    let status = child.wait().expect("wait for fake-meta");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(terminate(child), Some(0));
 }

@@ -1,11 +1,12 @@
 //! The token vault against stored rows: a ciphertext is bound to its merchant and row.
 
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use igsales_config::{KeyEntry, KeyRing, Secret};
 use igsales_schema::accounts::{self, AccountError};
-use igsales_schema::{DbError, MerchantId, Vault, VaultError, merchants};
+use igsales_schema::{MerchantId, Vault, VaultError};
 use igsales_tests::TestDb;
+use igsales_tests::shops::{self, Account, Shop};
 
 fn vault() -> Vault {
     Vault::new(&KeyRing(vec![KeyEntry {
@@ -21,27 +22,10 @@ async fn merchant_with_account(
     token: &str,
 ) -> MerchantId {
     let m = MerchantId::new_random();
-    let (page, token) = (page.to_owned(), Secret::new(token));
-    db.as_merchant(m, async move |c: &AsyncPgConnection| {
-        merchants::create(c, m, "Shop", None)
-            .await
-            .map_err(DbError::from)?;
-        accounts::connect(
-            c,
-            vault,
-            m,
-            &accounts::Connection {
-                instagram_page_id: &page,
-                instagram_user_id: None,
-                username: "shop",
-                token: &token,
-                expires_at: Utc::now() + Duration::days(60),
-            },
-        )
+    let account = Account::new(vault, page, token).expires_in_days(60);
+    shops::seed(db, m, &Shop::named("Shop").with_account(account))
         .await
-    })
-    .await
-    .expect("seed account");
+        .expect("seed account");
     m
 }
 
@@ -127,27 +111,12 @@ async fn an_account_connected_to_one_merchant_cannot_be_claimed_by_another() {
     let vault = vault();
     let a = merchant_with_account(&db, &vault, "17841400000000033", "t1").await;
     let b = MerchantId::new_random();
-    let v = &vault;
-    let result = db
-        .as_merchant(b, async move |c: &AsyncPgConnection| {
-            merchants::create(c, b, "Other", None)
-                .await
-                .map_err(DbError::from)?;
-            accounts::connect(
-                c,
-                v,
-                b,
-                &accounts::Connection {
-                    instagram_page_id: "17841400000000033",
-                    instagram_user_id: None,
-                    username: "x",
-                    token: &Secret::new("t2"),
-                    expires_at: Utc::now(),
-                },
-            )
-            .await
-        })
-        .await;
+    let account = Account {
+        username: "x",
+        expires_at: Utc::now(),
+        ..Account::new(&vault, "17841400000000033", "t2")
+    };
+    let result = shops::seed(&db, b, &Shop::named("Other").with_account(account)).await;
     assert!(
         matches!(result, Err(AccountError::AlreadyConnected)),
         "{result:?}"

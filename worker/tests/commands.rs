@@ -2,14 +2,15 @@
 
 use std::io::Write as _;
 
-use chrono::{Duration as ChronoDuration, Utc};
+use chrono::Utc;
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use igsales_config::{KeyRing, Secret, parse_key_ring};
+use igsales_config::{KeyRing, parse_key_ring};
 use igsales_schema::{DbError, MerchantId, Vault, accounts, merchants, products};
 use igsales_tests::TestDb;
 use igsales_tests::cli::{Outcome, key_entry, run};
+use igsales_tests::shops::{self, Account};
 
 const BIN: &str = env!("CARGO_BIN_EXE_worker");
 
@@ -379,25 +380,11 @@ async fn keys_rotate_moves_every_token_to_the_first_key_once() {
     for (i, name) in ["A", "B"].iter().enumerate() {
         let m = create_merchant(&db, name);
         let page = format!("1784140000000{i}");
-        let token = Secret::new(format!("IGAA-token-{name}"));
-        let (vault, page_id) = (&old_vault, page.clone());
-        app.as_merchant(m, async move |c: &AsyncPgConnection| {
-            accounts::connect(
-                c,
-                vault,
-                m,
-                &accounts::Connection {
-                    instagram_page_id: &page_id,
-                    instagram_user_id: None,
-                    username: "shop",
-                    token: &token,
-                    expires_at: Utc::now() + ChronoDuration::days(60),
-                },
-            )
+        let token = format!("IGAA-token-{name}");
+        let account = Account::new(&old_vault, &page, &token).expires_in_days(60);
+        shops::connect(&app, m, &account)
             .await
-        })
-        .await
-        .expect("connect account");
+            .expect("connect account");
         accounts_made.push((m, page, format!("IGAA-token-{name}")));
     }
     let both = format!("{new},{old}");
@@ -482,24 +469,11 @@ async fn keys_rotate_reports_tokens_it_cannot_decrypt_and_exits_1() {
     let m = create_merchant(&db, "A");
     let lost = Vault::new(&ring(&key_entry(7, 7)));
     let app = db.app_db(1).await;
-    let vault = &lost;
-    app.as_merchant(m, async move |c: &AsyncPgConnection| {
-        accounts::connect(
-            c,
-            vault,
-            m,
-            &accounts::Connection {
-                instagram_page_id: "17841400000001",
-                instagram_user_id: None,
-                username: "shop",
-                token: &Secret::new("t"),
-                expires_at: Utc::now(),
-            },
-        )
-        .await
-    })
-    .await
-    .expect("connect");
+    let account = Account {
+        expires_at: Utc::now(),
+        ..Account::new(&lost, "17841400000001", "t")
+    };
+    shops::connect(&app, m, &account).await.expect("connect");
     let out = run(
         BIN,
         &["keys", "rotate"],
@@ -528,24 +502,10 @@ async fn tokens_refresh_enqueues_the_due_accounts_or_one_merchants() {
     for (i, expires_in_days) in [3, 60].into_iter().enumerate() {
         let m = create_merchant(&db, &format!("Shop {i}"));
         let page = format!("1784150000000{i}");
-        let (vault, page_id) = (&vault, page.clone());
-        app.as_merchant(m, async move |c: &AsyncPgConnection| {
-            accounts::connect(
-                c,
-                vault,
-                m,
-                &accounts::Connection {
-                    instagram_page_id: &page_id,
-                    instagram_user_id: None,
-                    username: "shop",
-                    token: &Secret::new("IGAA-token"),
-                    expires_at: Utc::now() + ChronoDuration::days(expires_in_days),
-                },
-            )
+        let account = Account::new(&vault, &page, "IGAA-token").expires_in_days(expires_in_days);
+        shops::connect(&app, m, &account)
             .await
-        })
-        .await
-        .expect("connect account");
+            .expect("connect account");
         made.push((m, page));
     }
     // Both connected two days ago (Meta refreshes only tokens a day old or more).

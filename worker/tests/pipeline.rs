@@ -4,19 +4,18 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
-use diesel_async::AsyncPgConnection;
-use igsales_config::{Secret, parse_key_ring};
+use igsales_config::parse_key_ring;
 use igsales_jobs::{DeadLetter, DeadReason, InboundEventV1, JobQueue, SendMessageV1};
 use igsales_meta::webhook::EventKind;
-use igsales_schema::accounts::{self, Connection};
 use igsales_schema::products::Product;
-use igsales_schema::{DbError, MerchantId, Vault, merchants, products};
+use igsales_schema::{MerchantId, Vault};
 use igsales_tests::cli::{key_entry, run};
 use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig, LlmFailure};
 use igsales_tests::fake_meta::{
     Endpoint, Failure, FakeAccount, FakeMeta, FakeMetaConfig, webhook as wh,
 };
 use igsales_tests::process::{Process, free_port};
+use igsales_tests::shops::{self, Account, Shop};
 use igsales_tests::worker_env::{self, Env, with};
 use igsales_tests::{TestDb, TestRedis};
 use redis::AsyncCommands;
@@ -80,39 +79,20 @@ impl Pipeline {
         let token = fake.issue_long_lived_token(&account);
         let merchant = MerchantId::new_random();
         let vault = Vault::new(&parse_key_ring(&key_entry(1, 1)).expect("ring"));
-        let page = account.user_id.clone();
-        db.app_db(1)
-            .await
-            .as_merchant(merchant, async |c: &AsyncPgConnection| {
-                merchants::create(c, merchant, "Loja Azul", Some(PERSONA))
-                    .await
-                    .map_err(DbError::from)?;
-                products::upsert(
-                    c,
-                    merchant,
-                    &[
-                        product("TOTE-BLU", "Bolsa azul", "89.90", 4),
-                        product("TEE-GRN", "Camiseta verde", "49.90", 0),
-                    ],
-                    |_| {},
-                )
-                .await
-                .map_err(DbError::from)?;
-                accounts::connect(
-                    c,
-                    &vault,
-                    merchant,
-                    &Connection {
-                        instagram_page_id: &page,
-                        instagram_user_id: None,
-                        username: "lojaazul",
-                        token: &Secret::new(token),
-                        expires_at: Utc::now() + chrono::Duration::days(50),
-                    },
-                )
-                .await
-                .map_err(|e| DbError::Connect(e.to_string()))
-            })
+        let products = [
+            product("TOTE-BLU", "Bolsa azul", "89.90", 4),
+            product("TEE-GRN", "Camiseta verde", "49.90", 0),
+        ];
+        let shop = Shop {
+            name: "Loja Azul",
+            persona: Some(PERSONA),
+            products: &products,
+            account: Some(Account {
+                username: "lojaazul",
+                ..Account::new(&vault, &account.user_id, &token)
+            }),
+        };
+        shops::seed(&db.app_db(1).await, merchant, &shop)
             .await
             .expect("seed");
         let env = adjust(base_env(&db, &redis, &fake, &llm));

@@ -717,9 +717,9 @@ async fn account_rows(db: &TestDb) -> Vec<AccountRow> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_token_sweep_refreshes_due_tokens_and_flags_rejected_ones_for_reauth() {
-    use igsales_config::Secret;
-    use igsales_schema::accounts::{self, Connection};
+    use igsales_schema::accounts;
     use igsales_tests::fake_meta::{FakeAccount, FakeMeta, FakeMetaConfig};
+    use igsales_tests::shops::{self, Account, Shop};
 
     let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
     let url = redis.url();
@@ -741,27 +741,10 @@ async fn the_token_sweep_refreshes_due_tokens_and_flags_rejected_ones_for_reauth
         };
         let token = fake.issue_long_lived_token(&account);
         let m = igsales_schema::MerchantId::new_random();
-        let (v, t, p) = (&vault, Secret::new(token.clone()), page.to_owned());
-        app.as_merchant(m, async move |c: &diesel_async::AsyncPgConnection| {
-            igsales_schema::merchants::create(c, m, "Shop", None)
-                .await
-                .map_err(igsales_schema::DbError::from)?;
-            accounts::connect(
-                c,
-                v,
-                m,
-                &Connection {
-                    instagram_page_id: &p,
-                    instagram_user_id: None,
-                    username: "shop",
-                    token: &t,
-                    expires_at: chrono::Utc::now() + chrono::Duration::days(5),
-                },
-            )
+        let account = Account::new(&vault, page, &token).expires_in_days(5);
+        shops::seed(&app, m, &Shop::named("Shop").with_account(account))
             .await
-        })
-        .await
-        .expect("seed account");
+            .expect("seed account");
         tokens.push((m, page.to_owned(), token));
     }
     fake.expire_token(&tokens[1].2);

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-use diesel_async::AsyncPgConnection;
 use igsales_config::{
     AppEnv, DbSettings, GraphSettings, GraphVersion, HttpUrl, KeyEntry, KeyRing, PgUrl,
     RedisSettings, RedisUrl, Secret, dns,
@@ -13,9 +11,10 @@ use igsales_config::{
 use igsales_ingress::config::{admin_api, app, oauth, server, webhook};
 use igsales_ingress::{AppState, IngressSettings, router};
 use igsales_jobs::InboundEventV1;
-use igsales_schema::accounts::{self, Connection};
-use igsales_schema::{Db, DbError, MerchantId, Vault, merchants};
+use igsales_schema::{Db, MerchantId, Vault};
 use igsales_tests::fake_meta::{FakeMeta, FakeMetaConfig};
+use igsales_tests::http::{Answer, get, post};
+use igsales_tests::shops::{self, Account, Shop};
 use igsales_tests::{TestDb, TestRedis};
 
 /// The §1.2 fixture's key; also the Instagram app secret of the fake.
@@ -146,27 +145,8 @@ impl Harness {
     pub async fn merchant_with_account(&self, account_id: &str) -> MerchantId {
         let m = MerchantId::new_random();
         let vault = Vault::new(&key_ring());
-        let page = account_id.to_owned();
-        self.app_db
-            .as_merchant(m, async move |c: &AsyncPgConnection| {
-                merchants::create(c, m, "Shop", None)
-                    .await
-                    .map_err(DbError::from)?;
-                accounts::connect(
-                    c,
-                    &vault,
-                    m,
-                    &Connection {
-                        instagram_page_id: &page,
-                        instagram_user_id: None,
-                        username: "shop",
-                        token: &Secret::new("IGAA-seeded-token"),
-                        expires_at: Utc::now() + chrono::Duration::days(50),
-                    },
-                )
-                .await
-                .map_err(|e| DbError::Connect(e.to_string()))
-            })
+        let account = Account::new(&vault, account_id, "IGAA-seeded-token");
+        shops::seed(&self.app_db, m, &Shop::named("Shop").with_account(account))
             .await
             .expect("seed merchant and account");
         m
@@ -174,12 +154,7 @@ impl Harness {
 
     pub async fn merchant(&self) -> MerchantId {
         let m = MerchantId::new_random();
-        self.app_db
-            .as_merchant(m, async move |c: &AsyncPgConnection| {
-                merchants::create(c, m, "Shop", None)
-                    .await
-                    .map_err(DbError::from)
-            })
+        shops::seed(&self.app_db, m, &Shop::named("Shop"))
             .await
             .expect("seed merchant");
         m
@@ -227,78 +202,8 @@ pub async fn build_state(s: IngressSettings) -> AppState {
     AppState::new(s, db, redis)
 }
 
-/// A blocking HTTP client with redirects off, run off the async threads.
-pub fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into()
-}
-
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("JSON body ({e}): {}", self.body))
-    }
-}
-
-fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
-    let mut r = r.expect("HTTP request");
-    let headers = r
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-        .collect();
-    Reply {
-        status: r.status().as_u16(),
-        headers,
-        body: r.body_mut().read_to_string().unwrap_or_default(),
-    }
-}
-
-/// GET with extra headers.
-pub async fn get(url: String, headers: Vec<(String, String)>) -> Reply {
-    tokio::task::spawn_blocking(move || {
-        let mut req = agent().get(&url);
-        for (k, v) in &headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        reply(req.call())
-    })
-    .await
-    .expect("join")
-}
-
-/// POST a body with extra headers.
-pub async fn post(url: String, body: String, headers: Vec<(String, String)>) -> Reply {
-    tokio::task::spawn_blocking(move || {
-        let mut req = agent().post(&url);
-        for (k, v) in &headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        reply(req.send(body.as_bytes()))
-    })
-    .await
-    .expect("join")
-}
-
 /// POST a webhook body signed with `secret`.
-pub async fn deliver(h: &Harness, body: &str, secret: &str) -> Reply {
+pub async fn deliver(h: &Harness, body: &str, secret: &str) -> Answer {
     let sig = igsales_tests::fake_meta::webhook::signature_256(secret, body.as_bytes());
     post(
         h.url("/webhooks/instagram"),

@@ -1,6 +1,5 @@
 //! The fake LLM as a process, for a local sandbox: serves until SIGTERM or Ctrl-C.
 
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -37,12 +36,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("bind {addr}"))?;
     fake.set_latency(Duration::from_millis(args.latency_ms));
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "fake-llm listening on {}", listening_url(&fake))?;
-    // Whoever started us waits for this line, possibly through a pipe.
-    stdout.flush()?;
-    drop(stdout);
-    shutdown_signal().await?;
+    igsales_tests::process::announce_then_wait_for_stop(&format!(
+        "fake-llm listening on {}",
+        listening_url(&fake)
+    ))
+    .await?;
     drop(fake);
     Ok(())
 }
@@ -50,19 +48,4 @@ async fn main() -> anyhow::Result<()> {
 /// The bound address as given (`0.0.0.0` stays), unlike `base_url`, which is for connecting.
 fn listening_url(fake: &FakeLlm) -> String {
     format!("http://{}/v1", fake.addr())
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C")?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
-    Ok(())
 }

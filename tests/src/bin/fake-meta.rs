@@ -1,6 +1,5 @@
 //! The fake Meta as a process, for a local sandbox: serves until SIGTERM or Ctrl-C.
 
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::Context as _;
@@ -59,27 +58,11 @@ async fn main() -> anyhow::Result<()> {
     let fake = FakeMeta::start_on(addr, args.config())
         .await
         .with_context(|| format!("bind {addr}"))?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "fake-meta listening on {}", fake.base_url())?;
-    // Whoever started us waits for this line, possibly through a pipe.
-    stdout.flush()?;
-    drop(stdout);
-    shutdown_signal().await?;
+    igsales_tests::process::announce_then_wait_for_stop(&format!(
+        "fake-meta listening on {}",
+        fake.base_url()
+    ))
+    .await?;
     drop(fake);
-    Ok(())
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C")?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.context("wait for Ctrl-C")?;
     Ok(())
 }

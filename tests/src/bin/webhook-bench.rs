@@ -27,11 +27,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
-use diesel_async::AsyncPgConnection;
-use igsales_config::{Checker, DbArgs, KeyArgs, Secret, must};
-use igsales_schema::accounts::{self, Connection};
+use igsales_config::{Checker, DbArgs, KeyArgs, must};
 use igsales_schema::{Db, MerchantId, Vault};
 use igsales_tests::fake_meta::webhook::{envelope, messaging_entry, signature_256, text_message};
+use igsales_tests::shops;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -195,7 +194,6 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     c.finish().map_err(|e| anyhow!("{e}"))?;
     let db = Db::connect(&must(db)).await?;
     let vault = Vault::new(&must(keys).ring);
-    let vault = &vault;
     for account in &pairs {
         let merchant = account
             .merchant
@@ -203,25 +201,14 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             .ok_or_else(|| anyhow!("account {} has no =MERCHANT_ID", account.id))?;
         let merchant = MerchantId(uuid::Uuid::parse_str(merchant)?);
         let page = account.id.clone();
-        let token = Secret::new(format!("IGAA-bench-token-{page}"));
-        let expires_at = chrono::Utc::now() + chrono::Duration::days(60);
-        db.as_merchant(merchant, async move |c: &AsyncPgConnection| {
-            accounts::connect(
-                c,
-                vault,
-                merchant,
-                &Connection {
-                    instagram_page_id: &page,
-                    instagram_user_id: None,
-                    username: "bench.shop",
-                    token: &token,
-                    expires_at,
-                },
-            )
+        let token = format!("IGAA-bench-token-{page}");
+        let seeded = shops::Account {
+            username: "bench.shop",
+            ..shops::Account::new(&vault, &page, &token).expires_in_days(60)
+        };
+        shops::connect(&db, merchant, &seeded)
             .await
-        })
-        .await
-        .with_context(|| format!("connect account {}", account.id))?;
+            .with_context(|| format!("connect account {}", account.id))?;
     }
     eprintln!("connected {} accounts", pairs.len());
     Ok(ExitCode::SUCCESS)

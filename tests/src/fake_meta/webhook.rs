@@ -268,12 +268,7 @@ pub fn comment_entry(
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(DELIVERY_TIMEOUT))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into()
+    crate::http::agent(DELIVERY_TIMEOUT)
 }
 
 /// POSTs `body` as Meta would, signed with `secret` in `X-Hub-Signature-256`. Returns the status

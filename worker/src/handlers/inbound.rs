@@ -827,7 +827,11 @@ mod tests {
     fn an_event_handled_before_sends_again_only_the_parts_that_never_started() {
         let done = Seen {
             state: Some(true),
-            parts: vec![part(0, OutboundStatus::Sent), part(1, OutboundStatus::Pending), part(2, OutboundStatus::Sending)],
+            parts: vec![
+                part(0, OutboundStatus::Sent),
+                part(1, OutboundStatus::Pending),
+                part(2, OutboundStatus::Sending),
+            ],
             ..seen()
         };
         let Decision::Resend(parts) = decide_now(done, "tem a camiseta azul?") else {
@@ -1014,7 +1018,10 @@ mod tests {
     #[test]
     fn parts_an_earlier_run_stored_are_sent_without_asking_the_model_again() {
         let stored = Seen {
-            parts: vec![part(0, OutboundStatus::Sent), part(1, OutboundStatus::Pending)],
+            parts: vec![
+                part(0, OutboundStatus::Sent),
+                part(1, OutboundStatus::Pending),
+            ],
             needs_reauth: true,
             ..seen()
         };

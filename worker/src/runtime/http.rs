@@ -6,18 +6,17 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::routing::get;
-use serde_json::json;
+use igsales_jobs::probes;
 
 use super::Shared;
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(probes::healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(probes::metrics))
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "metrics server stopped");
@@ -25,40 +24,5 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<serde_json::Value>) {
-    let timeout = Duration::from_secs(2);
-    let mut redis = shared.redis.clone();
-    let redis_ok = tokio::time::timeout(
-        timeout,
-        redis::cmd("PING").query_async::<String>(&mut redis),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
-    let db_ok = tokio::time::timeout(timeout, shared.db.ping())
-        .await
-        .is_ok_and(|r| r.is_ok());
-    let word = |ok: bool| if ok { "ok" } else { "error" };
-    let status = if redis_ok && db_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({ "redis": word(redis_ok), "postgres": word(db_ok) })),
-    )
-}
-
-async fn metrics() -> Response {
-    match igsales_config::prometheus() {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metrics recorder unavailable",
-        )
-            .into_response(),
-    }
+    probes::readyz(&shared.db, &shared.redis, Duration::from_secs(2)).await
 }

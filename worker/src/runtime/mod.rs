@@ -442,7 +442,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     };
     let signal = async move {
         tokio::select! {
-            () = shutdown_signal() => {},
+            () = igsales_config::shutdown_signal("running jobs") => {},
             _ = fatal_rx.wait_for(|f| *f) => {},
         }
         // In-process waits end now; their jobs are handed back for later.
@@ -460,22 +460,6 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     outcome.map_err(|e| anyhow::anyhow!("worker pool failed: {e}"))?;
     tracing::info!("worker pool stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown signal received; finishing running jobs");
 }
 
 #[cfg(test)]
