@@ -38,7 +38,7 @@ return math.max(1, tonumber(oldest[2]) + 1000 - now)
 #[derive(Clone)]
 pub struct GraphGate {
     redis: ConnectionManager,
-    rate_per_sec: u32,
+    limits: limits::Settings,
     window: std::sync::Arc<redis::Script>,
 }
 
@@ -47,10 +47,10 @@ fn pause_key(merchant: MerchantId) -> String {
 }
 
 impl GraphGate {
-    pub fn new(redis: ConnectionManager, rate_per_sec: u32) -> Self {
+    pub fn new(redis: ConnectionManager, limits: &limits::Settings) -> Self {
         GraphGate {
             redis,
-            rate_per_sec,
+            limits: limits.clone(),
             window: std::sync::Arc::new(redis::Script::new(WINDOW)),
         }
     }
@@ -67,15 +67,29 @@ impl GraphGate {
             .window
             .key(pause_key(merchant))
             .key(format!("ratelimit:{merchant}:{endpoint}"))
-            .arg(self.rate_per_sec)
+            .arg(self.limits.send_rate_per_sec)
             .arg(member)
             .invoke_async(&mut redis)
             .await?;
         Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
 
-    /// Meta said this merchant's access returns after `d`: every replica holds off until then.
-    pub async fn pause(&self, merchant: MerchantId, d: Duration) -> redis::RedisResult<()> {
+    /// Meta throttled `merchant`: every replica holds off its calls for the regain time Meta
+    /// gave (`GRAPH_THROTTLE_WAIT_SECS` when it gave none), at most `GRAPH_MAX_PAUSE_SECS`.
+    /// Returns that wait.
+    pub async fn throttled(
+        &self,
+        merchant: MerchantId,
+        regain_after: Option<Duration>,
+    ) -> redis::RedisResult<Duration> {
+        let wait = regain_after
+            .unwrap_or(self.limits.throttle_wait)
+            .min(self.limits.max_pause);
+        self.pause(merchant, wait).await?;
+        Ok(wait)
+    }
+
+    async fn pause(&self, merchant: MerchantId, d: Duration) -> redis::RedisResult<()> {
         let mut redis = self.redis.clone();
         redis::cmd("SET")
             .arg(pause_key(merchant))

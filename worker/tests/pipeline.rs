@@ -673,6 +673,71 @@ async fn two_workers_sweeping_refresh_each_due_account_once_per_tick() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_token_refresh_pauses_the_merchant_like_a_throttled_send() {
+    let p = Pipeline::start(|e| e).await;
+    use diesel_async::SimpleAsyncConnection;
+    p.db.superuser_conn()
+        .await
+        .batch_execute("UPDATE instagram_accounts SET token_refreshed_at = now() - interval '2 days', connected_at = now() - interval '9 days'")
+        .await
+        .expect("make the token refreshable");
+    p.fake
+        .fail_next(Endpoint::Refresh, Failure::too_many_requests());
+    JobQueue::<igsales_jobs::RefreshTokenV1>::new(p.conn().await)
+        .push(igsales_jobs::RefreshTokenV1 {
+            merchant_id: p.merchant.0,
+            instagram_account_id: p.account.clone(),
+            delivery: Default::default(),
+        })
+        .await
+        .expect("push");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.fake.requests_to(Endpoint::Refresh).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Meta throttled the refresh: the merchant is paused in Redis, as a throttled send pauses it
+    // (for 1 s here, so it is looked for as soon as the worker has the answer).
+    let mut redis = p.conn().await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut paused = false;
+    while !paused && Instant::now() < deadline {
+        paused = redis
+            .exists(format!("graph:pause:{}", p.merchant))
+            .await
+            .expect("exists");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(paused, "the throttled refresh paused the merchant");
+    p.push(p.dm("5550031", "mid-after-throttle", "Oi", now_ms()))
+        .await;
+    let sent = p.sends(1, Duration::from_secs(15)).await;
+    assert_eq!(sent.len(), 1);
+    let throttled_at = p.fake.requests_to(Endpoint::Refresh)[0].at;
+    let sent_at = p.fake.requests_to(Endpoint::Messages)[0].at;
+    assert!(
+        sent_at > throttled_at + Duration::from_millis(900),
+        "the send waited out the merchant's pause"
+    );
+    // The refresh waited the pause (GRAPH_THROTTLE_WAIT_SECS, 1 s here), not a fixed minute.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.fake.requests_to(Endpoint::Refresh).len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(p.fake.requests_to(Endpoint::Refresh).len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && p.sql_count("SELECT count(*) AS n FROM instagram_accounts WHERE token_expires_at > now() + interval '59 days'").await == 0
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM instagram_accounts WHERE token_expires_at > now() + interval '59 days'").await,
+        1,
+        "the second try renewed the token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn eight_copies_of_one_part_running_at_once_in_two_workers_call_graph_once() {
     let p = Pipeline::start(|e| with(&e, "WORKER_CONCURRENCY", "16")).await;
     let _second = p.another_worker();

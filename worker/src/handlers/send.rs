@@ -230,14 +230,7 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
     let merchant = MerchantId(job.merchant_id);
     let key = job.idempotency_key.clone();
     // Meta's limits first: a throttled merchant's parts wait without touching Postgres.
-    if let Some(wait) = shared
-        .gate
-        .admit(merchant, "messages")
-        .await
-        .map_err(JobError::redis)?
-    {
-        return Err(JobError::Wait(wait, "graph rate limit"));
-    }
+    crate::handlers::graph_admit(shared, merchant, "messages").await?;
     let echo_wait = shared.settings.conversation.echo_confirm;
     // One transaction decides and, for a send, claims it: `sending` and one more attempt are
     // committed before the call (the UPDATE and COMMIT in one flight).
@@ -328,12 +321,9 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                 ErrorClass::Throttled { regain_after } => {
                     set_status(shared, merchant, &key, OutboundStatus::Pending, Some(error))
                         .await?;
-                    let wait = regain_after
-                        .unwrap_or(shared.settings.limits.throttle_wait)
-                        .min(shared.settings.limits.max_pause);
-                    shared
+                    let wait = shared
                         .gate
-                        .pause(merchant, wait)
+                        .throttled(merchant, regain_after)
                         .await
                         .map_err(JobError::redis)?;
                     Err(JobError::Wait(wait, "meta throttled the merchant"))

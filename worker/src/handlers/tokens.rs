@@ -7,7 +7,7 @@ use igsales_jobs::{DeadReason, JobQueue, RefreshTokenV1, TokenRefreshSweepV1};
 use igsales_schema::accounts::{self, AccountError};
 use igsales_schema::{Db, DbError, MerchantId};
 
-use crate::handlers::meta_error;
+use crate::handlers::{graph_admit, graph_failed};
 use crate::runtime::Shared;
 use crate::runtime::outcome::JobError;
 
@@ -81,10 +81,11 @@ pub async fn refresh(job: RefreshTokenV1, shared: &Shared) -> Result<(), JobErro
         Err(AccountError::Db(e)) => return Err(e.into()),
         Err(e) => return Err(JobError::permanent(e)),
     };
+    graph_admit(shared, merchant, "refresh_access_token").await?;
     let renewed = match shared.meta.refresh_token(&token).await {
         Ok(t) => t,
         Err(e) => {
-            let err = meta_error(e);
+            let err = graph_failed(shared, merchant, e).await;
             if let JobError::Dead(DeadReason::NeedsReauth, _) = &err {
                 shared
                     .db

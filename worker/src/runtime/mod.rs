@@ -326,7 +326,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let llm = crate::llm::LlmClient::new(&settings.model, settings.dns.cache);
     let shared = Arc::new(Shared {
         vault: Vault::new(&settings.keys),
-        gate: crate::graph::GraphGate::new(redis.clone(), settings.limits.send_rate_per_sec),
+        gate: crate::graph::GraphGate::new(redis.clone(), &settings.limits),
         db,
         redis: redis.clone(),
         meta,
