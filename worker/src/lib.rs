@@ -1,16 +1,12 @@
-//! The `worker` binary: the job pool (`worker run`) and the operators' command line.
+//! The `worker` binary: the job pool (`worker run`) and the operators' command line, in four
+//! rooms (ARCHITECTURE.md): `runtime` (apalis, generic over the context it runs jobs with),
+//! `handlers` (one per job, and the context they share), `sales` (prompt, model, Meta's
+//! limits) and `cli` (the operators' commands).
 
-mod admin;
-pub mod catalog;
 pub mod cli;
-mod commands;
-pub mod dlq;
-mod graph;
 mod handlers;
-mod keys;
-pub mod llm;
-pub mod reply;
 pub mod runtime;
+pub mod sales;
 
 use std::process::ExitCode;
 

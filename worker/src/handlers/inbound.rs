@@ -38,9 +38,9 @@ use igsales_schema::merchants::{self, Merchant};
 use igsales_schema::outbound::{self, Outbound, OutboundStatus};
 use igsales_schema::{DbError, MerchantId, accounts, products};
 
-use crate::reply::{self, HANDOFF_MARKER};
 use crate::runtime::Shared;
 use crate::runtime::outcome::JobError;
+use crate::sales::reply::{self, HANDOFF_MARKER};
 
 pub const REPLIES: &str = "igsales_replies_total";
 /// Meta's messaging window after the customer's last message.
@@ -590,7 +590,7 @@ async fn store(
                     if conversations::set_needs_human(c, conv.id).await? {
                         // A message stored before bytes were checked may not fit one part:
                         // split it rather than fail the store and lose the request.
-                        crate::reply::split(text)
+                        crate::sales::reply::split(text)
                     } else {
                         Vec::new()
                     }

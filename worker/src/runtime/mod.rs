@@ -48,8 +48,8 @@ pub struct Shared {
     pub redis: ConnectionManager,
     pub vault: Vault,
     pub meta: MetaClient,
-    pub llm: crate::llm::LlmClient,
-    pub gate: crate::graph::GraphGate,
+    pub llm: crate::sales::llm::LlmClient,
+    pub gate: crate::sales::graph::GraphGate,
     pub settings: RunSettings,
 }
 
@@ -323,10 +323,10 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
                 settings.pool.metrics_port
             )
         })?;
-    let llm = crate::llm::LlmClient::new(&settings.model, settings.dns.cache);
+    let llm = crate::sales::llm::LlmClient::new(&settings.model, settings.dns.cache);
     let shared = Arc::new(Shared {
         vault: Vault::new(&settings.keys),
-        gate: crate::graph::GraphGate::new(redis.clone(), &settings.limits),
+        gate: crate::sales::graph::GraphGate::new(redis.clone(), &settings.limits),
         db,
         redis: redis.clone(),
         meta,

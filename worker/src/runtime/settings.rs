@@ -10,9 +10,9 @@ use igsales_config::{
     RedisSettings, dns,
 };
 
-use crate::graph::limits;
 use crate::handlers::settings::{conversation, retention, schedule, token_refresh};
-use crate::llm::model;
+use crate::sales::graph::limits;
+use crate::sales::llm::model;
 
 igsales_config::group! {
     /// The worker pool: how many jobs, how they are fetched, how it stops and recovers.

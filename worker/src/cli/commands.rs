@@ -10,7 +10,7 @@ use igsales_config::{DbSettings, PgUrl};
 use igsales_schema::merchants::{self, MerchantChanges};
 use igsales_schema::{Db, DbError, MerchantId, StartupError, migrate as migrations, products};
 
-use crate::catalog;
+use crate::cli::catalog;
 
 pub async fn migrate(
     url: &PgUrl,

@@ -3,7 +3,7 @@
 use igsales_schema::conversations::Author;
 use igsales_schema::products::{Product, fold};
 
-use crate::llm::ChatMessage;
+use crate::sales::llm::ChatMessage;
 
 /// What the model answers when the customer wants a person (it then says nothing else).
 pub const HANDOFF_MARKER: &str = "[[HANDOFF]]";

@@ -3,6 +3,12 @@
 //! [`Action`] that runs it; only then does anything connect. Each command maps to its action
 //! here, once.
 
+pub mod admin;
+pub mod catalog;
+pub mod commands;
+pub mod dlq;
+pub mod keys;
+
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
@@ -16,7 +22,6 @@ use igsales_schema::MerchantId;
 use igsales_schema::merchants::MerchantChanges;
 
 use crate::handlers::settings::token_refresh;
-use crate::{admin, commands, dlq, keys};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -192,7 +197,7 @@ pub enum DlqCommand {
         #[arg(long, value_parser = dlq_queue)]
         queue: String,
         /// 30s, 30m, 12h, 7d.
-        #[arg(long, value_parser = crate::dlq::parse_age)]
+        #[arg(long, value_parser = crate::cli::dlq::parse_age)]
         older_than: Option<Duration>,
         #[arg(long, required = true)]
         yes: bool,
