@@ -50,17 +50,22 @@ async fn connected(db: &Db, merchant: MerchantId) -> anyhow::Result<Vec<String>>
         .collect())
 }
 
+/// What the account commands reach: Postgres, the key ring and Graph.
+pub struct Access {
+    pub db: DbSettings,
+    pub ring: KeyRing,
+    pub graph: GraphSettings,
+    pub dns_cache: Duration,
+}
+
 /// `accounts resubscribe`: subscribes the webhooks again (after Meta disabled them).
 pub async fn accounts_resubscribe(
-    db: &DbSettings,
-    keys: &KeyRing,
-    graph: &GraphSettings,
-    dns_cache: Duration,
+    access: &Access,
     merchant: Option<MerchantId>,
 ) -> anyhow::Result<()> {
-    let db = Db::connect(db).await?;
-    let vault = Vault::new(keys);
-    let meta = MetaClient::new(graph, dns_cache);
+    let db = Db::connect(&access.db).await?;
+    let vault = Vault::new(&access.ring);
+    let meta = MetaClient::new(&access.graph, access.dns_cache);
     let merchants = match merchant {
         Some(m) => vec![m],
         None => db.merchant_ids().await?,
@@ -102,15 +107,12 @@ pub async fn accounts_resubscribe(
 
 /// `accounts disconnect`: unsubscribes (best effort) and forgets the token.
 pub async fn accounts_disconnect(
-    db: &DbSettings,
-    keys: &KeyRing,
-    graph: &GraphSettings,
-    dns_cache: Duration,
+    access: &Access,
     merchant: MerchantId,
     account: &str,
 ) -> anyhow::Result<()> {
-    let db = Db::connect(db).await?;
-    let vault = Vault::new(keys);
+    let db = Db::connect(&access.db).await?;
+    let vault = Vault::new(&access.ring);
     let (v, a) = (&vault, account.to_owned());
     match db
         .as_merchant(merchant, async move |c: &AsyncPgConnection| {
@@ -119,7 +121,10 @@ pub async fn accounts_disconnect(
         .await
     {
         Ok(token) => {
-            if let Err(e) = MetaClient::new(graph, dns_cache).unsubscribe(&token).await {
+            if let Err(e) = MetaClient::new(&access.graph, access.dns_cache)
+                .unsubscribe(&token)
+                .await
+            {
                 eprintln!(
                     "warning: unsubscribing at Meta failed ({e}); the token is deleted anyway"
                 );

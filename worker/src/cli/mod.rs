@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the worker pool: every queue and the crons, until SIGTERM.
-    Run(Box<crate::runtime::RunArgs>),
+    Run(Box<crate::handlers::settings::RunArgs>),
     /// Apply pending database migrations as the owner role.
     Migrate(MigrateArgs),
     /// Token encryption keys: what the stored tokens are under, and re-encryption.
@@ -97,19 +97,39 @@ pub enum TokensCommand {
     },
 }
 
+/// What the account commands need: the accounts' rows and tokens, and Graph.
+#[derive(Debug, Args)]
+pub struct AccountAccess {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    keys: KeyArgs,
+    #[command(flatten)]
+    graph: GraphArgs,
+    #[command(flatten)]
+    dns: dns::Args,
+}
+
+impl AccountAccess {
+    fn check(&self, c: &mut Checker, env: Option<AppEnv>) -> Option<admin::Access> {
+        let (db, keys) = (self.db.check(c, env), self.keys.check(c, env));
+        let (graph, dns) = (self.graph.check(c, env), self.dns.check(c, env));
+        Some(admin::Access {
+            db: db?,
+            ring: keys?.ring,
+            graph: graph?,
+            dns_cache: dns?.cache,
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AccountsCommand {
     /// Subscribe the webhooks again (after Meta disabled them).
     #[command(group(ArgGroup::new("which").required(true).args(["merchant", "all"])))]
     Resubscribe {
         #[command(flatten)]
-        db: DbArgs,
-        #[command(flatten)]
-        keys: KeyArgs,
-        #[command(flatten)]
-        graph: GraphArgs,
-        #[command(flatten)]
-        dns: dns::Args,
+        access: AccountAccess,
         #[arg(long)]
         merchant: Option<MerchantId>,
         #[arg(long)]
@@ -118,13 +138,7 @@ pub enum AccountsCommand {
     /// Unsubscribe an account and delete its token.
     Disconnect {
         #[command(flatten)]
-        db: DbArgs,
-        #[command(flatten)]
-        keys: KeyArgs,
-        #[command(flatten)]
-        graph: GraphArgs,
-        #[command(flatten)]
-        dns: dns::Args,
+        access: AccountAccess,
         #[arg(long)]
         merchant: MerchantId,
         /// The Instagram account id.
@@ -355,7 +369,7 @@ impl Command {
         match self {
             Command::Run(args) => args
                 .check(c, env)
-                .map(|s| Action::of(crate::runtime::run(s))),
+                .map(|s| Action::of(crate::handlers::run(s))),
             Command::Migrate(args) => check_migrate(c, env, args),
             Command::Keys { action } => {
                 let (args, rotate) = match action {
@@ -430,40 +444,25 @@ impl Command {
             Command::Accounts {
                 action:
                     AccountsCommand::Resubscribe {
-                        db,
-                        keys,
-                        graph,
-                        dns,
+                        access,
                         merchant,
                         all: _,
                     },
-            } => {
-                let (db, keys) = (db.check(c, env), keys.check(c, env));
-                let (graph, dns) = (graph.check(c, env), dns.check(c, env));
-                let (db, ring, graph, dns) = (db?, keys?.ring, graph?, dns?);
-                Some(Action::of(async move {
-                    admin::accounts_resubscribe(&db, &ring, &graph, dns.cache, merchant).await
-                }))
-            }
+            } => access.check(c, env).map(|access| {
+                Action::of(async move { admin::accounts_resubscribe(&access, merchant).await })
+            }),
             Command::Accounts {
                 action:
                     AccountsCommand::Disconnect {
-                        db,
-                        keys,
-                        graph,
-                        dns,
+                        access,
                         merchant,
                         account,
                     },
-            } => {
-                let (db, keys) = (db.check(c, env), keys.check(c, env));
-                let (graph, dns) = (graph.check(c, env), dns.check(c, env));
-                let (db, ring, graph, dns) = (db?, keys?.ring, graph?, dns?);
-                Some(Action::of(async move {
-                    admin::accounts_disconnect(&db, &ring, &graph, dns.cache, merchant, &account)
-                        .await
-                }))
-            }
+            } => access.check(c, env).map(|access| {
+                Action::of(
+                    async move { admin::accounts_disconnect(&access, merchant, &account).await },
+                )
+            }),
             Command::Conversation {
                 action:
                     ConversationCommand::Resume {

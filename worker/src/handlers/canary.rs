@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use igsales_jobs::{CanaryFailure, CanaryV1};
 
-use crate::runtime::Shared;
+use crate::handlers::Shared;
 use crate::runtime::metrics::PICKUP_SECONDS;
 use crate::runtime::outcome::JobError;
 

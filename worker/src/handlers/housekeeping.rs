@@ -5,7 +5,7 @@ use diesel_async::AsyncPgConnection;
 use igsales_jobs::{HousekeepingV1, cap_dead_letters};
 use igsales_schema::{DbError, events};
 
-use crate::runtime::Shared;
+use crate::handlers::Shared;
 use crate::runtime::outcome::JobError;
 
 /// For ids of a done/dead set: forget those finished before the cutoff (their data, their meta
@@ -44,7 +44,7 @@ pub async fn run(job: HousekeepingV1, shared: &Shared) -> Result<(), JobError> {
     let mut redis = shared.redis.clone();
     let script = redis::Script::new(FORGET_FINISHED);
     let mut jobs_forgotten = 0u64;
-    for queue in crate::runtime::QUEUES {
+    for queue in igsales_jobs::QUEUES {
         let cfg = apalis_redis::Config::default().queue(queue);
         for set in [cfg.done_jobs_set(), cfg.dead_jobs_set()] {
             let mut cursor = 0u64;

@@ -38,7 +38,7 @@ use igsales_schema::merchants::{self, Merchant};
 use igsales_schema::outbound::{self, Outbound, OutboundStatus};
 use igsales_schema::{DbError, MerchantId, accounts, products};
 
-use crate::runtime::Shared;
+use crate::handlers::Shared;
 use crate::runtime::outcome::JobError;
 use crate::sales::reply::{self, HANDOFF_MARKER};
 

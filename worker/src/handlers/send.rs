@@ -15,7 +15,7 @@ use igsales_schema::accounts::{self, AccountError};
 use igsales_schema::outbound::{self, OutboundStatus};
 use igsales_schema::{DbError, MerchantId};
 
-use crate::runtime::Shared;
+use crate::handlers::Shared;
 use crate::runtime::outcome::JobError;
 
 pub const SENDS: &str = "igsales_graph_sends_total";

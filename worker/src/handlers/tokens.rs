@@ -7,8 +7,8 @@ use igsales_jobs::{DeadReason, JobQueue, RefreshTokenV1, TokenRefreshSweepV1};
 use igsales_schema::accounts::{self, AccountError};
 use igsales_schema::{Db, DbError, MerchantId};
 
+use crate::handlers::Shared;
 use crate::handlers::{graph_admit, graph_failed};
-use crate::runtime::Shared;
 use crate::runtime::outcome::JobError;
 
 pub const REFRESH_RESULTS: &str = "igsales_token_refresh_total";

@@ -1,7 +1,6 @@
 //! The worker's `/metrics`, `/healthz` and `/readyz` on `METRICS_PORT`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -10,19 +9,19 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use igsales_jobs::probes;
 
-use super::Shared;
+use super::Context;
 
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+pub async fn serve<C: Context>(listener: tokio::net::TcpListener, ctx: Arc<C>) {
     let app = Router::new()
         .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz::<C>))
         .route("/metrics", get(probes::metrics))
-        .with_state(shared);
+        .with_state(ctx);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "metrics server stopped");
     }
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<serde_json::Value>) {
-    probes::readyz(&shared.db, &shared.redis, Duration::from_secs(2)).await
+async fn readyz<C: Context>(State(ctx): State<Arc<C>>) -> (StatusCode, Json<serde_json::Value>) {
+    ctx.ready().await
 }

@@ -1,4 +1,6 @@
-//! `worker run`: one apalis worker per queue, the crons, and the worker's HTTP endpoints.
+//! `worker run`'s engine: one apalis worker per queue, the crons, and the worker's HTTP
+//! endpoints. It knows jobs only as [`Job`] types and runs their handlers with a context `C`
+//! it knows nothing about beyond [`Context`] (the handlers' room builds and registers it).
 //!
 //! What apalis 1.0 does not do, and where it is handled here (see `../shared/notes/apalis.md`):
 //! - a poll strategy that really wakes, and fetches only while there is room — `poll`;
@@ -27,51 +29,47 @@ use apalis::prelude::{
 };
 use apalis_cron::{CronScheduler, Tick};
 use apalis_redis::{Config, RedisStorage};
+use axum::Json;
+use axum::http::StatusCode;
 use chrono::Utc;
 use futures::future::BoxFuture;
-use igsales_jobs::{HousekeepingV1, InboundSignalV1, Job, JobQueue, TokenRefreshSweepV1};
-use igsales_meta::MetaClient;
-use igsales_schema::{Db, Vault};
+use igsales_jobs::{Job, JobQueue};
 use redis::aio::ConnectionManager;
 use tokio::sync::{Semaphore, watch};
 
 use self::executor::{Policy, RunContext};
 use self::outcome::JobError;
-pub use self::settings::{RunArgs, RunSettings};
+use self::settings::{retry, worker_pool};
 
-/// Every queue a worker process serves.
-pub const QUEUES: &[&str] = igsales_jobs::QUEUES;
-
-/// What every handler may use; one per process.
-pub struct Shared {
-    pub db: Db,
-    pub redis: ConnectionManager,
-    pub vault: Vault,
-    pub meta: MetaClient,
-    pub llm: crate::sales::llm::LlmClient,
-    pub gate: crate::sales::graph::GraphGate,
-    pub settings: RunSettings,
+/// What the runtime needs of the context its handlers run with.
+pub trait Context: Send + Sync + 'static {
+    /// `/readyz`: whether this process can do its work, and why not.
+    fn ready(&self) -> impl Future<Output = (StatusCode, Json<serde_json::Value>)> + Send;
 }
 
-type Handler<J> =
-    Arc<dyn Fn(J, Arc<Shared>) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
+type Handler<J, C> =
+    Arc<dyn Fn(J, Arc<C>) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
 
 /// One queue's worker state, shared by its runs (and kept across restarts).
-struct Queue<J: Job> {
-    shared: Arc<Shared>,
+struct Queue<J: Job, C> {
+    ctx: Arc<C>,
+    redis: ConnectionManager,
+    pool: worker_pool::Settings,
     policy: Policy,
     permits: Arc<Semaphore>,
-    handler: Handler<J>,
+    handler: Handler<J, C>,
     shutdown: watch::Receiver<bool>,
     /// Turns true when this worker was replaced by a restart: its jobs stop, since the dead
     /// worker's in-flight set is recovered (and run again) elsewhere.
     replaced: watch::Receiver<bool>,
 }
 
-impl<J: Job> Clone for Queue<J> {
+impl<J: Job, C> Clone for Queue<J, C> {
     fn clone(&self) -> Self {
         Queue {
-            shared: self.shared.clone(),
+            ctx: self.ctx.clone(),
+            redis: self.redis.clone(),
+            pool: self.pool.clone(),
             policy: self.policy.clone(),
             permits: self.permits.clone(),
             handler: self.handler.clone(),
@@ -82,22 +80,22 @@ impl<J: Job> Clone for Queue<J> {
 }
 
 /// The apalis handler of every queue: take a run permit, then run under our policy.
-async fn run_job<J: Job>(
+async fn run_job<J: Job, C: Context>(
     job: J,
     id: TaskId,
     worker: WorkerContext,
-    queue: Data<Queue<J>>,
+    queue: Data<Queue<J, C>>,
 ) -> Result<(), BoxDynError> {
     let _permit = queue.permits.clone().acquire_owned().await?;
     let running = ::metrics::gauge!(self::metrics::RUNNING, "job" => J::NAME);
     running.increment(1.0);
     let ctx = RunContext {
         worker: worker.name().to_owned(),
-        redis: queue.shared.redis.clone(),
+        redis: queue.redis.clone(),
         shutdown: queue.shutdown.clone(),
     };
-    let (handler, shared) = (queue.handler.clone(), queue.shared.clone());
-    let call = Arc::new(move |j: J| handler(j, shared.clone()));
+    let (handler, app) = (queue.handler.clone(), queue.ctx.clone());
+    let call = Arc::new(move |j: J| handler(j, app.clone()));
     let mut replaced = queue.replaced.clone();
     let ended = async move {
         if replaced.wait_for(|r| *r).await.is_err() {
@@ -168,57 +166,19 @@ fn worker_name(queue: &str, boot: &str, restarts: usize) -> String {
     )
 }
 
-fn storage_config<J: Job>(settings: &RunSettings) -> Config {
+fn storage_config<J: Job>(pool: &worker_pool::Settings) -> Config {
     // A worker whose heartbeat is older than heartbeat × missed is dead: its jobs run again
     // elsewhere. Heartbeats come every third of the orphan timeout.
-    let heartbeat = (settings.pool.orphan_timeout / 3).max(Duration::from_secs(1));
+    let heartbeat = (pool.orphan_timeout / 3).max(Duration::from_secs(1));
     Config::default()
         .queue(J::NAME)
-        .batch_size(settings.pool.prefetch)
+        .batch_size(pool.prefetch)
         .heartbeat_interval(heartbeat)
         .missed_heartbeats(3)
         // Per-job leases only write a task's status and holder, and the script that takes one
         // scans the whole active list (`LREM`) for every job: with a backlog of N, N² work.
         // Orphans are found by the worker's heartbeat, which this leaves as it is.
         .lock_tasks(false)
-}
-
-/// Registers the worker of one queue.
-fn register<J: Job>(
-    monitor: Monitor,
-    queue: Queue<J>,
-    redis: ConnectionManager,
-    boot: String,
-    faults: conn::Faults,
-) -> Monitor {
-    let current: std::sync::Mutex<Option<watch::Sender<bool>>> = std::sync::Mutex::new(None);
-    monitor.register(move |restarts| {
-        let settings = &queue.shared.settings;
-        let config = storage_config::<J>(settings);
-        // A new generation: the previous worker of this queue (if any) died; stop its jobs.
-        let (replaced_tx, replaced) = watch::channel(false);
-        if let Ok(mut slot) = current.lock()
-            && let Some(previous) = slot.replace(replaced_tx)
-        {
-            previous.send_replace(true);
-        }
-        let mut queue = queue.clone();
-        queue.replaced = replaced;
-        let retry = conn::Retry {
-            budget: settings.pool.redis_retry,
-            orphan_timeout: settings.pool.orphan_timeout,
-        };
-        let conn = conn::QueueConn::new(redis.clone(), &config, faults.clone(), retry);
-        let storage: RedisStorage<J, conn::QueueConn> = RedisStorage::new(conn).with_config(config);
-        let poll = poll::Gated::new(settings.pool.poll_interval, queue.permits.clone());
-        WorkerBuilder::new(worker_name(J::NAME, &boot, restarts))
-            .backend(storage.poll_with_strategy(poll))
-            .parallelize(tokio::spawn)
-            // Above our own permit count so fetched jobs never wait in apalis's buffer.
-            .concurrency(settings.pool.concurrency + settings.pool.prefetch)
-            .data(queue)
-            .build(run_job::<J>)
-    })
 }
 
 /// A cron that, in every replica, pushes one job per tick; the tick's idempotency key makes
@@ -238,186 +198,160 @@ async fn on_tick<J: Job>(tick: Tick, cron: Data<Cron<J>>) -> Result<(), BoxDynEr
     Ok(())
 }
 
-fn register_cron<J: Job>(
-    monitor: Monitor,
-    schedule: cron::Schedule,
-    redis: ConnectionManager,
-    make: fn(i64) -> J,
-    boot: String,
-) -> Monitor {
-    let cron = Cron {
-        queue: JobQueue::<J>::with_idempotency(redis, Duration::from_secs(7 * 86_400)),
-        make,
-    };
-    monitor.register(move |restarts| {
-        WorkerBuilder::new(worker_name(&format!("cron-{}", J::NAME), &boot, restarts))
-            .backend(CronScheduler::new(schedule.clone()))
-            .data(cron.clone())
-            .build(on_tick::<J>)
-    })
-}
-
-fn boxed<J: Job, F, Fut>(f: F) -> Handler<J>
-where
-    F: Fn(J, Arc<Shared>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
-{
-    Arc::new(move |job, shared| Box::pin(f(job, shared)))
-}
-
-/// What every queue's registration needs.
-struct Setup {
-    shared: Arc<Shared>,
+/// The pool being assembled: queues and crons are registered, then [`Runtime::run`] runs
+/// them with the context `C` until a shutdown signal or a worker that keeps dying.
+pub struct Runtime<C: Context> {
+    ctx: Arc<C>,
+    pool: worker_pool::Settings,
+    retry: retry::Settings,
     redis: ConnectionManager,
     boot: String,
-    shutdown: watch::Receiver<bool>,
+    stop: (watch::Sender<bool>, watch::Receiver<bool>),
     faults: conn::Faults,
+    monitor: Monitor,
+    queues: Vec<&'static str>,
 }
 
-impl Setup {
-    /// Registers the worker of job `J` with its handler and attempt limit.
-    fn queue<J, F, Fut>(&self, monitor: Monitor, max_attempts: u32, handler: F) -> Monitor
+impl<C: Context> Runtime<C> {
+    pub fn new(
+        ctx: Arc<C>,
+        redis: ConnectionManager,
+        pool: &worker_pool::Settings,
+        retry: &retry::Settings,
+    ) -> Self {
+        let boot = format!(
+            "{:04x}",
+            SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+                & 0xffff
+        );
+        Runtime {
+            ctx,
+            pool: pool.clone(),
+            retry: retry.clone(),
+            redis,
+            boot,
+            stop: watch::channel(false),
+            faults: conn::Faults::default(),
+            monitor: Monitor::new(),
+            queues: Vec::new(),
+        }
+    }
+
+    /// Registers the worker of job `J`: `handler` runs each job, under the retry policy with
+    /// `max_attempts`, with its own run permits and fetch loop.
+    pub fn queue<J, F, Fut>(mut self, max_attempts: u32, handler: F) -> Self
     where
         J: Job,
-        F: Fn(J, Arc<Shared>) -> Fut + Send + Sync + 'static,
+        F: Fn(J, Arc<C>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), JobError>> + Send + 'static,
     {
-        let settings = &self.shared.settings;
         let queue = Queue {
-            shared: self.shared.clone(),
+            ctx: self.ctx.clone(),
+            redis: self.redis.clone(),
+            pool: self.pool.clone(),
             policy: Policy {
                 max_attempts,
-                backoff_base: settings.retry.backoff_base,
-                backoff_max: settings.retry.backoff_max,
-                inprocess_wait_max: settings.retry.inprocess_wait_max,
-                unavailable_wait: settings.retry.unavailable_wait,
-                timeout: settings.retry.job_timeout,
-                dlq_max_len: settings.retry.dlq_max_len,
+                backoff_base: self.retry.backoff_base,
+                backoff_max: self.retry.backoff_max,
+                inprocess_wait_max: self.retry.inprocess_wait_max,
+                unavailable_wait: self.retry.unavailable_wait,
+                timeout: self.retry.job_timeout,
+                dlq_max_len: self.retry.dlq_max_len,
             },
-            permits: Arc::new(Semaphore::new(settings.pool.concurrency)),
-            handler: boxed(handler),
-            shutdown: self.shutdown.clone(),
+            permits: Arc::new(Semaphore::new(self.pool.concurrency)),
+            handler: Arc::new(move |job, ctx| Box::pin(handler(job, ctx))),
+            shutdown: self.stop.1.clone(),
             replaced: watch::channel(false).1,
         };
-        register(
-            monitor,
-            queue,
-            self.redis.clone(),
-            self.boot.clone(),
-            self.faults.clone(),
-        )
+        let current: std::sync::Mutex<Option<watch::Sender<bool>>> = std::sync::Mutex::new(None);
+        let (redis, boot, faults) = (self.redis.clone(), self.boot.clone(), self.faults.clone());
+        self.queues.push(J::NAME);
+        self.monitor = self.monitor.register(move |restarts| {
+            let pool = &queue.pool;
+            let config = storage_config::<J>(pool);
+            // A new generation: the previous worker of this queue (if any) died; stop its jobs.
+            let (replaced_tx, replaced) = watch::channel(false);
+            if let Ok(mut slot) = current.lock()
+                && let Some(previous) = slot.replace(replaced_tx)
+            {
+                previous.send_replace(true);
+            }
+            let mut queue = queue.clone();
+            queue.replaced = replaced;
+            let retry = conn::Retry {
+                budget: pool.redis_retry,
+                orphan_timeout: pool.orphan_timeout,
+            };
+            let conn = conn::QueueConn::new(redis.clone(), &config, faults.clone(), retry);
+            let storage: RedisStorage<J, conn::QueueConn> =
+                RedisStorage::new(conn).with_config(config);
+            let poll = poll::Gated::new(pool.poll_interval, queue.permits.clone());
+            let concurrency = pool.concurrency + pool.prefetch;
+            WorkerBuilder::new(worker_name(J::NAME, &boot, restarts))
+                .backend(storage.poll_with_strategy(poll))
+                .parallelize(tokio::spawn)
+                // Above our own permit count so fetched jobs never wait in apalis's buffer.
+                .concurrency(concurrency)
+                .data(queue)
+                .build(run_job::<J, C>)
+        });
+        self
     }
-}
 
-/// Runs the pool until SIGTERM/Ctrl-C (clean exit) or until a worker keeps dying (exit 1).
-pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
-    igsales_config::prometheus();
-    let redis = igsales_jobs::redis_conn::connect(&settings.redis).await?;
-    let db = Db::connect(&settings.db).await?;
-    let meta = MetaClient::new(&settings.graph, settings.dns.cache);
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.pool.metrics_port))
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on METRICS_PORT {}: {e}",
-                settings.pool.metrics_port
-            )
-        })?;
-    let llm = crate::sales::llm::LlmClient::new(&settings.model, settings.dns.cache);
-    let shared = Arc::new(Shared {
-        vault: Vault::new(&settings.keys),
-        gate: crate::sales::graph::GraphGate::new(redis.clone(), &settings.limits),
-        db,
-        redis: redis.clone(),
-        meta,
-        llm,
-        settings,
-    });
-    let settings = &shared.settings;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let boot = format!(
-        "{:04x}",
-        SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-            & 0xffff
-    );
+    /// A cron that pushes `make(tick)` on `schedule`, one job per tick however many replicas.
+    pub fn cron<J: Job>(mut self, schedule: cron::Schedule, make: fn(i64) -> J) -> Self {
+        let cron = Cron {
+            queue: JobQueue::<J>::with_idempotency(
+                self.redis.clone(),
+                Duration::from_secs(7 * 86_400),
+            ),
+            make,
+        };
+        let boot = self.boot.clone();
+        self.monitor = self.monitor.register(move |restarts| {
+            WorkerBuilder::new(worker_name(&format!("cron-{}", J::NAME), &boot, restarts))
+                .backend(CronScheduler::new(schedule.clone()))
+                .data(cron.clone())
+                .build(on_tick::<J>)
+        });
+        self
+    }
 
-    tokio::spawn(http::serve(listener, shared.clone()));
-    tokio::spawn(self::metrics::sample_queues(
-        redis.clone(),
-        QUEUES.to_vec(),
-        Duration::from_secs(5),
-    ));
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` and runs the pool until
+    /// SIGTERM/Ctrl-C (clean exit) or until a worker keeps dying (exit 1).
+    pub async fn run(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+        let Runtime {
+            ctx,
+            pool,
+            redis,
+            stop: (stop_tx, _),
+            monitor,
+            queues,
+            ..
+        } = self;
+        let settings = &pool;
+        tokio::spawn(http::serve(listener, ctx));
+        tokio::spawn(self::metrics::sample_queues(
+            redis,
+            queues.clone(),
+            Duration::from_secs(5),
+        ));
 
-    let setup = Setup {
-        shared: shared.clone(),
-        redis: redis.clone(),
-        boot: boot.clone(),
-        shutdown: stop_rx.clone(),
-        faults: conn::Faults::default(),
-    };
-    let mut monitor = Monitor::new();
-    monitor = setup.queue(monitor, settings.retry.inbound_event(), |j, s| async move {
-        crate::handlers::inbound::run(j, &s).await
-    });
-    // Its own permits and fetch loop: echoes confirm sends however far the model is behind.
-    monitor = setup.queue(
-        monitor,
-        settings.retry.inbound_event(),
-        |j: InboundSignalV1, s| async move { crate::handlers::inbound::run(j.0, &s).await },
-    );
-    monitor = setup.queue(monitor, settings.retry.send_message(), |j, s| async move {
-        crate::handlers::send::run(j, &s).await
-    });
-    monitor = setup.queue(monitor, settings.retry.refresh_token(), |j, s| async move {
-        crate::handlers::tokens::refresh(j, &s).await
-    });
-    monitor = setup.queue(monitor, settings.retry.max_attempts, |j, s| async move {
-        crate::handlers::tokens::sweep(j, &s).await
-    });
-    monitor = setup.queue(monitor, settings.retry.max_attempts, |j, s| async move {
-        crate::handlers::housekeeping::run(j, &s).await
-    });
-    monitor = setup.queue(monitor, settings.retry.max_attempts, |j, s| async move {
-        crate::handlers::canary::run(j, &s).await
-    });
-    let token_cron = settings.schedule.token_refresh.clone();
-    let housekeeping_cron = settings.schedule.housekeeping.clone();
-    monitor = register_cron(
-        monitor,
-        token_cron,
-        redis.clone(),
-        |tick| TokenRefreshSweepV1 {
-            tick,
-            delivery: Default::default(),
-        },
-        boot.clone(),
-    );
-    monitor = register_cron(
-        monitor,
-        housekeeping_cron,
-        redis.clone(),
-        |tick| HousekeepingV1 {
-            tick,
-            delivery: Default::default(),
-        },
-        boot.clone(),
-    );
-
-    // A worker that keeps dying (Redis gone for good, a poisoned queue) stops the whole
-    // process: a live process with a dead worker would look healthy and do nothing.
-    let gave_up = Arc::new(AtomicBool::new(false));
-    let restarts_seen = Arc::new(AtomicUsize::new(0));
-    let budget = std::sync::Mutex::new(RestartBudget::new(
-        settings.pool.max_restarts as usize,
-        settings.pool.restart_window,
-    ));
-    let (fatal_tx, mut fatal_rx) = watch::channel(false);
-    let monitor = {
-        let gave_up = gave_up.clone();
-        let restarts_seen = restarts_seen.clone();
-        monitor
+        // A worker that keeps dying (Redis gone for good, a poisoned queue) stops the whole
+        // process: a live process with a dead worker would look healthy and do nothing.
+        let gave_up = Arc::new(AtomicBool::new(false));
+        let restarts_seen = Arc::new(AtomicUsize::new(0));
+        let budget = std::sync::Mutex::new(RestartBudget::new(
+            settings.max_restarts as usize,
+            settings.restart_window,
+        ));
+        let (fatal_tx, mut fatal_rx) = watch::channel(false);
+        let monitor = {
+            let gave_up = gave_up.clone();
+            let restarts_seen = restarts_seen.clone();
+            monitor
             .should_restart(move |ctx, err| {
                 restarts_seen.fetch_add(1, Ordering::SeqCst);
                 ::metrics::counter!(self::metrics::WORKER_RESTARTS).increment(1);
@@ -438,28 +372,29 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
                     false
                 }
             })
-            .shutdown_timeout(settings.pool.shutdown_timeout)
-    };
-    let signal = async move {
-        tokio::select! {
-            () = igsales_config::shutdown_signal("running jobs") => {},
-            _ = fatal_rx.wait_for(|f| *f) => {},
+            .shutdown_timeout(settings.shutdown_timeout)
+        };
+        let signal = async move {
+            tokio::select! {
+                () = igsales_config::shutdown_signal("running jobs") => {},
+                _ = fatal_rx.wait_for(|f| *f) => {},
+            }
+            // In-process waits end now; their jobs are handed back for later.
+            let _ = stop_tx.send(true);
+            Ok(())
+        };
+        tracing::info!(queues = ?queues, concurrency = settings.concurrency, "worker pool running");
+        let outcome = monitor.run_with_signal(signal).await;
+        if gave_up.load(Ordering::SeqCst) {
+            anyhow::bail!(
+                "a worker died {} time(s), more than WORKER_MAX_RESTARTS allows within WORKER_RESTART_WINDOW_SECS; exiting for a fresh start",
+                restarts_seen.load(Ordering::SeqCst)
+            );
         }
-        // In-process waits end now; their jobs are handed back for later.
-        let _ = stop_tx.send(true);
+        outcome.map_err(|e| anyhow::anyhow!("worker pool failed: {e}"))?;
+        tracing::info!("worker pool stopped");
         Ok(())
-    };
-    tracing::info!(queues = ?QUEUES, concurrency = settings.pool.concurrency, "worker pool running");
-    let outcome = monitor.run_with_signal(signal).await;
-    if gave_up.load(Ordering::SeqCst) {
-        anyhow::bail!(
-            "a worker died {} time(s), more than WORKER_MAX_RESTARTS allows within WORKER_RESTART_WINDOW_SECS; exiting for a fresh start",
-            restarts_seen.load(Ordering::SeqCst)
-        );
     }
-    outcome.map_err(|e| anyhow::anyhow!("worker pool failed: {e}"))?;
-    tracing::info!("worker pool stopped");
-    Ok(())
 }
 
 #[cfg(test)]

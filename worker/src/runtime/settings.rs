@@ -1,18 +1,9 @@
-//! `worker run` configuration (SPEC §3): the runtime's own groups, and the whole command's
-//! groups, validated before anything connects. Time-like settings are all configurable so
-//! tests can shrink them.
+//! The runtime's own groups (SPEC §3): the pool and the retry policy. Time-like settings are
+//! all configurable so tests can shrink them.
 
 use std::time::Duration;
 
-use clap::Args;
-use igsales_config::{
-    AppEnv, Checker, DbArgs, DbSettings, GraphArgs, GraphSettings, KeyArgs, KeyRing, RedisArgs,
-    RedisSettings, dns,
-};
-
-use crate::handlers::settings::{conversation, retention, schedule, token_refresh};
-use crate::sales::graph::limits;
-use crate::sales::llm::model;
+use igsales_config::{AppEnv, Checker};
 
 igsales_config::group! {
     /// The worker pool: how many jobs, how they are fetched, how it stops and recovers.
@@ -87,86 +78,5 @@ impl retry::Settings {
     /// `JOB_MAX_ATTEMPTS_REFRESH_TOKEN`, else `JOB_MAX_ATTEMPTS`.
     pub fn refresh_token(&self) -> u32 {
         self.refresh_token_attempts.unwrap_or(self.max_attempts)
-    }
-}
-
-/// The groups `worker run` needs.
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    redis: RedisArgs,
-    #[command(flatten)]
-    keys: KeyArgs,
-    #[command(flatten)]
-    graph: GraphArgs,
-    #[command(flatten)]
-    limits: limits::Args,
-    #[command(flatten)]
-    dns: dns::Args,
-    #[command(flatten)]
-    model: model::Args,
-    #[command(flatten)]
-    pool: worker_pool::Args,
-    #[command(flatten)]
-    retry: retry::Args,
-    #[command(flatten)]
-    schedule: schedule::Args,
-    #[command(flatten)]
-    token_refresh: token_refresh::Args,
-    #[command(flatten)]
-    conversation: conversation::Args,
-    #[command(flatten)]
-    retention: retention::Args,
-}
-
-#[derive(Debug, Clone)]
-pub struct RunSettings {
-    pub db: DbSettings,
-    pub redis: RedisSettings,
-    pub keys: KeyRing,
-    pub graph: GraphSettings,
-    pub limits: limits::Settings,
-    pub dns: dns::Settings,
-    pub model: model::Settings,
-    pub pool: worker_pool::Settings,
-    pub retry: retry::Settings,
-    pub schedule: schedule::Settings,
-    pub token_refresh: token_refresh::Settings,
-    pub conversation: conversation::Settings,
-    pub retention: retention::Settings,
-}
-
-impl RunArgs {
-    pub fn check(&self, c: &mut Checker, env: Option<AppEnv>) -> Option<RunSettings> {
-        let db = self.db.check(c, env);
-        let redis = self.redis.check(c, env);
-        let keys = self.keys.check(c, env);
-        let graph = self.graph.check(c, env);
-        let limits = self.limits.check(c, env);
-        let dns = self.dns.check(c, env);
-        let model = self.model.check(c, env);
-        let pool = self.pool.check(c, env);
-        let retry = self.retry.check(c, env);
-        let schedule = self.schedule.check(c, env);
-        let token_refresh = self.token_refresh.check(c, env);
-        let conversation = self.conversation.check(c, env);
-        let retention = self.retention.check(c, env);
-        Some(RunSettings {
-            db: db?,
-            redis: redis?,
-            keys: keys?.ring,
-            graph: graph?,
-            limits: limits?,
-            dns: dns?,
-            model: model?,
-            pool: pool?,
-            retry: retry?,
-            schedule: schedule?,
-            token_refresh: token_refresh?,
-            conversation: conversation?,
-            retention: retention?,
-        })
     }
 }
