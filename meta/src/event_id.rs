@@ -17,6 +17,16 @@ pub(crate) fn with_mid(prefix: &str, mid: &str) -> String {
     format!("{prefix}:{mid}")
 }
 
+/// A customer message's id, `message:{mid}` (for tools that make jobs without a webhook).
+pub fn message(mid: &str) -> String {
+    with_mid("message", mid)
+}
+
+/// An echo's id, `echo:{mid}`.
+pub fn echo(mid: &str) -> String {
+    with_mid("echo", mid)
+}
+
 /// `edit:{mid}:{num_edit}`; a missing count is edit 0.
 pub(crate) fn edit(mid: &str, num_edit: Option<i64>) -> String {
     format!("edit:{mid}:{}", num_edit.unwrap_or(0))

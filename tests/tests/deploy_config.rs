@@ -638,3 +638,25 @@ fn env_example_cors_allows_only_a_placeholder_origin() {
         );
     }
 }
+
+#[test]
+fn the_worker_runtime_knows_nothing_of_the_handlers_the_sales_logic_or_the_cli() {
+    let dir = repo().join("worker/src/runtime");
+    let mut read = 0;
+    for entry in std::fs::read_dir(&dir)
+        .expect("runtime/")
+        .filter_map(Result::ok)
+    {
+        let path = entry.path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        read += 1;
+        for room in ["crate::handlers", "crate::sales", "crate::cli"] {
+            assert!(
+                !text.contains(room),
+                "{} reaches into {room}: the runtime is generic over its context",
+                path.display()
+            );
+        }
+    }
+    assert!(read >= 5, "found only {read} files in {}", dir.display());
+}

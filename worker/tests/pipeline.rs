@@ -125,7 +125,7 @@ impl Pipeline {
     fn dm(&self, customer: &str, mid: &str, text: &str, ts_ms: i64) -> InboundEventV1 {
         self.event(
             EventKind::Message,
-            format!("message:{mid}"),
+            igsales_meta::event_id::message(mid),
             wh::text_message(customer, &self.account, mid, text, ts_ms),
         )
     }
@@ -133,7 +133,7 @@ impl Pipeline {
     fn echo(&self, customer: &str, mid: &str, text: &str) -> InboundEventV1 {
         self.event(
             EventKind::Echo,
-            format!("echo:{mid}"),
+            igsales_meta::event_id::echo(mid),
             wh::echo(&self.account, customer, mid, text, now_ms()),
         )
     }

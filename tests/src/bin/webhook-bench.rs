@@ -343,7 +343,7 @@ fn build_plan(args: &RunArgs, target: &Target, accounts: &[Account]) -> anyhow::
         request.extend_from_slice(body.as_bytes());
         events.push(Event {
             account,
-            event_id: format!("message:{mid}"),
+            event_id: igsales_meta::event_id::message(&mid),
             request,
         });
     }

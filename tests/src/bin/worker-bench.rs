@@ -204,7 +204,7 @@ async fn pipeline(args: &Args) -> anyhow::Result<()> {
             InboundEventV1 {
                 merchant_id: m.0,
                 instagram_account_id: page.clone(),
-                event_id: format!("message:{mid}"),
+                event_id: igsales_meta::event_id::message(&mid),
                 kind: EventKind::Message,
                 entry_time_ms: None,
                 received_at: Utc::now(),
