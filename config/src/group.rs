@@ -238,6 +238,57 @@ macro_rules! group {
     };
 }
 
+/// Declares what a command reads as a set of groups: `Args` flattening each group's args for
+/// clap, `Settings` holding each group's settings, and `check`, which checks every group (so
+/// all their problems are named in one run).
+///
+/// ```text
+/// igsales_config::groups! {
+///     /// What `worker run` reads.
+///     pub struct RunArgs => RunSettings {
+///         db: DbArgs => DbSettings,
+///         redis: RedisArgs => RedisSettings,
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! groups {
+    (
+        $(#[doc = $doc:literal])*
+        $vis:vis struct $Args:ident => $Settings:ident {
+            $($field:ident : $FieldArgs:ty => $FieldSettings:ty),* $(,)?
+        }
+    ) => {
+        $(#[doc = $doc])*
+        #[derive(Debug, ::clap::Args)]
+        $vis struct $Args {
+            $(
+                #[command(flatten)]
+                $field: $FieldArgs,
+            )*
+        }
+
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone)]
+        $vis struct $Settings {
+            $(pub $field: $FieldSettings,)*
+        }
+
+        impl $Args {
+            $vis fn check(
+                &self,
+                c: &mut $crate::Checker,
+                env: ::core::option::Option<$crate::AppEnv>,
+            ) -> ::core::option::Option<$Settings> {
+                $(let $field = self.$field.check(c, env);)*
+                Some($Settings {
+                    $($field: $field?,)*
+                })
+            }
+        }
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __read {

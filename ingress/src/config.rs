@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use igsales_config::{
     AppEnv, Checker, Common, CommonArgs, ConfigError, DbArgs, DbSettings, GraphArgs, GraphSettings,
-    HttpUrl, KeyArgs, KeyRing, RedisArgs, RedisSettings, Secret, dns, must,
+    HttpUrl, KeyArgs, RedisArgs, RedisSettings, Secret, dns, keys, must,
 };
 
 fn digits(s: &str) -> Result<String, String> {
@@ -150,6 +150,22 @@ igsales_config::group! {
     }
 }
 
+igsales_config::groups! {
+    /// Every ingress setting, by group.
+    pub struct IngressGroups => IngressSettings {
+        db: DbArgs => DbSettings,
+        redis: RedisArgs => RedisSettings,
+        keys: KeyArgs => keys::Settings,
+        app: app::Args => app::Settings,
+        graph: GraphArgs => GraphSettings,
+        dns: dns::Args => dns::Settings,
+        oauth: oauth::Args => oauth::Settings,
+        webhook: webhook::Args => webhook::Settings,
+        server: server::Args => server::Settings,
+        admin: admin_api::Args => admin_api::Settings,
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ingress",
@@ -160,40 +176,7 @@ pub struct IngressArgs {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    redis: RedisArgs,
-    #[command(flatten)]
-    keys: KeyArgs,
-    #[command(flatten)]
-    app: app::Args,
-    #[command(flatten)]
-    graph: GraphArgs,
-    #[command(flatten)]
-    dns: dns::Args,
-    #[command(flatten)]
-    oauth: oauth::Args,
-    #[command(flatten)]
-    webhook: webhook::Args,
-    #[command(flatten)]
-    server: server::Args,
-    #[command(flatten)]
-    admin: admin_api::Args,
-}
-
-/// Every ingress setting, validated, by group.
-#[derive(Debug, Clone)]
-pub struct IngressSettings {
-    pub db: DbSettings,
-    pub redis: RedisSettings,
-    pub keys: KeyRing,
-    pub app: app::Settings,
-    pub graph: GraphSettings,
-    pub dns: dns::Settings,
-    pub oauth: oauth::Settings,
-    pub webhook: webhook::Settings,
-    pub server: server::Settings,
-    pub admin: admin_api::Settings,
+    groups: IngressGroups,
 }
 
 impl IngressSettings {
@@ -210,31 +193,9 @@ impl IngressArgs {
     pub fn check(self) -> Result<(Common, IngressSettings), ConfigError> {
         let mut c = Checker::new();
         let common = self.common.check(&mut c, None);
-        let env = common.as_ref().map(|co| co.app_env);
-        let settings = (|| {
-            let db = self.db.check(&mut c, env);
-            let redis = self.redis.check(&mut c, env);
-            let keys = self.keys.check(&mut c, env);
-            let app = self.app.check(&mut c, env);
-            let graph = self.graph.check(&mut c, env);
-            let dns = self.dns.check(&mut c, env);
-            let oauth = self.oauth.check(&mut c, env);
-            let webhook = self.webhook.check(&mut c, env);
-            let server = self.server.check(&mut c, env);
-            let admin = self.admin.check(&mut c, env);
-            Some(IngressSettings {
-                db: db?,
-                redis: redis?,
-                keys: keys?.ring,
-                app: app?,
-                graph: graph?,
-                dns: dns?,
-                oauth: oauth?,
-                webhook: webhook?,
-                server: server?,
-                admin: admin?,
-            })
-        })();
+        let settings = self
+            .groups
+            .check(&mut c, common.as_ref().map(|co| co.app_env));
         c.finish()?;
         Ok((must(common), must(settings)))
     }

@@ -87,7 +87,7 @@ impl AppState {
             webhook_permits: Arc::new(tokio::sync::Semaphore::new(settings.webhook.max_in_flight)),
             inbound: JobQueue::new(redis.clone()),
             signals: JobQueue::new(redis.clone()),
-            vault: Vault::new(&settings.keys),
+            vault: Vault::new(&settings.keys.ring),
             verifier,
             accounts,
             meta,

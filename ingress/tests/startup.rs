@@ -338,11 +338,7 @@ async fn refuses_to_start_as_a_superuser_a_bypassrls_role_or_the_table_owner() {
 
 fn production_env(redis: &TlsRedis) -> Vec<(&'static str, String)> {
     let mut env = with(&full_env(), "APP_ENV", "production");
-    env = with(
-        &env,
-        "REDIS_URL",
-        &format!("rediss://:{REDIS_PASSWORD}@127.0.0.1:{}/0", redis.port),
-    );
+    env = with(&env, "REDIS_URL", &redis.url());
     for var in [
         "API_BASE_URL",
         "OAUTH_SUCCESS_REDIRECT_URL",
@@ -357,11 +353,7 @@ fn production_env(redis: &TlsRedis) -> Vec<(&'static str, String)> {
 fn production_connects_to_redis_over_tls_and_verifies_its_certificate() {
     let redis = tls_redis("noeviction", REDIS_PASSWORD);
     // Trusting the test CA: Redis answers over TLS, so start-up moves on to Postgres.
-    let env = with(
-        &production_env(&redis),
-        "SSL_CERT_FILE",
-        redis.ca.to_str().expect("utf8"),
-    );
+    let env = with(&production_env(&redis), redis.trust().0, &redis.trust().1);
     let out = run(BIN, &[], &env);
     out.assert_code(1);
     assert!(
@@ -385,11 +377,7 @@ fn production_connects_to_redis_over_tls_and_verifies_its_certificate() {
 #[test]
 fn production_refuses_a_redis_that_may_evict_keys() {
     let redis = tls_redis("allkeys-lru", REDIS_PASSWORD);
-    let env = with(
-        &production_env(&redis),
-        "SSL_CERT_FILE",
-        redis.ca.to_str().expect("utf8"),
-    );
+    let env = with(&production_env(&redis), redis.trust().0, &redis.trust().1);
     let out = run(BIN, &[], &env);
     out.assert_code(1);
     assert!(

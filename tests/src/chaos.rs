@@ -275,8 +275,8 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let llm = FakeLlm::start(FakeLlmConfig::default()).await;
     llm.set_reply(Some(standing_reply()));
     llm.set_latency(Duration::from_millis(20));
-    PgUrl::parse(&cfg.database_url).map_err(anyhow::Error::msg)?;
-    let db = Db::connect(&db_settings(&cfg.database_url, 2, Duration::from_secs(5))).await?;
+    let url = PgUrl::parse(&cfg.database_url).map_err(anyhow::Error::msg)?;
+    let db = Db::connect(&db_settings(url, 2, Duration::from_secs(5))).await?;
     let vault = Vault::new(&parse_key_ring(&key_entry(1, 7)).map_err(anyhow::Error::msg)?);
     let pages: Vec<String> = crate::shops::connected(&db, &vault, &fake, cfg.accounts, 5, "178415")
         .await?

@@ -214,7 +214,11 @@ impl TestDb {
     }
 
     pub fn app_settings(&self, pool_size: u32) -> DbSettings {
-        db_settings(&self.app_url(), pool_size, Duration::from_secs(5))
+        db_settings(
+            PgUrl::parse(&self.app_url()).expect("valid test URL"),
+            pool_size,
+            Duration::from_secs(5),
+        )
     }
 
     /// The app's [`Db`] as the app role, through the same start-up checks as the binaries.
@@ -257,9 +261,9 @@ impl Drop for TestDb {
 }
 
 /// Pool settings for `url` as tests and benchmarks use them (statements may take 30 s).
-pub fn db_settings(url: &str, pool_size: u32, connect_timeout: Duration) -> DbSettings {
+pub fn db_settings(url: PgUrl, pool_size: u32, connect_timeout: Duration) -> DbSettings {
     DbSettings {
-        url: PgUrl::parse(url).expect("valid test URL"),
+        url,
         pool: db_pool::Settings {
             size: pool_size,
             statement_timeout: Duration::from_secs(30),

@@ -9,9 +9,22 @@ use crate::process::free_port;
 /// A throwaway TLS Redis with its own CA, killed when dropped.
 pub struct TlsRedis {
     child: Child,
-    pub port: u16,
-    /// The CA that signed the server's certificate (for `SSL_CERT_FILE`).
-    pub ca: std::path::PathBuf,
+    port: u16,
+    password: String,
+    /// The CA that signed the server's certificate.
+    ca: std::path::PathBuf,
+}
+
+impl TlsRedis {
+    /// `REDIS_URL` as production wants it: `rediss://` with the password.
+    pub fn url(&self) -> String {
+        format!("rediss://:{}@127.0.0.1:{}/0", self.password, self.port)
+    }
+
+    /// `SSL_CERT_FILE` that makes a client trust this server's certificate.
+    pub fn trust(&self) -> (&'static str, String) {
+        ("SSL_CERT_FILE", self.ca.to_string_lossy().into_owned())
+    }
 }
 
 impl Drop for TlsRedis {
@@ -141,6 +154,7 @@ pub fn tls_redis(policy: &str, password: &str) -> TlsRedis {
     TlsRedis {
         child,
         port,
+        password: password.to_owned(),
         ca: dir.join("ca.pem"),
     }
 }

@@ -326,11 +326,8 @@ fn worker_run_in_production_refuses_a_redis_that_may_evict_keys() {
         let redis = tls_redis(policy, PASSWORD);
         let mut env = without(&full_env(), &["REDIS_URL"]);
         env.push(("APP_ENV", "production".to_owned()));
-        env.push((
-            "REDIS_URL",
-            format!("rediss://:{PASSWORD}@127.0.0.1:{}/0", redis.port),
-        ));
-        env.push(("SSL_CERT_FILE", redis.ca.to_str().expect("utf8").to_owned()));
+        env.push(("REDIS_URL", redis.url()));
+        env.push(redis.trust());
         let out = run(BIN, &["run"], &env);
         drop(redis);
         out

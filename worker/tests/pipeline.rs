@@ -675,6 +675,8 @@ async fn two_workers_sweeping_refresh_each_due_account_once_per_tick() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_throttled_token_refresh_pauses_the_merchant_like_a_throttled_send() {
     let p = Pipeline::start(|e| e).await;
+    // A second process: the pause one worker sets holds the other's sends too.
+    let _second = p.another_worker();
     use diesel_async::SimpleAsyncConnection;
     p.db.superuser_conn()
         .await

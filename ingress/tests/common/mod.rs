@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use igsales_config::{
     AppEnv, DbSettings, GraphSettings, GraphVersion, HttpUrl, KeyEntry, KeyRing, PgUrl,
-    RedisSettings, RedisUrl, Secret, dns,
+    RedisSettings, RedisUrl, Secret, dns, keys,
 };
 use igsales_ingress::config::{admin_api, app, oauth, server, webhook};
 use igsales_ingress::{AppState, IngressSettings, router};
@@ -52,7 +52,7 @@ pub fn settings(base: &str, db: &TestDb, redis_url: &str, fake: &FakeMeta) -> In
             connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_secs(3),
         },
-        keys: key_ring(),
+        keys: keys::Settings { ring: key_ring() },
         app: app::Settings {
             id: APP_ID.into(),
             secret: Secret::new(IG_SECRET),
@@ -232,5 +232,5 @@ pub fn pg_url(s: &str) -> PgUrl {
 }
 
 pub fn db_settings_at(url: &str) -> DbSettings {
-    igsales_tests::db::db_settings(url, 2, Duration::from_millis(300))
+    igsales_tests::db::db_settings(pg_url(url), 2, Duration::from_millis(300))
 }

@@ -182,8 +182,8 @@ async fn pipeline(args: &Args) -> anyhow::Result<()> {
     let fake = FakeMeta::start(FakeMetaConfig::default()).await;
     let llm = FakeLlm::start(FakeLlmConfig::default()).await;
     llm.set_latency(Duration::from_millis(args.llm_latency_ms));
-    PgUrl::parse(&args.database_url).map_err(anyhow::Error::msg)?;
-    let db = Db::connect(&db_settings(&args.database_url, 4, Duration::from_secs(5))).await?;
+    let url = PgUrl::parse(&args.database_url).map_err(anyhow::Error::msg)?;
+    let db = Db::connect(&db_settings(url, 4, Duration::from_secs(5))).await?;
     let vault = Vault::new(&parse_key_ring(&key_entry(1, 1)).map_err(anyhow::Error::msg)?);
     let accounts_made =
         igsales_tests::shops::connected(&db, &vault, &fake, args.accounts, 30, "178414").await?;

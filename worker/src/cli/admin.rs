@@ -4,10 +4,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use diesel_async::AsyncPgConnection;
-use igsales_config::{DbSettings, GraphSettings, KeyRing, RedisSettings};
+use igsales_config::{DbSettings, RedisSettings};
 use igsales_meta::MetaClient;
 use igsales_schema::accounts::{self, AccountError};
 use igsales_schema::{Db, DbError, MerchantId, Vault, conversations};
+
+use super::Access;
 
 /// `tokens refresh`: enqueues `refresh_token` for one merchant's accounts or for all due.
 pub async fn tokens_refresh(
@@ -50,22 +52,14 @@ async fn connected(db: &Db, merchant: MerchantId) -> anyhow::Result<Vec<String>>
         .collect())
 }
 
-/// What the account commands reach: Postgres, the key ring and Graph.
-pub struct Access {
-    pub db: DbSettings,
-    pub ring: KeyRing,
-    pub graph: GraphSettings,
-    pub dns_cache: Duration,
-}
-
 /// `accounts resubscribe`: subscribes the webhooks again (after Meta disabled them).
 pub async fn accounts_resubscribe(
     access: &Access,
     merchant: Option<MerchantId>,
 ) -> anyhow::Result<()> {
     let db = Db::connect(&access.db).await?;
-    let vault = Vault::new(&access.ring);
-    let meta = MetaClient::new(&access.graph, access.dns_cache);
+    let vault = Vault::new(&access.keys.ring);
+    let meta = MetaClient::new(&access.graph, access.dns.cache);
     let merchants = match merchant {
         Some(m) => vec![m],
         None => db.merchant_ids().await?,
@@ -112,7 +106,7 @@ pub async fn accounts_disconnect(
     account: &str,
 ) -> anyhow::Result<()> {
     let db = Db::connect(&access.db).await?;
-    let vault = Vault::new(&access.ring);
+    let vault = Vault::new(&access.keys.ring);
     let (v, a) = (&vault, account.to_owned());
     match db
         .as_merchant(merchant, async move |c: &AsyncPgConnection| {
@@ -121,7 +115,7 @@ pub async fn accounts_disconnect(
         .await
     {
         Ok(token) => {
-            if let Err(e) = MetaClient::new(&access.graph, access.dns_cache)
+            if let Err(e) = MetaClient::new(&access.graph, access.dns.cache)
                 .unsubscribe(&token)
                 .await
             {

@@ -10,13 +10,13 @@ pub mod dlq;
 pub mod keys;
 
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use futures::future::LocalBoxFuture;
 use igsales_config::{
-    AppEnv, Checker, Common, CommonArgs, ConfigError, DbArgs, GraphArgs, KeyArgs, PgUrl, RedisArgs,
-    database, db_pool, dns, must,
+    AppEnv, Checker, Common, CommonArgs, ConfigError, DbArgs, DbSettings, GraphArgs, GraphSettings,
+    KeyArgs, PgUrl, RedisArgs, database, db_pool, dns, must,
 };
 use igsales_schema::MerchantId;
 use igsales_schema::merchants::MerchantChanges;
@@ -97,29 +97,13 @@ pub enum TokensCommand {
     },
 }
 
-/// What the account commands need: the accounts' rows and tokens, and Graph.
-#[derive(Debug, Args)]
-pub struct AccountAccess {
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    keys: KeyArgs,
-    #[command(flatten)]
-    graph: GraphArgs,
-    #[command(flatten)]
-    dns: dns::Args,
-}
-
-impl AccountAccess {
-    fn check(&self, c: &mut Checker, env: Option<AppEnv>) -> Option<admin::Access> {
-        let (db, keys) = (self.db.check(c, env), self.keys.check(c, env));
-        let (graph, dns) = (self.graph.check(c, env), self.dns.check(c, env));
-        Some(admin::Access {
-            db: db?,
-            ring: keys?.ring,
-            graph: graph?,
-            dns_cache: dns?.cache,
-        })
+igsales_config::groups! {
+    /// What the account commands need: the accounts' rows and tokens, and Graph.
+    pub struct AccountAccess => Access {
+        db: DbArgs => DbSettings,
+        keys: KeyArgs => igsales_config::keys::Settings,
+        graph: GraphArgs => GraphSettings,
+        dns: dns::Args => dns::Settings,
     }
 }
 
@@ -335,7 +319,7 @@ fn bounded_bytes(min: usize, max: usize) -> impl Fn(&str) -> Result<String, Stri
 }
 
 /// A command with every setting validated, ready to run.
-pub struct Action(Pin<Box<dyn Future<Output = anyhow::Result<()>>>>);
+pub struct Action(LocalBoxFuture<'static, anyhow::Result<()>>);
 
 impl Action {
     fn of(run: impl Future<Output = anyhow::Result<()>> + 'static) -> Action {

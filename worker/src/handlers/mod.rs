@@ -58,7 +58,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
             )
         })?;
     let shared = Arc::new(Shared {
-        vault: Vault::new(&settings.keys),
+        vault: Vault::new(&settings.keys.ring),
         gate: GraphGate::new(redis.clone(), &settings.limits),
         meta: MetaClient::new(&settings.graph, settings.dns.cache),
         llm: LlmClient::new(&settings.model, settings.dns.cache),

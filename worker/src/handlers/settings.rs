@@ -4,10 +4,8 @@
 use std::str::FromStr as _;
 use std::time::Duration;
 
-use clap::Args;
 use igsales_config::{
-    AppEnv, Checker, DbArgs, DbSettings, GraphArgs, GraphSettings, KeyArgs, KeyRing, RedisArgs,
-    RedisSettings, dns,
+    DbArgs, DbSettings, GraphArgs, GraphSettings, KeyArgs, RedisArgs, RedisSettings, dns, keys,
 };
 
 use crate::runtime::settings::{retry, worker_pool};
@@ -52,83 +50,21 @@ igsales_config::group! {
     }
 }
 
-/// The groups `worker run` needs.
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    redis: RedisArgs,
-    #[command(flatten)]
-    keys: KeyArgs,
-    #[command(flatten)]
-    graph: GraphArgs,
-    #[command(flatten)]
-    limits: limits::Args,
-    #[command(flatten)]
-    dns: dns::Args,
-    #[command(flatten)]
-    model: model::Args,
-    #[command(flatten)]
-    pool: worker_pool::Args,
-    #[command(flatten)]
-    retry: retry::Args,
-    #[command(flatten)]
-    schedule: schedule::Args,
-    #[command(flatten)]
-    token_refresh: token_refresh::Args,
-    #[command(flatten)]
-    conversation: conversation::Args,
-    #[command(flatten)]
-    retention: retention::Args,
-}
-
-#[derive(Debug, Clone)]
-pub struct RunSettings {
-    pub db: DbSettings,
-    pub redis: RedisSettings,
-    pub keys: KeyRing,
-    pub graph: GraphSettings,
-    pub limits: limits::Settings,
-    pub dns: dns::Settings,
-    pub model: model::Settings,
-    pub pool: worker_pool::Settings,
-    pub retry: retry::Settings,
-    pub schedule: schedule::Settings,
-    pub token_refresh: token_refresh::Settings,
-    pub conversation: conversation::Settings,
-    pub retention: retention::Settings,
-}
-
-impl RunArgs {
-    pub fn check(&self, c: &mut Checker, env: Option<AppEnv>) -> Option<RunSettings> {
-        let db = self.db.check(c, env);
-        let redis = self.redis.check(c, env);
-        let keys = self.keys.check(c, env);
-        let graph = self.graph.check(c, env);
-        let limits = self.limits.check(c, env);
-        let dns = self.dns.check(c, env);
-        let model = self.model.check(c, env);
-        let pool = self.pool.check(c, env);
-        let retry = self.retry.check(c, env);
-        let schedule = self.schedule.check(c, env);
-        let token_refresh = self.token_refresh.check(c, env);
-        let conversation = self.conversation.check(c, env);
-        let retention = self.retention.check(c, env);
-        Some(RunSettings {
-            db: db?,
-            redis: redis?,
-            keys: keys?.ring,
-            graph: graph?,
-            limits: limits?,
-            dns: dns?,
-            model: model?,
-            pool: pool?,
-            retry: retry?,
-            schedule: schedule?,
-            token_refresh: token_refresh?,
-            conversation: conversation?,
-            retention: retention?,
-        })
+igsales_config::groups! {
+    /// The groups `worker run` needs.
+    pub struct RunArgs => RunSettings {
+        db: DbArgs => DbSettings,
+        redis: RedisArgs => RedisSettings,
+        keys: KeyArgs => keys::Settings,
+        graph: GraphArgs => GraphSettings,
+        limits: limits::Args => limits::Settings,
+        dns: dns::Args => dns::Settings,
+        model: model::Args => model::Settings,
+        pool: worker_pool::Args => worker_pool::Settings,
+        retry: retry::Args => retry::Settings,
+        schedule: schedule::Args => schedule::Settings,
+        token_refresh: token_refresh::Args => token_refresh::Settings,
+        conversation: conversation::Args => conversation::Settings,
+        retention: retention::Args => retention::Settings,
     }
 }

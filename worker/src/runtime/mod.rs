@@ -331,7 +331,6 @@ impl<C: Context> Runtime<C> {
             queues,
             ..
         } = self;
-        let settings = &pool;
         tokio::spawn(http::serve(listener, ctx));
         tokio::spawn(self::metrics::sample_queues(
             redis,
@@ -344,8 +343,8 @@ impl<C: Context> Runtime<C> {
         let gave_up = Arc::new(AtomicBool::new(false));
         let restarts_seen = Arc::new(AtomicUsize::new(0));
         let budget = std::sync::Mutex::new(RestartBudget::new(
-            settings.max_restarts as usize,
-            settings.restart_window,
+            pool.max_restarts as usize,
+            pool.restart_window,
         ));
         let (fatal_tx, mut fatal_rx) = watch::channel(false);
         let monitor = {
@@ -372,7 +371,7 @@ impl<C: Context> Runtime<C> {
                     false
                 }
             })
-            .shutdown_timeout(settings.shutdown_timeout)
+            .shutdown_timeout(pool.shutdown_timeout)
         };
         let signal = async move {
             tokio::select! {
@@ -383,7 +382,7 @@ impl<C: Context> Runtime<C> {
             let _ = stop_tx.send(true);
             Ok(())
         };
-        tracing::info!(queues = ?queues, concurrency = settings.concurrency, "worker pool running");
+        tracing::info!(queues = ?queues, concurrency = pool.concurrency, "worker pool running");
         let outcome = monitor.run_with_signal(signal).await;
         if gave_up.load(Ordering::SeqCst) {
             anyhow::bail!(
