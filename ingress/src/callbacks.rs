@@ -22,10 +22,18 @@ fn verified(state: &AppState, form: &HashMap<String, String>) -> Result<SignedRe
         "invalid_signed_request",
         "signed_request is required",
     ))?;
-    signed_request::verify(state.app_secrets(), raw).map_err(|_| {
+    let rejected = |message: &'static str| {
         metrics::counter!(META_CALLBACKS, "callback" => "any", "result" => "rejected").increment(1);
-        AppError::BadRequest("invalid_signed_request", "signed_request did not verify")
-    })
+        AppError::BadRequest("invalid_signed_request", message)
+    };
+    signed_request::verify(state.app_secrets(), raw)
+        .map_err(|_| rejected("signed_request did not verify"))?
+        // A verified request captured once must not work forever: only a recent one counts.
+        .fresh(
+            std::time::SystemTime::now(),
+            state.settings.callbacks.signed_request_max_age,
+        )
+        .map_err(|_| rejected("signed_request is not recent (issued_at)"))
 }
 
 /// Disconnects every account the user id names: token deleted, marked for re-authorisation.

@@ -131,6 +131,15 @@ igsales_config::group! {
 }
 
 igsales_config::group! {
+    /// Meta's deauthorize and data-deletion callbacks.
+    pub mod callbacks {
+        /// How old (or how far ahead of our clock) a `signed_request`'s `issued_at` may be.
+        SIGNED_REQUEST_MAX_AGE_SECS => signed_request_max_age: Duration = default "600",
+            secs(1, 86_400);
+    }
+}
+
+igsales_config::group! {
     /// The HTTP server.
     pub mod server {
         PORT => port: u16 = required, parsed("an integer 1–65535", port);
@@ -161,6 +170,7 @@ igsales_config::groups! {
         dns: dns::Args => dns::Settings,
         oauth: oauth::Args => oauth::Settings,
         webhook: webhook::Args => webhook::Settings,
+        callbacks: callbacks::Args => callbacks::Settings,
         server: server::Args => server::Settings,
         admin: admin_api::Args => admin_api::Settings,
     }

@@ -30,9 +30,13 @@ async fn call(h: &Harness, path: &str, signed_request: &str) -> Answer {
 }
 
 fn signed(secret: &str, user_id: &str) -> String {
+    signed_at(secret, user_id, chrono::Utc::now().timestamp())
+}
+
+fn signed_at(secret: &str, user_id: &str, issued_at: i64) -> String {
     igsales_meta::signed_request::sign(
         secret,
-        &format!(r#"{{"algorithm":"HMAC-SHA256","issued_at":1762022388,"user_id":"{user_id}"}}"#),
+        &format!(r#"{{"algorithm":"HMAC-SHA256","issued_at":{issued_at},"user_id":"{user_id}"}}"#),
     )
 }
 
@@ -84,6 +88,23 @@ async fn deauthorize_disconnects_the_account_and_forgeries_are_400() {
     )
     .await;
     assert_eq!(missing.status, 400);
+    // Genuinely signed, but captured long ago (or dated ahead) and replayed: refused.
+    let now = chrono::Utc::now().timestamp();
+    for issued_at in [now - 601, now + 601] {
+        let replayed = call(
+            &h,
+            "/meta/deauthorize",
+            &signed_at(IG_SECRET, ACCOUNT, issued_at),
+        )
+        .await;
+        assert_eq!(replayed.status, 400, "{}", replayed.body);
+        assert_eq!(replayed.json()["error"]["code"], "invalid_signed_request");
+    }
+    let undated = igsales_meta::signed_request::sign(
+        IG_SECRET,
+        &format!(r#"{{"algorithm":"HMAC-SHA256","user_id":"{ACCOUNT}"}}"#),
+    );
+    assert_eq!(call(&h, "/meta/deauthorize", &undated).await.status, 400);
     assert_eq!(
         count(
             &h,

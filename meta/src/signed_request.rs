@@ -19,6 +19,8 @@ pub enum SignedRequestError {
     BadPayload,
     #[error("signed_request algorithm must be HMAC-SHA256")]
     Algorithm,
+    #[error("signed_request has no issued_at, or one outside the accepted window")]
+    Stale,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +62,26 @@ pub fn verify<'a>(
         return Err(SignedRequestError::Algorithm);
     }
     Ok(req)
+}
+
+impl SignedRequest {
+    /// Refuses a request issued more than `max_age` before `now` (a captured one replayed later)
+    /// or more than `max_age` after it (a clock that far off is not Meta's). Without `issued_at`
+    /// there is nothing to judge freshness by: refused.
+    pub fn fresh(
+        self,
+        now: std::time::SystemTime,
+        max_age: std::time::Duration,
+    ) -> Result<Self, SignedRequestError> {
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let max = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+        match self.issued_at {
+            Some(at) if now.saturating_sub(at).abs() <= max => Ok(self),
+            _ => Err(SignedRequestError::Stale),
+        }
+    }
 }
 
 /// Builds a `signed_request` the way Meta does (tests and the fake Meta use it).
@@ -104,5 +126,25 @@ mod tests {
             verify(["app-secret"], &plain).err(),
             Some(SignedRequestError::Algorithm)
         );
+    }
+
+    #[test]
+    fn only_a_recent_issued_at_is_fresh() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |issued: Option<i64>| SignedRequest {
+            user_id: IdString("1".into()),
+            algorithm: "HMAC-SHA256".into(),
+            issued_at: issued,
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let window = Duration::from_secs(600);
+        assert!(at(Some(1_800_000_000 - 600)).fresh(now, window).is_ok());
+        assert!(at(Some(1_800_000_000 + 30)).fresh(now, window).is_ok());
+        for stale in [Some(1_800_000_000 - 601), Some(1_800_000_000 + 601), None] {
+            assert_eq!(
+                at(stale).fresh(now, window).err(),
+                Some(SignedRequestError::Stale)
+            );
+        }
     }
 }

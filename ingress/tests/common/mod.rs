@@ -8,7 +8,7 @@ use igsales_config::{
     AppEnv, DbSettings, GraphSettings, GraphVersion, HttpUrl, KeyEntry, KeyRing, PgUrl,
     RedisSettings, RedisUrl, Secret, dns, keys,
 };
-use igsales_ingress::config::{admin_api, app, oauth, server, webhook};
+use igsales_ingress::config::{admin_api, app, callbacks, oauth, server, webhook};
 use igsales_ingress::{AppState, IngressSettings, router};
 use igsales_jobs::InboundEventV1;
 use igsales_schema::{Db, MerchantId, Vault};
@@ -85,6 +85,9 @@ pub fn settings(base: &str, db: &TestDb, redis_url: &str, fake: &FakeMeta) -> In
             dedupe_ttl: Duration::from_secs(172_800),
             account_cache_hit: Duration::from_secs(60),
             account_cache_miss: Duration::from_secs(1),
+        },
+        callbacks: callbacks::Settings {
+            signed_request_max_age: Duration::from_secs(600),
         },
         server: server::Settings {
             port: 0,
