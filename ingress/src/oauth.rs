@@ -321,12 +321,6 @@ async fn finish(
             return Err(Failure::ExchangeFailed);
         }
     }
-    state
-        .meta
-        .subscribe(&long.access_token, SUBSCRIBED_FIELDS)
-        .await
-        .map_err(meta_failed("subscribe"))?;
-
     let expires_at = Utc::now()
         + chrono::Duration::from_std(long.expires_in)
             .unwrap_or_else(|_| chrono::Duration::days(60));
@@ -335,8 +329,11 @@ async fn finish(
         .as_ref()
         .or(short.user_id.as_ref())
         .map(|i| i.as_str().to_owned());
+    // Stored first, subscribed second: Meta delivers as soon as the subscription exists, and
+    // an event for an account not yet stored would be dropped as unrouted. A failed store
+    // therefore leaves no live subscription behind.
     let (page_id, username, token) = (me.user_id.0.clone(), me.username.clone(), long.access_token);
-    let vault = &state.vault;
+    let (vault, stored_token) = (&state.vault, &token);
     let stored = state
         .db
         .as_merchant(merchant, async move |c: &AsyncPgConnection| {
@@ -350,7 +347,7 @@ async fn finish(
                         .as_deref()
                         .filter(|i| i.bytes().all(|b| b.is_ascii_digit())),
                     username: &username,
-                    token: &token,
+                    token: stored_token,
                     expires_at,
                 },
             )
@@ -366,6 +363,24 @@ async fn finish(
         }
     }
     state.accounts.forget(me.user_id.as_str()).await;
+    // A failed subscribe leaves the account stored with `subscribed_at` unset (the account list
+    // shows it); connecting again or `worker accounts resubscribe` completes it.
+    state
+        .meta
+        .subscribe(&token, SUBSCRIBED_FIELDS)
+        .await
+        .map_err(meta_failed("subscribe"))?;
+    let page = me.user_id.0.clone();
+    state
+        .db
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
+            Ok::<_, DbError>(accounts::mark_subscribed(c, &page).await?)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(merchant.id = %merchant, error = %e, "recording the subscription failed");
+            Failure::ExchangeFailed
+        })?;
     tracing::info!(merchant.id = %merchant, instagram.account_id = %me.user_id, "instagram account connected");
     Ok((merchant, me.username))
 }
@@ -397,6 +412,7 @@ pub async fn accounts(
                 "username": a.username,
                 "token_expires_at": a.token_expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
                 "needs_reauth": a.needs_reauth,
+                "webhooks_subscribed_at": a.subscribed_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
             })
         })
         .collect();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{ADMIN, FAILURE_URL, Harness, SUCCESS_URL};
 use diesel::QueryableByName;
-use diesel_async::RunQueryDsl;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use igsales_schema::MerchantId;
 use igsales_tests::fake_meta::{Endpoint, Failure, FakeAccount, TokenShape};
 use igsales_tests::http::{Answer, get, post};
@@ -147,6 +147,9 @@ fn sha256_b64url(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pkce_flow_connects_an_account_with_either_token_shape() {
     let h = Harness::start().await;
+    // Meta delivers a first customer message the moment each subscription exists.
+    h.fake
+        .deliver_first_events_to(&h.url("/webhooks/instagram"), common::IG_SECRET);
     for (shape, account) in [
         (TokenShape::Flat, FakeAccount::default()),
         (
@@ -222,6 +225,23 @@ async fn the_pkce_flow_connects_an_account_with_either_token_shape() {
         for token in h.fake.issued_tokens() {
             assert!(!dump.contains(&token), "plaintext token stored");
         }
+        assert!(accounts[0]["webhooks_subscribed_at"].is_string());
+        // The event that arrived while the subscribe call was being answered found the
+        // account stored: answered 200 and enqueued for this merchant, not dropped.
+        let mid = format!("m_first_{}", account.user_id);
+        assert!(
+            h.fake.first_events().contains(&(mid.clone(), 200)),
+            "{:?}",
+            h.fake.first_events()
+        );
+        let enqueued: Vec<_> = h
+            .jobs()
+            .await
+            .into_iter()
+            .filter(|j| j.event_id == format!("message:{mid}"))
+            .collect();
+        assert_eq!(enqueued.len(), 1, "the first event became a job");
+        assert_eq!(enqueued[0].merchant_id, merchant.0);
         // Webhooks for the account now route to the merchant.
         assert_eq!(
             h.app_db
@@ -330,7 +350,7 @@ async fn an_expired_state_is_invalid() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn denial_ownership_and_meta_errors_store_nothing() {
+async fn denial_ownership_and_meta_errors_store_nothing_but_a_stored_unsubscribed_account() {
     let h = Harness::start().await;
     let merchant = h.merchant().await;
 
@@ -355,15 +375,30 @@ async fn denial_ownership_and_meta_errors_store_nothing() {
         .fail_next(Endpoint::LongLivedExchange, Failure::server_error(500));
     let f = begin(&h, merchant).await;
     assert_failed(&finish(&f, Some(&f.cookie)).await, "exchange_failed");
-    // Subscribing fails.
-    h.fake
-        .fail_next(Endpoint::SubscribedApps, Failure::token_expired());
-    let f = begin(&h, merchant).await;
-    assert_failed(&finish(&f, Some(&f.cookie)).await, "exchange_failed");
     assert_eq!(
         accounts_of(&h, merchant).await["accounts"],
         serde_json::json!([])
     );
+    // Subscribing fails: the account is stored (it was, before the call), shown as not
+    // subscribed, and connecting again completes it.
+    h.fake
+        .fail_next(Endpoint::SubscribedApps, Failure::token_expired());
+    let f = begin(&h, merchant).await;
+    assert_failed(&finish(&f, Some(&f.cookie)).await, "exchange_failed");
+    let listed = accounts_of(&h, merchant).await["accounts"].clone();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert!(listed[0]["webhooks_subscribed_at"].is_null(), "{listed}");
+    let f = begin(&h, merchant).await;
+    assert_eq!(outcome(&finish(&f, Some(&f.cookie)).await).0, SUCCESS_URL);
+    assert!(accounts_of(&h, merchant).await["accounts"][0]["webhooks_subscribed_at"].is_string());
+    // Gone again, for the ownership case below.
+    h.db.superuser_conn()
+        .await
+        .batch_execute(&format!(
+            "DELETE FROM instagram_accounts WHERE merchant_id = '{merchant}'"
+        ))
+        .await
+        .expect("delete");
 
     // The account already belongs to another merchant: refused, and it stays there.
     let owner = h

@@ -39,10 +39,10 @@ pub struct Account {
     pub token_expires_at: Option<DateTime<Utc>>,
     pub token_refreshed_at: Option<DateTime<Utc>>,
     pub needs_reauth: bool,
+    /// When its webhooks were last subscribed (`None`: stored, but not receiving events yet).
+    pub subscribed_at: Option<DateTime<Utc>>,
 }
 
-/// Stores (or renews) a connected account with its token encrypted for this row. An account
-/// that belongs to another merchant is refused, never re-pointed.
 /// What the OAuth flow learned about an account.
 #[derive(Debug, Clone)]
 pub struct Connection<'a> {
@@ -55,6 +55,9 @@ pub struct Connection<'a> {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Stores (or renews) a connected account with its token encrypted for this row. An account
+/// that belongs to another merchant is refused, never re-pointed. It is stored before its
+/// webhooks are subscribed (so the first events find it): [`mark_subscribed`] follows.
 pub async fn connect(
     mut conn: &AsyncPgConnection,
     vault: &Vault,
@@ -84,14 +87,14 @@ pub async fn connect(
             ia::token_expires_at.eq(expires_at),
             ia::token_refreshed_at.eq(now),
             ia::connected_at.eq(now),
-            ia::subscribed_at.eq(now),
+            ia::subscribed_at.eq(None::<DateTime<Utc>>),
         ))
         .on_conflict((ia::merchant_id, ia::instagram_page_id))
         .do_update()
         .set((
             ia::username.eq(username),
             ia::instagram_user_id.eq(instagram_user_id),
-            ia::subscribed_at.eq(now),
+            ia::subscribed_at.eq(None::<DateTime<Utc>>),
             ia::token_ciphertext.eq(&ciphertext),
             ia::token_expires_at.eq(expires_at),
             ia::token_refreshed_at.eq(now),
@@ -108,6 +111,21 @@ pub async fn connect(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Meta confirmed the account's webhook subscription.
+pub async fn mark_subscribed(
+    mut conn: &AsyncPgConnection,
+    instagram_page_id: &str,
+) -> QueryResult<bool> {
+    let n = diesel::update(ia::table.filter(ia::instagram_page_id.eq(instagram_page_id)))
+        .set((
+            ia::subscribed_at.eq(diesel::dsl::now),
+            ia::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(&mut conn)
+        .await?;
+    Ok(n > 0)
 }
 
 pub async fn list(mut conn: &AsyncPgConnection) -> QueryResult<Vec<Account>> {

@@ -104,7 +104,12 @@ async fn connect_on(
             expires_at: account.expires_at,
         },
     )
-    .await
+    .await?;
+    // As after a whole connect flow: subscribed.
+    accounts::mark_subscribed(c, account.page)
+        .await
+        .map_err(|e| AccountError::Db(e.into()))?;
+    Ok(())
 }
 
 /// `n` shops, each with `catalog` products and an account whose token the fake Meta issued;

@@ -191,6 +191,10 @@ pub(crate) struct State {
     pub(crate) subscriptions: HashMap<String, Vec<String>>,
     /// Where echoes of sent messages go (webhook URL, signing secret), if anywhere.
     pub(crate) echo_to: Option<(String, String)>,
+    /// Where a newly subscribed account's first event goes (webhook URL, signing secret).
+    pub(crate) first_event_to: Option<(String, String)>,
+    /// Those first events: (mid, the webhook's HTTP status).
+    pub(crate) first_events: Vec<(String, u16)>,
 }
 
 impl State {
@@ -352,6 +356,18 @@ impl FakeMeta {
     /// does for messages an account sends.
     pub fn deliver_echoes_to(&self, webhook_url: &str, secret: &str) {
         self.inner.shared.state().echo_to = Some((webhook_url.to_owned(), secret.to_owned()));
+    }
+
+    /// From now on, each new subscription is followed at once by a customer message for that
+    /// account, delivered to `webhook_url` before the subscribe call is answered (as Meta may).
+    pub fn deliver_first_events_to(&self, webhook_url: &str, secret: &str) {
+        self.inner.shared.state().first_event_to =
+            Some((webhook_url.to_owned(), secret.to_owned()));
+    }
+
+    /// The first events delivered so far: (mid, the status the webhook answered).
+    pub fn first_events(&self) -> Vec<(String, u16)> {
+        self.state().first_events.clone()
     }
 
     pub fn issued_tokens(&self) -> Vec<String> {

@@ -188,8 +188,9 @@ async fn handle(
         headers,
         body,
     };
-    let (delay, reply, raw, echo, mangle) = {
+    let (delay, reply, raw, echo, mangle, first_event) = {
         let mut state = shared.state();
+        let subscribed_before = state.subscriptions.clone();
         let sent_before = state.sent.len();
         state.requests.push(record(&req, route.endpoint));
         let failure = state.take_failure(route.endpoint);
@@ -218,8 +219,40 @@ async fn handle(
             (Some(target), Some(sent)) => Some((target.clone(), sent.clone())),
             _ => None,
         };
-        (state.latency + hang, reply, raw, echo, mangle)
+        // A newly subscribed account's first event, when a test asked for one.
+        let first_event = match &state.first_event_to {
+            Some(target) => state
+                .subscriptions
+                .keys()
+                .find(|k| !subscribed_before.contains_key(*k))
+                .map(|account| (target.clone(), account.clone())),
+            None => None,
+        };
+        (state.latency + hang, reply, raw, echo, mangle, first_event)
     };
+    // Meta starts delivering the moment a subscription exists, before its answer reaches the
+    // caller: one customer message, delivered (once) before the subscribe call is answered.
+    if let Some(((url, secret), account)) = first_event {
+        let mid = format!("m_first_{account}");
+        let body =
+            crate::fake_meta::webhook::envelope(&[crate::fake_meta::webhook::messaging_entry(
+                &account,
+                now_ms(),
+                vec![crate::fake_meta::webhook::text_message(
+                    "990000000000001",
+                    &account,
+                    &mid,
+                    "oi, acabei de ver vocês",
+                    now_ms(),
+                )],
+            )]);
+        let status = tokio::task::spawn_blocking(move || {
+            crate::fake_meta::webhook::deliver(&url, &secret, &body).0
+        })
+        .await
+        .unwrap_or(0);
+        shared.state().first_events.push((mid, status));
+    }
     if let Some(((url, secret), sent)) = echo {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -80,6 +80,18 @@ pub async fn accounts_resubscribe(
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
+            let result = match result {
+                Ok(()) => {
+                    let a = account.clone();
+                    db.as_merchant(m, async move |c: &AsyncPgConnection| {
+                        Ok::<_, igsales_schema::DbError>(accounts::mark_subscribed(c, &a).await?)
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            };
             match result {
                 Ok(()) => {
                     done += 1;
