@@ -568,9 +568,13 @@ mod tests {
 /// `error_subcode`, not on the HTTP status, which Meta uses loosely for throttling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// Rate limited (codes 4, 17, 32, 613, 80002, 80006 or HTTP 429): wait, do not count an
-    /// attempt. `regain_after` from `X-Business-Use-Case-Usage` when Meta said.
-    Throttled { regain_after: Option<Duration> },
+    /// Rate limited (codes 4, 17, 32, 341, 613, 80002, 80006 or HTTP 429): wait, do not count
+    /// an attempt. `regain_after` from `X-Business-Use-Case-Usage` when Meta said; `scope` says
+    /// whose calls the limit counts.
+    Throttled {
+        regain_after: Option<Duration>,
+        scope: ThrottleScope,
+    },
     /// Worth retrying with backoff: 5xx, transport failures, Meta's transient errors.
     Transient,
     /// The request may have reached Meta (a timeout, a reset, a cut or garbled answer after it
@@ -584,7 +588,18 @@ pub enum ErrorClass {
     Permanent,
 }
 
-const THROTTLE_CODES: &[i64] = &[4, 17, 32, 613, 80002, 80006];
+/// Whose calls a throttle counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleScope {
+    /// The whole app (codes 4 and 341, "Application request limit reached"): every merchant's
+    /// calls count against it, so every merchant must hold off.
+    App,
+    /// One account or business (the BUC limits, 613, 17, 32, a bare 429).
+    Account,
+}
+
+const THROTTLE_CODES: &[i64] = &[4, 17, 32, 341, 613, 80002, 80006];
+const APP_THROTTLE_CODES: &[i64] = &[4, 341];
 
 impl MetaError {
     pub fn class(&self) -> ErrorClass {
@@ -602,6 +617,11 @@ impl MetaError {
                 if THROTTLE_CODES.contains(&error.code) || *status == 429 {
                     ErrorClass::Throttled {
                         regain_after: *regain_after,
+                        scope: if APP_THROTTLE_CODES.contains(&error.code) {
+                            ThrottleScope::App
+                        } else {
+                            ThrottleScope::Account
+                        },
                     }
                 } else if error.code == 190 {
                     ErrorClass::Reauth
@@ -620,7 +640,10 @@ impl MetaError {
             }
             MetaError::Http { status } | MetaError::OAuth { status, .. } => {
                 if *status == 429 {
-                    ErrorClass::Throttled { regain_after: None }
+                    ErrorClass::Throttled {
+                        regain_after: None,
+                        scope: ThrottleScope::Account,
+                    }
                 } else if *status >= 500 {
                     ErrorClass::Transient
                 } else {
@@ -714,22 +737,20 @@ mod classify_tests {
 
     #[test]
     fn errors_are_classified_by_code_not_status() {
-        assert_eq!(
-            graph(400, 80002, None).class(),
-            ErrorClass::Throttled { regain_after: None }
-        );
-        assert_eq!(
-            graph(403, 613, None).class(),
-            ErrorClass::Throttled { regain_after: None }
-        );
-        assert_eq!(
-            graph(403, 4, None).class(),
-            ErrorClass::Throttled { regain_after: None }
-        );
-        assert_eq!(
-            graph(429, 1, None).class(),
-            ErrorClass::Throttled { regain_after: None }
-        );
+        let account = ErrorClass::Throttled {
+            regain_after: None,
+            scope: ThrottleScope::Account,
+        };
+        let app = ErrorClass::Throttled {
+            regain_after: None,
+            scope: ThrottleScope::App,
+        };
+        assert_eq!(graph(400, 80002, None).class(), account);
+        assert_eq!(graph(403, 613, None).class(), account);
+        assert_eq!(graph(403, 4, None).class(), app);
+        assert_eq!(graph(429, 4, None).class(), app);
+        assert_eq!(graph(400, 341, None).class(), app);
+        assert_eq!(graph(429, 1, None).class(), account);
         assert_eq!(graph(400, 190, Some(463)).class(), ErrorClass::Reauth);
         assert_eq!(
             graph(400, 10, Some(2534022)).class(),
@@ -742,10 +763,7 @@ mod classify_tests {
             MetaError::Http { status: 503 }.class(),
             ErrorClass::Transient
         );
-        assert_eq!(
-            MetaError::Http { status: 429 }.class(),
-            ErrorClass::Throttled { regain_after: None }
-        );
+        assert_eq!(MetaError::Http { status: 429 }.class(), account);
         assert_eq!(MetaError::Timeout.class(), ErrorClass::Unknown);
     }
 }

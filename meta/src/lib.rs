@@ -13,7 +13,7 @@ pub mod webhook;
 
 pub use client::{
     ErrorClass, GraphError, LongLivedToken, Me, MetaClient, MetaError, OAuthApp, OAuthClient,
-    ShortLivedToken,
+    ShortLivedToken, ThrottleScope,
 };
 pub use ids::IdString;
 pub use signature::{SignatureError, WebhookVerifier};

@@ -390,6 +390,86 @@ async fn a_throttle_storm_is_waited_out_without_using_attempts() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_app_wide_throttle_pauses_every_merchants_calls() {
+    let p = Pipeline::start(|e| e).await;
+    // A second shop with its own account: Meta's app limit (code 4) counts its calls too.
+    let other = FakeAccount {
+        user_id: "17841400000000888".into(),
+        app_scoped_id: "27640875392278888".into(),
+        username: "lojaverde".into(),
+    };
+    let token = p.fake.issue_long_lived_token(&other);
+    let other_merchant = MerchantId::new_random();
+    let vault = Vault::new(&parse_key_ring(&key_entry(1, 1)).expect("ring"));
+    let products = [product("MUG-RED", "Caneca vermelha", "29.90", 5)];
+    let shop = Shop {
+        name: "Loja Verde",
+        persona: Some(PERSONA),
+        products: &products,
+        account: Some(Account {
+            username: "lojaverde",
+            ..Account::new(&vault, &other.user_id, &token)
+        }),
+    };
+    shops::seed(&p.db.app_db(1).await, other_merchant, &shop)
+        .await
+        .expect("seed");
+
+    p.fake.fail_next(Endpoint::Messages, Failure::app_limit());
+    p.push(p.dm("5550041", "mid-app-limit", "Oi", now_ms()))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.fake.requests_to(Endpoint::Messages).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let throttled_at = p.fake.requests_to(Endpoint::Messages)[0].at;
+    // The pause is the app's, not the merchant's (set once the worker has Meta's answer).
+    let mut redis = p.conn().await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut app_paused = false;
+    while !app_paused && Instant::now() < deadline {
+        app_paused = redis.exists("graph:pause:app").await.expect("exists");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let merchant_paused: bool = redis
+        .exists(format!("graph:pause:{}", p.merchant))
+        .await
+        .expect("exists");
+    assert!(
+        app_paused && !merchant_paused,
+        "app {app_paused} merchant {merchant_paused}"
+    );
+    // The other merchant's customer writes now: its send waits out the app's pause.
+    let mut dm = p.dm("5550042", "mid-other-shop", "Olá", now_ms());
+    dm.merchant_id = other_merchant.0;
+    dm.instagram_account_id = other.user_id.clone();
+    dm.event = serde_json::value::RawValue::from_string(
+        wh::text_message("5550042", &other.user_id, "mid-other-shop", "Olá", now_ms()).to_string(),
+    )
+    .expect("raw");
+    p.push(dm).await;
+    let sent = p.sends(2, Duration::from_secs(20)).await;
+    assert_eq!(
+        sent.len(),
+        2,
+        "both merchants answered once the pause ended"
+    );
+    let calls = p.fake.requests_to(Endpoint::Messages);
+    let other_calls: Vec<Instant> = calls
+        .iter()
+        .filter(|c| c.body.contains("5550042"))
+        .map(|c| c.at)
+        .collect();
+    assert!(!other_calls.is_empty(), "the other merchant was answered");
+    for at in other_calls {
+        assert!(
+            at > throttled_at + Duration::from_millis(900),
+            "a call of the other merchant during the app's pause"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn server_errors_forever_end_in_one_exhausted_dead_letter_and_replay_sends_once() {
     let p = Pipeline::start(|e| e).await;
     p.fake
@@ -674,6 +754,7 @@ async fn two_workers_sweeping_refresh_each_due_account_once_per_tick() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_throttled_token_refresh_pauses_the_merchant_like_a_throttled_send() {
+    // 613 counts one account (a code-4 throttle would pause the whole app instead).
     let p = Pipeline::start(|e| e).await;
     // A second process: the pause one worker sets holds the other's sends too.
     let _second = p.another_worker();
@@ -683,8 +764,7 @@ async fn a_throttled_token_refresh_pauses_the_merchant_like_a_throttled_send() {
         .batch_execute("UPDATE instagram_accounts SET token_refreshed_at = now() - interval '2 days', connected_at = now() - interval '9 days'")
         .await
         .expect("make the token refreshable");
-    p.fake
-        .fail_next(Endpoint::Refresh, Failure::too_many_requests());
+    p.fake.fail_next(Endpoint::Refresh, Failure::custom_limit());
     JobQueue::<igsales_jobs::RefreshTokenV1>::new(p.conn().await)
         .push(igsales_jobs::RefreshTokenV1 {
             merchant_id: p.merchant.0,

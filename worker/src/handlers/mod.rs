@@ -120,12 +120,13 @@ impl From<DbError> for JobError {
 /// every replica, exactly as sends are.
 pub async fn graph_failed(shared: &Shared, merchant: MerchantId, e: MetaError) -> JobError {
     match e.class() {
-        ErrorClass::Throttled { regain_after } => {
-            match shared.gate.throttled(merchant, regain_after).await {
-                Ok(wait) => JobError::Wait(wait, "meta throttled the merchant"),
-                Err(redis) => JobError::redis(redis),
-            }
-        }
+        ErrorClass::Throttled {
+            regain_after,
+            scope,
+        } => match shared.gate.throttled(merchant, regain_after, scope).await {
+            Ok(wait) => JobError::Wait(wait, "meta throttled the merchant"),
+            Err(redis) => JobError::redis(redis),
+        },
         ErrorClass::Transient | ErrorClass::Unknown => JobError::Retry(e.into()),
         ErrorClass::Reauth => JobError::Dead(igsales_jobs::DeadReason::NeedsReauth, e.into()),
         ErrorClass::WindowExpired => {

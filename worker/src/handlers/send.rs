@@ -318,12 +318,15 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                         "send outcome unknown; waiting for the echo",
                     ))
                 }
-                ErrorClass::Throttled { regain_after } => {
+                ErrorClass::Throttled {
+                    regain_after,
+                    scope,
+                } => {
                     set_status(shared, merchant, &key, OutboundStatus::Pending, Some(error))
                         .await?;
                     let wait = shared
                         .gate
-                        .throttled(merchant, regain_after)
+                        .throttled(merchant, regain_after, scope)
                         .await
                         .map_err(JobError::redis)?;
                     Err(JobError::Wait(wait, "meta throttled the merchant"))

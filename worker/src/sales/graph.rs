@@ -1,9 +1,12 @@
 //! Meta's limits, shared by every replica through Redis: a sliding one-second window per
-//! merchant and endpoint, and a pause per merchant when Meta says when access comes back
-//! (`X-Business-Use-Case-Usage`). Time comes from Redis's clock, so replicas agree.
+//! merchant and endpoint, a pause per merchant when Meta throttles that account (for the
+//! regain time of `X-Business-Use-Case-Usage` when it says), and a pause of the whole app when
+//! Meta throttles the app itself (code 4): every merchant's calls count against that limit.
+//! Time comes from Redis's clock, so replicas agree.
 
 use std::time::Duration;
 
+use igsales_meta::ThrottleScope;
 use igsales_schema::MerchantId;
 
 igsales_config::group! {
@@ -18,10 +21,11 @@ igsales_config::group! {
 }
 use redis::aio::ConnectionManager;
 
-/// KEYS: the merchant's pause, the window. ARGV: limit, a unique member. Returns 0 (go) or the
-/// ms to wait (the pause first: a paused merchant uses no slot of the window).
+/// KEYS: the merchant's pause, the window, the app's pause. ARGV: limit, a unique member.
+/// Returns 0 (go) or the ms to wait (the pauses first: a paused merchant uses no slot of the
+/// window).
 const WINDOW: &str = r"
-local paused = redis.call('PTTL', KEYS[1])
+local paused = math.max(redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[3]))
 if paused > 0 then return paused end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -46,6 +50,12 @@ fn pause_key(merchant: MerchantId) -> String {
     format!("graph:pause:{merchant}")
 }
 
+/// Times Meta throttled the app as a whole.
+pub const APP_THROTTLES: &str = "igsales_graph_app_throttles_total";
+
+/// The pause of every merchant's calls (no merchant id is ever `app`).
+pub const APP_PAUSE_KEY: &str = "graph:pause:app";
+
 impl GraphGate {
     pub fn new(redis: ConnectionManager, limits: &limits::Settings) -> Self {
         GraphGate {
@@ -67,6 +77,7 @@ impl GraphGate {
             .window
             .key(pause_key(merchant))
             .key(format!("ratelimit:{merchant}:{endpoint}"))
+            .key(APP_PAUSE_KEY)
             .arg(self.limits.send_rate_per_sec)
             .arg(member)
             .invoke_async(&mut redis)
@@ -74,25 +85,35 @@ impl GraphGate {
         Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
 
-    /// Meta throttled `merchant`: every replica holds off its calls for the regain time Meta
-    /// gave (`GRAPH_THROTTLE_WAIT_SECS` when it gave none), at most `GRAPH_MAX_PAUSE_SECS`.
+    /// Meta throttled a call of `merchant`: every replica holds off that merchant's calls, or
+    /// every merchant's when the limit is the app's, for the regain time Meta gave
+    /// (`GRAPH_THROTTLE_WAIT_SECS` when it gave none), at most `GRAPH_MAX_PAUSE_SECS`.
     /// Returns that wait.
     pub async fn throttled(
         &self,
         merchant: MerchantId,
         regain_after: Option<Duration>,
+        scope: ThrottleScope,
     ) -> redis::RedisResult<Duration> {
         let wait = regain_after
             .unwrap_or(self.limits.throttle_wait)
             .min(self.limits.max_pause);
-        self.pause(merchant, wait).await?;
+        let key = match scope {
+            ThrottleScope::App => {
+                metrics::counter!(APP_THROTTLES).increment(1);
+                tracing::warn!(merchant.id = %merchant, wait_ms = wait.as_millis() as u64, "meta throttled the app: pausing every merchant's graph calls");
+                APP_PAUSE_KEY.to_owned()
+            }
+            ThrottleScope::Account => pause_key(merchant),
+        };
+        self.pause(key, wait).await?;
         Ok(wait)
     }
 
-    async fn pause(&self, merchant: MerchantId, d: Duration) -> redis::RedisResult<()> {
+    async fn pause(&self, key: String, d: Duration) -> redis::RedisResult<()> {
         let mut redis = self.redis.clone();
         redis::cmd("SET")
-            .arg(pause_key(merchant))
+            .arg(key)
             .arg(1)
             .arg("PX")
             .arg(d.as_millis().max(1) as u64)
