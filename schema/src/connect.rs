@@ -230,3 +230,62 @@ impl ServerCertVerifier for PgVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connector(query: &str) -> Result<PgConnector, String> {
+        let url = PgUrl::parse(&format!("postgres://app:hunter2@db/igsales?{query}"))
+            .map_err(|e| format!("parse: {e}"))?;
+        PgConnector::new(&url).map_err(|e| e.to_string())
+    }
+
+    fn root_file(name: &str, contents: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("igsales-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).expect("write the root file");
+        path
+    }
+
+    #[test]
+    fn an_sslrootcert_that_cannot_be_used_is_named_with_what_is_wrong() {
+        let err = connector("sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")
+            .err()
+            .expect("missing file");
+        assert!(
+            err.contains("sslrootcert /nonexistent/ca.pem: cannot be read"),
+            "{err}"
+        );
+        let empty = root_file("empty.pem", "not a certificate\n");
+        let err = connector(&format!(
+            "sslmode=verify-ca&sslrootcert={}",
+            empty.display()
+        ))
+        .err()
+        .expect("no certificate");
+        assert!(err.contains("holds no PEM certificate"), "{err}");
+        let broken = root_file(
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        let err = connector(&format!(
+            "sslmode=verify-full&sslrootcert={}",
+            broken.display()
+        ))
+        .err()
+        .expect("not a certificate");
+        assert!(err.contains("holds an invalid certificate"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let _ = std::fs::remove_file(empty);
+        let _ = std::fs::remove_file(broken);
+    }
+
+    #[test]
+    fn modes_without_verification_need_no_roots_and_disable_needs_no_tls() {
+        let plain = connector("sslmode=disable").expect("disable");
+        assert!(plain.tls.is_none());
+        for mode in ["sslmode=prefer", "sslmode=require", ""] {
+            assert!(connector(mode).expect(mode).tls.is_some(), "{mode}");
+        }
+    }
+}
