@@ -108,7 +108,7 @@ impl DbError {
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(
-        "Postgres is unreachable at {location} ({var}): {reason}. Start PostgreSQL or point {var} at a running server (a TLS failure: check its sslmode and sslrootcert)."
+        "Postgres is unreachable at {location} ({var}): {reason}. Start PostgreSQL or point {var} at a running server; on a TLS or certificate error, check its sslmode and sslrootcert."
     )]
     Unreachable {
         var: &'static str,

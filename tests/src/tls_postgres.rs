@@ -160,7 +160,7 @@ pub fn tls_postgres() -> TlsPostgres {
         .expect("run initdb")
         .success();
     assert!(ok, "initdb failed (IGSALES_TEST_LOGS=1 shows why)");
-    // TCP only with TLS; the socket in `dir` for nobody but a local superuser.
+    // TCP only over TLS (SCRAM); the Unix socket in `dir` stays trusted, as Debian's is.
     std::fs::write(
         data.join("pg_hba.conf"),
         "local all all trust\nhostssl all all 127.0.0.0/8 scram-sha-256\n",
