@@ -34,10 +34,32 @@ impl common::Settings {
     }
 }
 
+/// Production traffic to Postgres crosses the network encrypted: `sslmode` must be `require`
+/// or stronger, unless every host is loopback or a Unix socket. Absent `sslmode` is libpq's
+/// `prefer`, which falls back to plain text, so it is not enough.
+pub fn pg_tls_rule(var: &'static str, url: Option<&PgUrl>, env: Option<AppEnv>, c: &mut Checker) {
+    if let (Some(url), Some(AppEnv::Production)) = (url, env)
+        && !url.ssl_mode().requires_tls()
+        && !url.is_local()
+    {
+        c.invalid(
+            var,
+            "sslmode=require, verify-ca or verify-full when APP_ENV=production (plain or \
+             sslmode=prefer is allowed only for a loopback host or a Unix socket)",
+        );
+    }
+}
+
+fn database_rules(p: &database::Partial, env: Option<AppEnv>, c: &mut Checker) {
+    pg_tls_rule("DATABASE_URL", p.url.as_ref(), env, c);
+}
+
 crate::group! {
     /// Where the app's Postgres is (a login role in `igsales_app`, never the owner).
     pub mod database {
-        /// The app's login role: postgres://USER:PASSWORD@HOST:5432/DB.
+        @rules database_rules;
+        /// The app's login role: postgres://USER:PASSWORD@HOST:5432/DB[?sslmode=verify-full&sslrootcert=CA.pem]
+        /// (production: sslmode=require or stronger unless the host is loopback or a Unix socket).
         DATABASE_URL => url: PgUrl = required, parsed(PgUrl::FORM, PgUrl::parse);
     }
 }
@@ -143,3 +165,64 @@ pub use common::{Args as CommonArgs, Settings as Common};
 pub use graph::{Args as GraphArgs, Settings as GraphSettings};
 pub use keys::Args as KeyArgs;
 pub use redis::{Args as RedisArgs, Settings as RedisSettings};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(url: &str, env: AppEnv) -> Result<(), String> {
+        let args = database::Args {
+            DATABASE_URL: Some(url.to_owned()),
+        };
+        let mut c = Checker::new();
+        let settings = args.check(&mut c, Some(env));
+        c.finish().map_err(|e| e.to_string())?;
+        assert!(settings.is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn production_refuses_a_database_url_that_may_cross_the_network_in_clear() {
+        for weak in [
+            "postgres://app:hunter2@db.example.com/igsales",
+            "postgres://app:hunter2@db.example.com/igsales?sslmode=prefer",
+            "postgres://app:hunter2@db.example.com/igsales?sslmode=disable",
+            "postgres://app:hunter2@localhost/igsales?host=db.example.com",
+        ] {
+            let err = check(weak, AppEnv::Production).expect_err(weak);
+            assert!(
+                err.contains("DATABASE_URL is invalid: expected sslmode=require, verify-ca or verify-full when APP_ENV=production"),
+                "{err}"
+            );
+            assert!(err.contains("loopback host or a Unix socket"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+            check(weak, AppEnv::Development).expect("development allows it");
+        }
+        for strong in [
+            "postgres://app:pw@db.example.com/igsales?sslmode=require",
+            "postgres://app:pw@db.example.com/igsales?sslmode=verify-ca&sslrootcert=/ca.pem",
+            "postgres://app:pw@db.example.com/igsales?sslmode=verify-full",
+            "postgres://app:pw@db.example.com/igsales?sslrootcert=system",
+            "postgres://app:pw@127.0.0.1:5432/igsales",
+            "postgres://app:pw@localhost/igsales?sslmode=disable",
+            "postgres://app:pw@%2Frun%2Fpostgresql/igsales",
+        ] {
+            check(strong, AppEnv::Production).expect(strong);
+        }
+    }
+
+    #[test]
+    fn an_unknown_sslmode_is_named_with_the_variable_and_the_modes() {
+        let err = check(
+            "postgres://app:hunter2@db/igsales?sslmode=allow",
+            AppEnv::Development,
+        )
+        .expect_err("allow is not supported");
+        assert!(err.contains("DATABASE_URL is invalid"), "{err}");
+        assert!(
+            err.contains("sslmode must be disable, prefer, require, verify-ca or verify-full"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -15,12 +15,12 @@ mod values;
 
 pub use args::{
     Common, CommonArgs, DbArgs, DbSettings, GraphArgs, GraphSettings, KeyArgs, RedisArgs,
-    RedisSettings, common, database, db_pool, dns, graph, keys, redis,
+    RedisSettings, common, database, db_pool, dns, graph, keys, pg_tls_rule, redis,
 };
 pub use check::{Checker, ConfigError, Problem, Unit, must};
 pub use values::{
-    AppEnv, GraphVersion, HttpUrl, KeyEntry, KeyRing, LogFormat, PgUrl, RedisUrl, Secret,
-    parse_key_ring,
+    AppEnv, GraphVersion, HttpUrl, KeyEntry, KeyRing, LogFormat, PgUrl, RedisUrl, Secret, SslMode,
+    SslRoots, parse_key_ring,
 };
 
 /// Exit code for configuration and usage errors (the same code clap uses).

@@ -84,12 +84,76 @@ fn parse_url(s: &str, schemes: &[&str]) -> Result<url::Url, String> {
     Ok(url)
 }
 
-/// A Postgres connection URL (`postgres://` or `postgresql://`).
+/// How a Postgres connection uses TLS: libpq's `sslmode`, with libpq's meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, certificate unchecked; plain otherwise (libpq's default).
+    Prefer,
+    /// TLS or no connection, certificate unchecked.
+    Require,
+    /// TLS with the certificate chain checked against the trusted roots, not the host name.
+    VerifyCa,
+    /// TLS with the chain checked and the certificate naming the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub const FORM: &'static str = "disable, prefer, require, verify-ca or verify-full";
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "disable" => Ok(Self::Disable),
+            "prefer" => Ok(Self::Prefer),
+            "require" => Ok(Self::Require),
+            "verify-ca" => Ok(Self::VerifyCa),
+            "verify-full" => Ok(Self::VerifyFull),
+            _ => Err(format!("sslmode must be {}", Self::FORM)),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
+    /// TLS or no connection at all.
+    pub fn requires_tls(self) -> bool {
+        self >= Self::Require
+    }
+}
+
+/// Which certificates a verifying `sslmode` trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SslRoots {
+    /// The operating system's trust store (no `sslrootcert`, or `sslrootcert=system`).
+    System,
+    /// The CA certificates (PEM) in this file.
+    File(std::path::PathBuf),
+}
+
+/// The URL parameters this crate reads itself; tokio-postgres knows neither `verify-*` nor
+/// `sslrootcert`, so they are removed from the URL it gets.
+const TLS_PARAMS: &[&str] = &["sslmode", "sslrootcert"];
+
+/// A Postgres connection URL (`postgres://` or `postgresql://`), with its TLS parameters
+/// (`sslmode`, `sslrootcert`) read as libpq reads them.
 #[derive(Clone, PartialEq, Eq)]
-pub struct PgUrl(url::Url);
+pub struct PgUrl {
+    url: url::Url,
+    ssl_mode: SslMode,
+    roots: SslRoots,
+}
 
 impl PgUrl {
-    pub const FORM: &'static str = "postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE";
+    pub const FORM: &'static str =
+        "postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=MODE&sslrootcert=CA.pem]";
 
     pub fn parse(s: &str) -> Result<Self, String> {
         let url = parse_url(s, &["postgres", "postgresql"])?;
@@ -99,34 +163,125 @@ impl PgUrl {
         if url.username().is_empty() {
             return Err("no user".to_owned());
         }
-        Ok(Self(url))
+        let (mut mode, mut root) = (None, None);
+        for (k, v) in url.query_pairs() {
+            match &*k {
+                "sslmode" => mode = Some(SslMode::parse(&v)?),
+                "sslrootcert" if v.trim().is_empty() => {
+                    return Err("sslrootcert must name a file".to_owned());
+                }
+                "sslrootcert" => root = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        let (ssl_mode, roots) = match root.as_deref() {
+            // libpq 16: the system store is only worth trusting with the host name checked.
+            Some("system") => match mode {
+                None | Some(SslMode::VerifyFull) => (SslMode::VerifyFull, SslRoots::System),
+                Some(_) => return Err("sslrootcert=system needs sslmode=verify-full".to_owned()),
+            },
+            // libpq: a root certificate given to `require` makes it check the chain.
+            Some(path) => (
+                match mode {
+                    Some(SslMode::Require) => SslMode::VerifyCa,
+                    other => other.unwrap_or(SslMode::Prefer),
+                },
+                SslRoots::File(path.into()),
+            ),
+            None => (mode.unwrap_or(SslMode::Prefer), SslRoots::System),
+        };
+        Ok(Self {
+            url,
+            ssl_mode,
+            roots,
+        })
     }
+    /// The whole URL, password included, as given.
     pub fn expose(&self) -> &str {
-        self.0.as_str()
+        self.url.as_str()
+    }
+    /// The URL without `sslmode`/`sslrootcert` (which [`PgUrl::ssl_mode`] and
+    /// [`PgUrl::ssl_roots`] carry), for a client that does not know them. Holds the password.
+    pub fn expose_without_tls_params(&self) -> String {
+        let mut url = self.url.clone();
+        let rest: Vec<(String, String)> = self
+            .url
+            .query_pairs()
+            .filter(|(k, _)| !TLS_PARAMS.contains(&&**k))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if rest.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(rest);
+        }
+        url.into()
     }
     pub fn user(&self) -> &str {
-        self.0.username()
+        self.url.username()
+    }
+    /// The effective `sslmode` (libpq's `prefer` when absent).
+    pub fn ssl_mode(&self) -> SslMode {
+        self.ssl_mode
+    }
+    pub fn ssl_roots(&self) -> &SslRoots {
+        &self.roots
+    }
+    /// Every host the URL may connect to (the authority's and any `host`/`hostaddr`
+    /// parameters) is a loopback address, `localhost` or a Unix socket directory: traffic that
+    /// never leaves the machine.
+    pub fn is_local(&self) -> bool {
+        let from_query = self
+            .url
+            .query_pairs()
+            .filter(|(k, _)| k == "host" || k == "hostaddr")
+            .map(|(_, v)| v.into_owned());
+        let hosts: Vec<String> = self
+            .url
+            .host_str()
+            // A socket directory comes percent-encoded: `postgres://u@%2Frun%2Fpostgresql/db`.
+            .map(|h| {
+                percent_encoding::percent_decode_str(h)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .into_iter()
+            .chain(from_query)
+            .collect();
+        hosts.iter().flat_map(|h| h.split(',')).all(is_local_host)
     }
     /// `host:port/database`, for messages that must say where without saying who.
     pub fn location(&self) -> String {
         format!(
             "{}:{}{}",
-            self.0.host_str().unwrap_or_default(),
-            self.0.port().unwrap_or(5432),
-            self.0.path()
+            self.url.host_str().unwrap_or_default(),
+            self.url.port().unwrap_or(5432),
+            self.url.path()
         )
     }
 }
 
+fn is_local_host(host: &str) -> bool {
+    let host = host.trim();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    // A path is a Unix socket directory (`@` an abstract socket name on Linux).
+    host.starts_with('/')
+        || host.starts_with('@')
+        || host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl fmt::Debug for PgUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PgUrl({})", redacted(&self.0))
+        write!(f, "PgUrl({})", redacted(&self.url))
     }
 }
 
 impl fmt::Display for PgUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redacted(&self.0))
+        f.write_str(&redacted(&self.url))
     }
 }
 
@@ -320,5 +475,80 @@ mod tests {
         assert!(!format!("{r} {r:?}").contains("hunter2"));
         assert!(PgUrl::parse("mysql://a@b/c").is_err());
         assert!(PgUrl::parse("postgres://a@b").is_err());
+    }
+
+    fn mode(s: &str) -> Result<(SslMode, SslRoots), String> {
+        PgUrl::parse(s).map(|u| (u.ssl_mode(), u.ssl_roots().clone()))
+    }
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_read_as_libpq_reads_them() {
+        let base = "postgres://app:hunter2@db.example.com/igsales";
+        assert_eq!(mode(base), Ok((SslMode::Prefer, SslRoots::System)));
+        for m in ["disable", "prefer", "require", "verify-ca", "verify-full"] {
+            let (got, _) = mode(&format!("{base}?sslmode={m}")).expect(m);
+            assert_eq!(got.as_str(), m);
+        }
+        let ca = SslRoots::File("/etc/ca.pem".into());
+        // A root certificate makes `require` check the chain.
+        assert_eq!(
+            mode(&format!("{base}?sslmode=require&sslrootcert=/etc/ca.pem")),
+            Ok((SslMode::VerifyCa, ca.clone()))
+        );
+        assert_eq!(
+            mode(&format!(
+                "{base}?sslrootcert=/etc/ca.pem&sslmode=verify-full"
+            )),
+            Ok((SslMode::VerifyFull, ca))
+        );
+        assert_eq!(
+            mode(&format!("{base}?sslrootcert=system")),
+            Ok((SslMode::VerifyFull, SslRoots::System))
+        );
+        assert!(mode(&format!("{base}?sslrootcert=system&sslmode=require")).is_err());
+        assert!(mode(&format!("{base}?sslrootcert=")).is_err());
+        let err = mode(&format!("{base}?sslmode=verify_full")).expect_err("unknown mode");
+        assert!(err.contains("verify-full"), "{err}");
+    }
+
+    #[test]
+    fn the_tls_parameters_are_kept_from_the_client_and_from_messages() {
+        let url = PgUrl::parse(
+            "postgres://app:hunter2@db/igsales?sslmode=verify-full&application_name=w&sslrootcert=/ca.pem",
+        )
+        .expect("valid");
+        assert_eq!(
+            url.expose_without_tls_params(),
+            "postgres://app:hunter2@db/igsales?application_name=w"
+        );
+        let plain = PgUrl::parse("postgres://app@db/igsales?sslmode=disable").expect("valid");
+        assert_eq!(
+            plain.expose_without_tls_params(),
+            "postgres://app@db/igsales"
+        );
+        assert!(!format!("{url} {url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn only_loopback_hosts_and_unix_sockets_are_local() {
+        for local in [
+            "postgres://a@localhost/d",
+            "postgres://a@127.0.0.1:5433/d",
+            "postgres://a@127.8.0.1/d",
+            "postgres://a@[::1]/d",
+            "postgres://a@%2Frun%2Fpostgresql/d",
+            "postgres://a@localhost/d?host=/run/postgresql",
+        ] {
+            assert!(PgUrl::parse(local).expect(local).is_local(), "{local}");
+        }
+        for remote in [
+            "postgres://a@db.example.com/d",
+            "postgres://a@10.0.0.5/d",
+            "postgres://a@localhost/d?host=db.example.com",
+            "postgres://a@localhost/d?hostaddr=10.0.0.5",
+            "postgres://a@localhost.example.com/d",
+        ] {
+            assert!(!PgUrl::parse(remote).expect(remote).is_local(), "{remote}");
+        }
     }
 }

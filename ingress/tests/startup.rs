@@ -336,6 +336,25 @@ async fn refuses_to_start_as_a_superuser_a_bypassrls_role_or_the_table_owner() {
     }
 }
 
+#[test]
+fn production_refuses_a_database_url_without_tls_unless_it_stays_on_the_machine() {
+    let env = with(&full_env(), "APP_ENV", "production");
+    let remote = format!("postgres://app:{DB_PASSWORD}@db.example.com:5432/igsales");
+    for url in [remote.clone(), format!("{remote}?sslmode=prefer")] {
+        let out = run(BIN, &[], &with(&env, "DATABASE_URL", &url));
+        out.assert_code(2);
+        out.assert_invalid(
+            "DATABASE_URL",
+            "sslmode=require, verify-ca or verify-full when APP_ENV=production",
+        );
+        assert!(!out.output().contains(DB_PASSWORD), "{}", out.stderr);
+    }
+    // The full env's 127.0.0.1 is loopback: plain is fine, so DATABASE_URL is not named.
+    let out = run(BIN, &[], &env);
+    out.assert_code(2);
+    assert!(!out.stderr.contains("DATABASE_URL"), "{}", out.stderr);
+}
+
 fn production_env(redis: &TlsRedis) -> Vec<(&'static str, String)> {
     let mut env = with(&full_env(), "APP_ENV", "production");
     env = with(&env, "REDIS_URL", &redis.url());

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::TransactionDepthChange;
@@ -18,11 +19,12 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{
-    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
     TransactionManager,
 };
 use igsales_config::DbSettings;
 
+use crate::connect::PgConnector;
 use crate::prepared::PreparedExt;
 use uuid::Uuid;
 
@@ -106,7 +108,7 @@ impl DbError {
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(
-        "Postgres is unreachable at {location} ({var}): {reason}. Start PostgreSQL or point {var} at a running server."
+        "Postgres is unreachable at {location} ({var}): {reason}. Start PostgreSQL or point {var} at a running server; on a TLS or certificate error, check its sslmode and sslrootcert."
     )]
     Unreachable {
         var: &'static str,
@@ -171,18 +173,14 @@ struct RoleRow {
 
 /// Opens one connection with the session settings every app connection carries.
 pub async fn establish(settings: &DbSettings) -> Result<AsyncPgConnection, DbError> {
-    let mut conn = tokio::time::timeout(
-        settings.pool.connect_timeout,
-        AsyncPgConnection::establish(settings.url.expose()),
-    )
-    .await
-    .map_err(|_| {
-        DbError::Connect(format!(
-            "no answer within {:?}",
-            settings.pool.connect_timeout
-        ))
-    })?
-    .map_err(|e| DbError::Connect(connection_reason(&e)))?;
+    establish_with(&PgConnector::new(&settings.url)?, settings).await
+}
+
+async fn establish_with(
+    connector: &PgConnector,
+    settings: &DbSettings,
+) -> Result<AsyncPgConnection, DbError> {
+    let mut conn = connector.connect(settings.pool.connect_timeout).await?;
     conn.batch_execute(&format!(
         "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
         settings.pool.statement_timeout.as_millis(),
@@ -194,7 +192,7 @@ pub async fn establish(settings: &DbSettings) -> Result<AsyncPgConnection, DbErr
 
 /// The cause of a failed connect without the URL (tokio-postgres never prints it, but a
 /// `BadConnection` message could in principle carry user input).
-fn connection_reason(e: &diesel::ConnectionError) -> String {
+pub(crate) fn connection_reason(e: &diesel::ConnectionError) -> String {
     match e {
         diesel::ConnectionError::BadConnection(msg) => msg.clone(),
         diesel::ConnectionError::InvalidConnectionUrl(_) => "invalid connection URL".to_owned(),
@@ -273,11 +271,22 @@ impl Db {
     /// Builds the pool without connecting; connections are made on first use.
     pub fn pool(settings: &DbSettings) -> Db {
         let setup_settings = settings.clone();
+        // Built on the first connect and then shared: a bad sslrootcert shows up there, as a
+        // connect error, and the trust store is read once.
+        let connector = Arc::new(tokio::sync::OnceCell::<PgConnector>::new());
         let mut config = ManagerConfig::default();
         config.custom_setup = Box::new(move |_url| {
             let s = setup_settings.clone();
+            let connector = connector.clone();
             Box::pin(async move {
-                establish(&s).await.map_err(|e| match e {
+                let made = connector
+                    .get_or_try_init(|| async { PgConnector::new(&s.url) })
+                    .await;
+                let connected = match made {
+                    Ok(c) => establish_with(c, &s).await,
+                    Err(e) => Err(e),
+                };
+                connected.map_err(|e| match e {
                     DbError::Query(q) => diesel::ConnectionError::CouldntSetupConfiguration(q),
                     other => diesel::ConnectionError::BadConnection(other.to_string()),
                 })

@@ -4,6 +4,7 @@
 //! them with context (`anyhow`) and log them once, at the boundary.
 
 pub mod accounts;
+mod connect;
 pub mod conversations;
 mod db;
 pub mod deletion;
@@ -17,6 +18,7 @@ pub mod schema;
 pub mod text_enum;
 pub mod vault;
 
+pub use connect::PgConnector;
 pub use db::{
     Committed, Db, DbError, MerchantId, StartupError, TENANT_TABLES, TenantWork, check_app_role,
     commit, establish,

@@ -2,6 +2,7 @@
 //! real binaries, the fake Meta and fake LLM servers, the whole stack. The end-to-end tests
 //! themselves live in `tests/tests/`.
 
+pub mod certs;
 pub mod chaos;
 pub mod cli;
 pub mod db;
@@ -14,6 +15,7 @@ pub mod redis;
 mod served;
 pub mod shops;
 pub mod stack;
+pub mod tls_postgres;
 pub mod tls_redis;
 pub mod worker_env;
 

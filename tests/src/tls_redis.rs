@@ -4,6 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::certs;
 use crate::process::free_port;
 
 /// A throwaway TLS Redis with its own CA, killed when dropped.
@@ -34,18 +35,6 @@ impl Drop for TlsRedis {
     }
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let ok = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl")
-        .success();
-    assert!(ok, "openssl {args:?}");
-}
-
 /// Starts it with `--maxmemory-policy policy`, requiring `password`.
 pub fn tls_redis(policy: &str, password: &str) -> TlsRedis {
     let dir = std::env::temp_dir().join(format!(
@@ -54,64 +43,8 @@ pub fn tls_redis(policy: &str, password: &str) -> TlsRedis {
         free_port()
     ));
     std::fs::create_dir_all(&dir).expect("dir");
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=igsales-test-ca",
-        ],
-    );
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("ext");
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-        ],
-    );
+    certs::ca(&dir, "ca");
+    certs::server_cert(&dir, "ca", "server");
     let port = free_port();
     let child = Command::new("redis-server")
         .args([

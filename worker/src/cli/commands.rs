@@ -5,12 +5,23 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use diesel_async::{AsyncConnection as _, AsyncPgConnection};
+use diesel_async::AsyncPgConnection;
 use igsales_config::{DbSettings, PgUrl};
 use igsales_schema::merchants::{self, MerchantChanges};
-use igsales_schema::{Db, DbError, MerchantId, StartupError, migrate as migrations, products};
+use igsales_schema::{
+    Db, DbError, MerchantId, PgConnector, StartupError, migrate as migrations, products,
+};
 
 use crate::cli::catalog;
+
+/// A connect failure's reason, without the "Postgres connection failed" its `Display` adds
+/// (the start-up error says that already).
+fn reason(e: DbError) -> String {
+    match e {
+        DbError::Connect(reason) => reason,
+        other => other.to_string(),
+    }
+}
 
 pub async fn migrate(
     url: &PgUrl,
@@ -22,10 +33,14 @@ pub async fn migrate(
         location: url.location(),
         reason,
     };
-    let conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(url.expose()))
+    // The same TLS-aware connect as the app's pool: sslmode/sslrootcert count here too.
+    let conn = PgConnector::new(url)
+        .map_err(reason)
+        .map_err(unreachable)?
+        .connect(connect_timeout)
         .await
-        .map_err(|_| unreachable(format!("no answer within {connect_timeout:?}")))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(reason)
+        .map_err(unreachable)?;
     // The harness blocks in place: fine on this multi-threaded runtime.
     let applied = migrations::run_pending(conn)?;
     if applied.is_empty() {

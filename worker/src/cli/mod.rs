@@ -206,13 +206,19 @@ fn pg_url(s: &str) -> Result<PgUrl, String> {
     PgUrl::parse(s)
 }
 
-const OWNER_FORM: &str =
-    "postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (the owner role; or set DATABASE_URL)";
+const OWNER_FORM: &str = "postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=MODE&sslrootcert=CA.pem] (the owner role; or set DATABASE_URL)";
+
+fn migration_rules(p: &migration::Partial, env: Option<AppEnv>, c: &mut Checker) {
+    let url = p.owner_url.as_ref().and_then(Option::as_ref);
+    igsales_config::pg_tls_rule("MIGRATION_DATABASE_URL", url, env, c);
+}
 
 igsales_config::group! {
     /// The schema owner, who alone may migrate.
     pub mod migration {
-        /// The owner role; defaults to DATABASE_URL.
+        @rules migration_rules;
+        /// The owner role; defaults to DATABASE_URL. Takes sslmode/sslrootcert as DATABASE_URL
+        /// does, under the same production rule.
         MIGRATION_DATABASE_URL => owner_url: Option<PgUrl> = optional, parsed(OWNER_FORM, pg_url);
     }
 }
