@@ -119,6 +119,20 @@ pub async fn data_deletion(
             .await
             .map_err(|e| AppError::db(&e))?;
     }
+    // Redis holds the same people's data in waiting and finished jobs and in dead letters:
+    // scrubbed by the user id and, for an account, by its professional account id too.
+    let mut redis = state.redis.clone();
+    let mut scrubbed = igsales_jobs::forget::Scrubbed::default();
+    let ids =
+        std::iter::once(user_id.as_str()).chain(accounts_of_user.iter().map(|(_, p)| p.as_str()));
+    for id in ids.filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())) {
+        let s = igsales_jobs::forget::scrub(&mut redis, igsales_jobs::QUEUES, id)
+            .await
+            .map_err(|e| AppError::redis(igsales_jobs::redis_conn::describe(&e)))?;
+        scrubbed.jobs += s.jobs;
+        scrubbed.running += s.running;
+        scrubbed.dead_letters += s.dead_letters;
+    }
     state
         .db
         .complete_deletion_request(&code, accounts_of_user.len(), conversations_deleted)
@@ -129,6 +143,9 @@ pub async fn data_deletion(
         deletion.code = %code,
         deletion.accounts = accounts_of_user.len(),
         deletion.conversations = conversations_deleted,
+        deletion.jobs = scrubbed.jobs,
+        deletion.jobs_running = scrubbed.running,
+        deletion.dead_letters = scrubbed.dead_letters,
         "data deletion completed"
     );
     Ok(Json(json!({

@@ -213,3 +213,105 @@ async fn data_deletion_removes_the_customers_conversations_and_reports_its_statu
     assert_eq!(count(&h, &format!("SELECT count(*) AS n FROM instagram_accounts WHERE merchant_id = '{a}' AND needs_reauth AND token_ciphertext IS NULL")).await, 1);
     assert_eq!(count(&h, &format!("SELECT count(*) AS n FROM instagram_accounts WHERE merchant_id = '{b}' AND NOT needs_reauth")).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_deletion_scrubs_the_customers_jobs_and_dead_letters_from_redis() {
+    use igsales_tests::fake_meta::webhook as wh;
+    use redis::AsyncCommands;
+    let h = Harness::start().await;
+    let merchant = h.merchant_with_account(ACCOUNT).await;
+    seed_conversation(&h, merchant, ACCOUNT, "5550001").await;
+    // Waiting jobs: two DMs of the customer who asks for deletion, one of another customer.
+    let now = chrono::Utc::now().timestamp_millis();
+    for (customer, mid) in [
+        ("5550001", "m_a1"),
+        ("5550001", "m_a2"),
+        ("5550002", "m_b1"),
+    ] {
+        let body = wh::envelope(&[wh::messaging_entry(
+            ACCOUNT,
+            now,
+            vec![wh::text_message(
+                customer,
+                ACCOUNT,
+                mid,
+                "meu endereço é…",
+                now,
+            )],
+        )]);
+        assert_eq!(common::deliver(&h, &body, IG_SECRET).await.status, 200);
+    }
+    let mut r = h.redis_conn().await;
+    // A finished job and a running one (in no list or set of the queue: some worker holds it).
+    let finished = r#"{"event":{"sender":{"id":"5550001"}}}"#;
+    let _: () = redis::pipe()
+        .hset("inbound_event:data", "finished-task", finished)
+        .sadd("inbound_event:done", "finished-task")
+        .hset("inbound_event:meta:finished-task", "status", "Done")
+        .hset("inbound_event:data", "running-task", finished)
+        .query_async(&mut r)
+        .await
+        .expect("seed");
+    // Dead letters naming either customer, one of them an unreadable webhook's raw body.
+    for record in [
+        r#"{"payload":{"event":{"sender":{"id":"5550001"}}},"failed_at":"2026-12-07T00:00:00.000Z"}"#,
+        r#"{"payload":{"event":{"sender":{"id":"5550002"}}},"failed_at":"2026-12-07T00:00:00.000Z"}"#,
+    ] {
+        let _: () = r.lpush("dlq:send_message", record).await.expect("lpush");
+    }
+    let _: () = r
+        .lpush(
+            "dlq:webhook_invalid",
+            r#"{"received_at":"2026-12-07T00:00:00.000Z","body":"{\"sender\":{\"id\":\"5550001\"}"}"#,
+        )
+        .await
+        .expect("lpush");
+
+    let waiting = |r: redis::aio::MultiplexedConnection| async move {
+        let mut r = r;
+        let a: usize = r.llen("inbound_event:active").await.expect("active");
+        let s: usize = r.zcard("inbound_event:scheduled").await.expect("scheduled");
+        a + s
+    };
+    assert_eq!(waiting(r.clone()).await, 3, "three DMs wait");
+    let done = call(&h, "/meta/data-deletion", &signed(IG_SECRET, "5550001")).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+
+    let left: Vec<String> = r.hvals("inbound_event:data").await.expect("hvals");
+    assert_eq!(
+        left.len(),
+        2,
+        "the other customer's job and the running one: {left:?}"
+    );
+    assert!(left.iter().any(|j| j.contains("5550002")));
+    assert!(
+        r.hexists::<_, _, bool>("inbound_event:data", "running-task")
+            .await
+            .expect("hexists"),
+        "a running job is left to finish"
+    );
+    assert_eq!(
+        waiting(r.clone()).await,
+        1,
+        "only the other customer's job still waits"
+    );
+    assert!(
+        !r.sismember::<_, _, bool>("inbound_event:done", "finished-task")
+            .await
+            .expect("sismember")
+    );
+    assert!(
+        !r.exists::<_, bool>("inbound_event:meta:finished-task")
+            .await
+            .expect("exists")
+    );
+    let dead: Vec<String> = r.lrange("dlq:send_message", 0, -1).await.expect("dlq");
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].contains("5550002"));
+    assert_eq!(
+        r.llen::<_, usize>("dlq:webhook_invalid")
+            .await
+            .expect("llen"),
+        0
+    );
+}

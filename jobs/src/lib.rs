@@ -7,6 +7,7 @@
 
 mod canary;
 pub mod delivery;
+pub mod forget;
 mod inbound;
 pub mod names;
 pub mod probes;

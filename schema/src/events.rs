@@ -95,14 +95,26 @@ pub async fn mark_processed(mut conn: &AsyncPgConnection, event_id: &str) -> Que
         .map(|_| ())
 }
 
-/// Retention: deletes this merchant's events received before `cutoff`.
+/// Retention: deletes at most `batch` of `merchant`'s events received before `cutoff` (oldest
+/// first, through the (merchant_id, received_at) index, by row address), so that each statement
+/// stays well inside the statement timeout however many there are. Fewer than `batch` deleted:
+/// none are left.
 pub async fn delete_received_before(
     mut conn: &AsyncPgConnection,
+    merchant: MerchantId,
     cutoff: DateTime<Utc>,
+    batch: i64,
 ) -> QueryResult<usize> {
-    diesel::delete(we::table.filter(we::received_at.lt(cutoff)))
-        .execute(&mut conn)
-        .await
+    diesel::sql_query(
+        "DELETE FROM webhook_events WHERE ctid = ANY(ARRAY(
+           SELECT ctid FROM webhook_events
+           WHERE merchant_id = $1 AND received_at < $2 ORDER BY received_at LIMIT $3))",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(merchant.0)
+    .bind::<diesel::sql_types::Timestamptz, _>(cutoff)
+    .bind::<diesel::sql_types::BigInt, _>(batch)
+    .execute(&mut conn)
+    .await
 }
 
 /// Whether a recorded event was fully handled (a crash between recording and finishing leaves

@@ -29,6 +29,8 @@ pub fn fast(database_url: String, redis_url: String, graph_base: String, llm_bas
         ("WORKER_MAX_RESTARTS", "3".into()),
         ("TOKEN_REFRESH_CRON", "0 0 0 1 1 *".into()),
         ("HOUSEKEEPING_CRON", "0 0 0 1 1 *".into()),
+        // Finished jobs stay readable unless a test exercises their removal.
+        ("FINISHED_JOB_SWEEP_SECS", "3600".into()),
         ("RUST_LOG", "info,apalis=warn".into()),
     ]
 }

@@ -826,65 +826,77 @@ async fn housekeeping_applies_retention_and_caps_the_dead_letter_lists() {
            ('{m}', 'message:new', 'message', '1', now());"
     )).await;
     let mut c = connection(&url).await;
-    for i in 0..5 {
+    // Dead letters are pushed newest first: three that failed 3 days ago, then five recent.
+    let at = |days_ago: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(days_ago))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    for i in 0..3 {
         let _: () = c
-            .lpush("dlq:canary", format!("{{\"n\":{i}}}"))
+            .lpush(
+                "dlq:send_message",
+                format!("{{\"n\":\"old{i}\",\"failed_at\":\"{}\"}}", at(3)),
+            )
             .await
             .expect("lpush");
     }
-    let long_ago = now_ms() / 1000 - 3 * 86_400;
-    let _: () = redis::pipe()
-        .sadd("canary:done", "old-task")
-        .ignore()
-        .hset("canary:data", "old-task", "{}")
-        .ignore()
-        .hset("canary:meta:old-task", "done_at", long_ago)
-        .ignore()
-        .sadd("canary:done", "new-task")
-        .ignore()
-        .hset("canary:data", "new-task", "{}")
-        .ignore()
-        .hset("canary:meta:new-task", "done_at", now_ms() / 1000)
-        .ignore()
-        .query_async(&mut c)
+    let _: () = c
+        .lpush(
+            "dlq:webhook_invalid",
+            format!("{{\"received_at\":\"{}\"}}", at(3)),
+        )
         .await
-        .expect("seed apalis sets");
+        .expect("lpush");
+    for i in 0..5 {
+        let _: () = c
+            .lpush(
+                "dlq:canary",
+                format!("{{\"n\":{i},\"failed_at\":\"{}\"}}", at(0)),
+            )
+            .await
+            .expect("lpush");
+        let _: () = c
+            .lpush(
+                "dlq:send_message",
+                format!("{{\"n\":\"new{i}\",\"failed_at\":\"{}\"}}", at(0)),
+            )
+            .await
+            .expect("lpush");
+    }
 
     let mut e = with(&env(&db, &url), "HOUSEKEEPING_CRON", "* * * * * *");
     e = with(&e, "RETENTION_DAYS", "1");
-    e = with(&e, "DLQ_MAX_LEN", "2");
+    e = with(&e, "DLQ_RETENTION_DAYS", "2");
+    e = with(&e, "DLQ_MAX_LEN", "4");
     let _w = start_worker(&e);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let len: usize = c.llen("dlq:canary").await.expect("llen");
-        let old: bool = c.hexists("canary:data", "old-task").await.expect("hexists");
-        if (len == 2 && !old) || Instant::now() > deadline {
+        let canary: usize = c.llen("dlq:canary").await.expect("llen");
+        let sends: usize = c.llen("dlq:send_message").await.expect("llen");
+        if (canary == 4 && sends == 4) || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
         c.llen::<_, usize>("dlq:canary").await.expect("llen"),
-        2,
+        4,
         "capped at DLQ_MAX_LEN, newest kept"
     );
     let newest: String = c.lindex("dlq:canary", 0).await.expect("lindex");
-    assert_eq!(newest, "{\"n\":4}");
+    assert!(newest.starts_with("{\"n\":4,"), "{newest}");
+    // The old ones went by age (DLQ_RETENTION_DAYS), then the cap kept the newest four.
+    let sends: Vec<String> = c.lrange("dlq:send_message", 0, -1).await.expect("lrange");
     assert!(
-        !c.hexists::<_, _, bool>("canary:data", "old-task")
-            .await
-            .expect("hexists")
+        sends.iter().all(|r| r.contains("\"new")),
+        "no dead letter older than DLQ_RETENTION_DAYS: {sends:?}"
     );
-    assert!(
-        !c.sismember::<_, _, bool>("canary:done", "old-task")
+    assert_eq!(
+        c.llen::<_, usize>("dlq:webhook_invalid")
             .await
-            .expect("sismember")
-    );
-    assert!(
-        c.hexists::<_, _, bool>("canary:data", "new-task")
-            .await
-            .expect("hexists"),
-        "recent results stay"
+            .expect("llen"),
+        0,
+        "unreadable webhooks age out too"
     );
 
     #[derive(diesel::QueryableByName)]
@@ -901,4 +913,123 @@ async fn housekeeping_applies_retention_and_caps_the_dead_letter_lists() {
         left.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(),
         ["message:new"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_jobs_data_leaves_redis_within_the_sweep_interval() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let url = redis.url();
+    let e = with(&env(&db, &url), "FINISHED_JOB_SWEEP_SECS", "1");
+    let _w = start_worker(&e);
+    for i in 0..20 {
+        push(&url, canary(&format!("ok-{i}"))).await;
+    }
+    // One that dies (a permanent failure): its dead letter stays in dlq:canary, its job data goes.
+    push(
+        &url,
+        CanaryV1 {
+            fail_first: 1,
+            fail_as: CanaryFailure::Permanent,
+            ..canary("dies")
+        },
+    )
+    .await;
+    // One that keeps waiting: its data must stay, or it could never run.
+    push(
+        &url,
+        CanaryV1 {
+            fail_first: 1,
+            fail_as: CanaryFailure::Wait,
+            wait_secs: 600,
+            ..canary("waits")
+        },
+    )
+    .await;
+    assert_eq!(
+        wait_runs(&url, "ok-19", 1, Duration::from_secs(10)).await,
+        1
+    );
+    assert_eq!(
+        wait_runs(&url, "waits", 1, Duration::from_secs(10)).await,
+        1
+    );
+    let mut c = connection(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut data, mut done, mut dead) = (usize::MAX, usize::MAX, usize::MAX);
+    while Instant::now() < deadline {
+        data = c.hlen("canary:data").await.expect("hlen");
+        done = c.scard("canary:done").await.expect("scard");
+        dead = c.scard("canary:dead").await.expect("scard");
+        if data == 1 && done == 0 && dead == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        (data, done, dead),
+        (1, 0, 0),
+        "only the waiting job's data is left"
+    );
+    let left: Vec<String> = c.hvals("canary:data").await.expect("hvals");
+    assert!(left[0].contains("\"waits\""), "{left:?}");
+    assert_eq!(
+        dead_letters(&url).await.len(),
+        1,
+        "the dead letter itself stays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn housekeeping_deletes_100k_old_events_in_batches_inside_a_short_statement_timeout() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let url = redis.url();
+    let m = uuid::Uuid::new_v4();
+    superuser_exec(&db, &format!(
+        "INSERT INTO merchants (id, name) VALUES ('{m}', 'Shop');
+         INSERT INTO webhook_events (merchant_id, event_id, kind, instagram_page_id, received_at)
+           SELECT '{m}', 'message:old-' || g, 'message', '1', now() - interval '40 days' - g * interval '1 second'
+           FROM generate_series(1, 100000) AS g;
+         INSERT INTO webhook_events (merchant_id, event_id, kind, instagram_page_id, received_at)
+           SELECT '{m}', 'message:new-' || g, 'message', '1', now() - g * interval '1 second'
+           FROM generate_series(1, 1000) AS g;
+         ANALYZE webhook_events;"
+    )).await;
+    // One DELETE of all 100,000 does not fit in a 40 ms statement timeout (it fails every time
+    // here); batches of 1,000 do, each its own transaction.
+    let mut e = with(&env(&db, &url), "HOUSEKEEPING_CRON", "*/2 * * * * *");
+    e = with(&e, "DATABASE_STATEMENT_TIMEOUT_MS", "40");
+    e = with(&e, "HOUSEKEEPING_BATCH_SIZE", "1000");
+    let _w = start_worker(&e);
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        old: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        new: i64,
+    }
+    use diesel_async::RunQueryDsl;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut left = Count { old: -1, new: -1 };
+    while Instant::now() < deadline {
+        left = diesel::sql_query(
+            "SELECT count(*) FILTER (WHERE event_id LIKE 'message:old-%') AS old,
+                    count(*) FILTER (WHERE event_id LIKE 'message:new-%') AS new
+             FROM webhook_events",
+        )
+        .get_result(&mut db.superuser_conn().await)
+        .await
+        .expect("count");
+        if left.old == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        (left.old, left.new),
+        (0, 1000),
+        "every old event gone, every recent one kept"
+    );
+    let mut c = connection(&url).await;
+    let dead: usize = c.llen("dlq:housekeeping").await.expect("llen");
+    assert_eq!(dead, 0, "housekeeping never died on the way");
 }

@@ -1,4 +1,9 @@
-//! Daily housekeeping: retention of webhook events and finished-job data, capped DLQ lists.
+//! Daily housekeeping: retention of webhook events, of dead letters, and capped DLQ lists.
+//! (Finished jobs' data does not wait for it: the runtime sweeps that within minutes.)
+//!
+//! Resumable by construction: events go in batches, each its own transaction, so a run cut
+//! short (a timeout, a deploy, Postgres failing over) keeps what it deleted, and the retry
+//! starts on what is left instead of from scratch.
 
 use chrono::Utc;
 use diesel_async::AsyncPgConnection;
@@ -8,77 +13,38 @@ use igsales_schema::{DbError, events};
 use crate::handlers::Shared;
 use crate::runtime::outcome::JobError;
 
-/// For ids of a done/dead set: forget those finished before the cutoff (their data, their meta
-/// and their set entry). KEYS: the set, the data hash, the meta prefix. ARGV: cutoff (s), ids…
-const FORGET_FINISHED: &str = r"
-local removed = 0
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  local meta = KEYS[3] .. ':' .. id
-  local done_at = tonumber(redis.call('HGET', meta, 'done_at') or '0')
-  if done_at == nil or done_at < tonumber(ARGV[1]) then
-    redis.call('SREM', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('DEL', meta)
-    removed = removed + 1
-  end
-end
-return removed
-";
-
 pub async fn run(job: HousekeepingV1, shared: &Shared) -> Result<(), JobError> {
-    let retention = chrono::Duration::from_std(shared.settings.retention.retention)
-        .map_err(JobError::permanent)?;
-    let cutoff = Utc::now() - retention;
+    let retention = &shared.settings.retention;
+    let now = Utc::now();
+    let cutoff =
+        now - chrono::Duration::from_std(retention.retention).map_err(JobError::permanent)?;
+    let batch = retention.batch;
 
     let mut events_deleted = 0;
     for merchant in shared.db.merchant_ids().await? {
-        events_deleted += shared
-            .db
-            .as_merchant(merchant, async |c: &AsyncPgConnection| {
-                Ok::<_, DbError>(events::delete_received_before(c, cutoff).await?)
-            })
-            .await?;
-    }
-
-    let mut redis = shared.redis.clone();
-    let script = redis::Script::new(FORGET_FINISHED);
-    let mut jobs_forgotten = 0u64;
-    for queue in igsales_jobs::QUEUES {
-        let cfg = apalis_redis::Config::default().queue(queue);
-        for set in [cfg.done_jobs_set(), cfg.dead_jobs_set()] {
-            let mut cursor = 0u64;
-            loop {
-                let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
-                    .arg(&set)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut redis)
-                    .await
-                    .map_err(JobError::retry)?;
-                if !ids.is_empty() {
-                    let mut inv = script.key(&set);
-                    inv.key(cfg.job_data_hash())
-                        .key(cfg.job_meta_hash())
-                        .arg(cutoff.timestamp());
-                    for id in &ids {
-                        inv.arg(id);
-                    }
-                    let n: u64 = inv
-                        .invoke_async(&mut redis)
-                        .await
-                        .map_err(JobError::retry)?;
-                    jobs_forgotten += n;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+        loop {
+            let n = shared
+                .db
+                .as_merchant(merchant, async |c: &AsyncPgConnection| {
+                    Ok::<_, DbError>(
+                        events::delete_received_before(c, merchant, cutoff, batch).await?,
+                    )
+                })
+                .await?;
+            events_deleted += n;
+            if (n as i64) < batch {
+                break;
             }
         }
     }
 
+    let mut redis = shared.redis.clone();
+    let dlq_cutoff =
+        now - chrono::Duration::from_std(retention.dlq_retention).map_err(JobError::permanent)?;
+    let dead_letters_dropped =
+        igsales_jobs::forget::drop_dead_letters_before(&mut redis, dlq_cutoff)
+            .await
+            .map_err(JobError::redis)?;
     let mut pipe = redis::pipe();
     for list in igsales_jobs::DEAD_LETTER_NAMES {
         cap_dead_letters(&mut pipe, list, shared.settings.retry.dlq_max_len);
@@ -86,11 +52,11 @@ pub async fn run(job: HousekeepingV1, shared: &Shared) -> Result<(), JobError> {
     let () = pipe
         .query_async(&mut redis)
         .await
-        .map_err(JobError::retry)?;
+        .map_err(JobError::redis)?;
     tracing::info!(
         cron.tick = job.tick,
         events_deleted,
-        jobs_forgotten,
+        dead_letters_dropped,
         "housekeeping done"
     );
     Ok(())

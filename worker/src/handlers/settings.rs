@@ -47,6 +47,12 @@ igsales_config::group! {
     /// What housekeeping keeps.
     pub mod retention {
         RETENTION_DAYS => retention: Duration = default "30", days(1, 3650);
+        /// Dead letters (which hold the jobs' payloads, customer text among them) are dropped
+        /// this long after they failed: replay or inspect them before.
+        DLQ_RETENTION_DAYS => dlq_retention: Duration = default "14", days(1, 3650);
+        /// Rows one retention DELETE removes: each batch is its own short transaction, so the
+        /// sweep stays inside the statement timeout and a retry resumes where it stopped.
+        HOUSEKEEPING_BATCH_SIZE => batch: i64 = default "5000", int(1, 1_000_000);
     }
 }
 

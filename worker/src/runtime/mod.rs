@@ -318,7 +318,29 @@ impl<C: Context> Runtime<C> {
         });
         self
     }
+}
 
+/// Job payloads carry customer text: once a job is finished (its outcome is in Postgres, a
+/// dead one's also in `dlq:*`), its data has no reason to stay. Every replica sweeps; the
+/// script makes concurrent sweeps harmless.
+async fn forget_finished(mut redis: ConnectionManager, queues: Vec<&'static str>, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for q in &queues {
+            match igsales_jobs::forget::forget_finished(&mut redis, q).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(queue = q, forgotten = n, "finished jobs' data removed"),
+                Err(e) => {
+                    tracing::warn!(queue = q, error = %igsales_jobs::redis_conn::describe(&e), "removing finished jobs' data failed; next sweep tries again")
+                }
+            }
+        }
+    }
+}
+
+impl<C: Context> Runtime<C> {
     /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` and runs the pool until
     /// SIGTERM/Ctrl-C (clean exit) or until a worker keeps dying (exit 1).
     pub async fn run(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
@@ -333,10 +355,11 @@ impl<C: Context> Runtime<C> {
         } = self;
         tokio::spawn(http::serve(listener, ctx));
         tokio::spawn(self::metrics::sample_queues(
-            redis,
+            redis.clone(),
             queues.clone(),
             Duration::from_secs(5),
         ));
+        tokio::spawn(forget_finished(redis, queues.clone(), pool.finished_sweep));
 
         // A worker that keeps dying (Redis gone for good, a poisoned queue) stops the whole
         // process: a live process with a dead worker would look healthy and do nothing.

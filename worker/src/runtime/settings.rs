@@ -29,6 +29,9 @@ igsales_config::group! {
         /// How long a queue's own Redis calls (heartbeat, fetch, ack) are retried in place
         /// through a Redis restart, stall or failover before the worker gives up and restarts.
         WORKER_REDIS_RETRY_SECS => redis_retry: Duration = default "60", secs(1, 3600);
+        /// How often finished jobs' data (customer message text among it) is removed from
+        /// Redis: every replica sweeps its queues' done and dead sets this often.
+        FINISHED_JOB_SWEEP_SECS => finished_sweep: Duration = default "60", secs(1, 3600);
     }
 }
 

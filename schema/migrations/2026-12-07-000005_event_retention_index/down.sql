@@ -1,0 +1,2 @@
+CREATE INDEX webhook_events_received_at_idx ON webhook_events (received_at);
+DROP INDEX webhook_events_merchant_received_at_idx;
