@@ -16,7 +16,7 @@ igsales_config::group! {
         GRAPH_MAX_PAUSE_SECS => max_pause: Duration = default "3600", secs(1, 86_400);
     }
 }
-use redis::aio::ConnectionManager;
+use igsales_jobs::RedisConn;
 
 /// KEYS: the merchant's pause, the window. ARGV: limit, a unique member. Returns 0 (go) or the
 /// ms to wait (the pause first: a paused merchant uses no slot of the window).
@@ -37,7 +37,7 @@ return math.max(1, tonumber(oldest[2]) + 1000 - now)
 
 #[derive(Clone)]
 pub struct GraphGate {
-    redis: ConnectionManager,
+    redis: RedisConn,
     limits: limits::Settings,
     window: std::sync::Arc<redis::Script>,
 }
@@ -47,7 +47,7 @@ fn pause_key(merchant: MerchantId) -> String {
 }
 
 impl GraphGate {
-    pub fn new(redis: ConnectionManager, limits: &limits::Settings) -> Self {
+    pub fn new(redis: RedisConn, limits: &limits::Settings) -> Self {
         GraphGate {
             redis,
             limits: limits.clone(),
