@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::check::Checker;
 use crate::values::{
-    AppEnv, GraphVersion, HttpUrl, KeyRing, LogFormat, PgUrl, RedisUrl, parse_key_ring,
+    AppEnv, GraphVersion, HttpUrl, KeyRing, LogFormat, PgUrl, RedisUrl, Secret, parse_key_ring,
 };
 
 fn log_filter(s: &str) -> Result<String, String> {
@@ -114,6 +114,62 @@ fn redis_rules(p: &redis::Partial, env: Option<AppEnv>, c: &mut Checker) {
             "rediss:// with a password when APP_ENV=production",
         );
     }
+    // Sentinel mode needs both the sentinels and the name of the master they watch.
+    match (&p.sentinels, &p.sentinel_master) {
+        (Some(Some(_)), Some(None)) => c.invalid(
+            "REDIS_SENTINEL_MASTER",
+            "the master's name, set together with REDIS_SENTINELS",
+        ),
+        (Some(None), Some(Some(_))) => c.invalid(
+            "REDIS_SENTINELS",
+            "comma-separated host:port, set together with REDIS_SENTINEL_MASTER",
+        ),
+        _ => {}
+    }
+    if let (Some(None), Some(Some(_))) = (&p.sentinels, &p.sentinel_password) {
+        c.invalid(
+            "REDIS_SENTINEL_PASSWORD",
+            "set only together with REDIS_SENTINELS",
+        );
+    }
+}
+
+/// `host:port[,host:port…]`.
+fn sentinel_list(s: &str) -> Result<Vec<(String, u16)>, String> {
+    let list: Vec<(String, u16)> = s
+        .split(',')
+        .map(str::trim)
+        .map(|one| {
+            let (host, port) = one.rsplit_once(':').ok_or_else(String::new)?;
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(String::new)?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let plain = |b: u8| b.is_ascii_alphanumeric() || b"-._:".contains(&b);
+            if host.is_empty() || !host.bytes().all(plain) {
+                return Err(String::new());
+            }
+            Ok((host.to_owned(), port))
+        })
+        .collect::<Result<_, String>>()?;
+    if list.is_empty() {
+        return Err(String::new());
+    }
+    Ok(list)
+}
+
+/// A Sentinel master name (`SENTINEL MONITOR <name> …`).
+fn master_name(s: &str) -> Result<String, String> {
+    let ok = s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(String::new())
+    }
 }
 
 crate::group! {
@@ -127,6 +183,37 @@ crate::group! {
         /// The longest wait for one Redis reply before the command fails.
         REDIS_RESPONSE_TIMEOUT_MS => response_timeout: Duration = default "3000",
             millis(1, 600_000);
+        /// Sentinels to find the master through (host:port, comma-separated); REDIS_URL then
+        /// gives only the password, database and TLS (rediss:// also for the sentinels).
+        REDIS_SENTINELS => sentinels: Option<Vec<(String, u16)>> = optional,
+            parsed("comma-separated host:port, such as redis-s1:26379,redis-s2:26379", sentinel_list);
+        /// The master's name the sentinels monitor (with REDIS_SENTINELS).
+        REDIS_SENTINEL_MASTER => sentinel_master: Option<String> = optional,
+            parsed("a name of letters, digits, - _ .", master_name);
+        /// The sentinels' own password (their requirepass); unset: they are asked without AUTH.
+        REDIS_SENTINEL_PASSWORD => sentinel_password: Option<Secret> = optional,
+            secret("the sentinels' password");
+    }
+}
+
+impl redis::Settings {
+    /// Sentinel mode: the sentinels and the master's name (the rules allow both or neither).
+    pub fn sentinel(&self) -> Option<(&[(String, u16)], &str)> {
+        match (&self.sentinels, &self.sentinel_master) {
+            (Some(list), Some(name)) => Some((list, name)),
+            _ => None,
+        }
+    }
+
+    /// Where Redis is, for messages: REDIS_URL's host, or the sentinels and master name.
+    pub fn location(&self) -> String {
+        match self.sentinel() {
+            None => self.url.location(),
+            Some((list, name)) => {
+                let list: Vec<String> = list.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+                format!("master {name} via sentinels {}", list.join(","))
+            }
+        }
     }
 }
 

@@ -107,9 +107,21 @@ igsales_config::group! {
     }
 }
 
+fn webhook_rules(p: &webhook::Partial, _env: Option<AppEnv>, c: &mut Checker) {
+    if let (Some(wait), Some(deadline)) = (p.wait_timeout, p.deadline)
+        && wait >= deadline
+    {
+        c.invalid(
+            "REDIS_WAIT_TIMEOUT_MS",
+            "milliseconds, less than WEBHOOK_DEADLINE_MS",
+        );
+    }
+}
+
 igsales_config::group! {
     /// Receiving Meta's webhooks.
     pub mod webhook {
+        @rules webhook_rules;
         META_WEBHOOK_VERIFY_TOKEN => verify_token: Secret = required,
             secret("the token entered in Meta's webhook settings");
         WEBHOOK_MAX_BODY_BYTES => max_body_bytes: usize = default "1048576",
@@ -127,6 +139,11 @@ igsales_config::group! {
         ACCOUNT_CACHE_HIT_SECS => account_cache_hit: Duration = default "60", secs(1, 60);
         /// … and an unknown one (at most 5).
         ACCOUNT_CACHE_MISS_SECS => account_cache_miss: Duration = default "5", secs(1, 5);
+        /// Replicas that must hold a delivery's writes before it is answered 200 (Redis
+        /// `WAIT`); 0: answered once the primary holds them.
+        REDIS_MIN_REPLICAS_ACK => min_replicas_ack: u32 = default "0", amount("replicas", 0, 16);
+        /// How long a delivery waits for those replicas; fewer by then → 503 (Meta redelivers).
+        REDIS_WAIT_TIMEOUT_MS => wait_timeout: Duration = default "500", millis(1, 4_000);
     }
 }
 

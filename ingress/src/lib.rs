@@ -21,10 +21,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::{get, post};
 use clap::Parser as _;
+use igsales_jobs::RedisConn;
 use igsales_jobs::{InboundEventV1, InboundSignalV1, JobQueue};
 use igsales_meta::{MetaClient, OAuthApp, OAuthClient, WebhookVerifier};
 use igsales_schema::{Db, Vault};
-use redis::aio::ConnectionManager;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -39,7 +39,7 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub settings: IngressSettings,
     pub db: Db,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     /// Events that may call the model.
     pub inbound: JobQueue<InboundEventV1>,
     /// Everything else, kept apart so echoes never wait behind model calls.
@@ -66,7 +66,7 @@ impl Deref for AppState {
 
 impl AppState {
     /// Wires the handles around connections that are already established.
-    pub fn new(settings: IngressSettings, db: Db, redis: ConnectionManager) -> AppState {
+    pub fn new(settings: IngressSettings, db: Db, redis: RedisConn) -> AppState {
         // Metrics recorded before the recorder exists are lost: install it first (once).
         metrics::handle();
         let verifier = WebhookVerifier::new(app_secrets(&settings.app));

@@ -14,7 +14,8 @@ pub const ENQUEUE_SECONDS: &str = "igsales_webhook_enqueue_seconds";
 pub const DEPENDENCY_ERRORS: &str = "igsales_dependency_errors_total";
 pub const LAST_WEBHOOK: &str = "igsales_webhook_last_received_timestamp_seconds";
 pub const INVALID_PARKED: &str = "igsales_webhook_invalid_parked_total";
-/// Deliveries answered 503 by the ingress itself: `overloaded` or past the `deadline`.
+/// Deliveries answered 503 by the ingress itself: `overloaded`, past the `deadline`, or too
+/// few `replicas` acknowledged the writes (`REDIS_MIN_REPLICAS_ACK`).
 pub const WEBHOOK_REFUSED: &str = "igsales_webhook_refused_total";
 pub const OAUTH_RESULTS: &str = "igsales_oauth_callbacks_total";
 pub const META_CALLBACKS: &str = "igsales_meta_callbacks_total";

@@ -12,6 +12,10 @@
 //!    a job, and the event would be lost. There is never a claim without a job.
 //! 5. 200 `EVENT_RECEIVED` only when every new event's push was acknowledged; Redis (or, for
 //!    an uncached account, Postgres) down → 503 and Meta delivers again.
+//! 6. With `REDIS_MIN_REPLICAS_ACK` = N > 0, also only once N replicas hold the writes (`WAIT`),
+//!    so losing the primary cannot lose a delivery answered 200. Fewer → 503: if the primary
+//!    then dies, the promoted replica has neither claim nor job and the redelivery enqueues the
+//!    event; if it lives, the claim makes the redelivery a duplicate of a job that exists.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -236,6 +240,8 @@ async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError>
         .map(|e| claim_key(e.merchant, &e.event_id))
         .collect();
     let mut redis = state.redis.clone();
+    // The connection the writes go over, for the replicas' acknowledgement at the end.
+    let generation = redis.generation();
     let mut exists = redis::pipe();
     for key in &keys {
         exists.exists(key);
@@ -250,9 +256,20 @@ async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError>
     let mut signals = Vec::new();
     let mut new_keys = Vec::new();
     let mut kinds = Vec::new();
+    let mut touches = redis::pipe();
     for ((event, key), already) in events.into_iter().zip(keys).zip(claimed) {
         if already {
             count(event.kind.as_str(), "duplicate");
+            // A claim found here may not be on a replica yet (its first answer may have been
+            // the 503 of a failed WAIT): rewriting it puts a write of ours after it in the
+            // replication stream, so the WAIT below covers it and the job pushed before it.
+            touches
+                .cmd("SET")
+                .arg(&key)
+                .arg("1")
+                .arg("XX")
+                .arg("KEEPTTL")
+                .ignore();
             continue;
         }
         kinds.push(event.kind);
@@ -273,8 +290,14 @@ async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError>
             signals.push(InboundSignalV1(job));
         }
     }
+    if state.settings.webhook.min_replicas_ack > 0 && !touches.is_empty() {
+        let () = touches
+            .query_async(&mut redis)
+            .await
+            .map_err(AppError::redis)?;
+    }
     if new_keys.is_empty() {
-        return Ok(());
+        return replicated(state, &mut redis, generation).await;
     }
     let started = Instant::now();
     push(&state.inbound, jobs).await?;
@@ -290,6 +313,7 @@ async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError>
         .query_async(&mut redis)
         .await
         .map_err(AppError::redis)?;
+    replicated(state, &mut redis, generation).await?;
     for kind in kinds {
         count(
             kind.as_str(),
@@ -299,6 +323,42 @@ async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError>
                 "enqueued"
             },
         );
+    }
+    Ok(())
+}
+
+/// `WAIT` for `REDIS_MIN_REPLICAS_ACK` replicas to hold every write sent so far on this
+/// connection (the push and the claims among them). `WAIT` counts only this connection's
+/// writes: after the connection moved to another master the count means nothing, so → 503.
+async fn replicated(
+    state: &AppState,
+    redis: &mut igsales_jobs::RedisConn,
+    generation: u64,
+) -> Result<(), AppError> {
+    let want = state.settings.webhook.min_replicas_ack;
+    if want == 0 {
+        return Ok(());
+    }
+    let timeout_ms = u64::try_from(state.settings.webhook.wait_timeout.as_millis()).unwrap_or(1);
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(want)
+        .arg(timeout_ms)
+        .query_async(redis)
+        .await
+        .map_err(AppError::redis)?;
+    if redis.generation() != generation {
+        metrics::counter!(WEBHOOK_REFUSED, "reason" => "replicas").increment(1);
+        return Err(AppError::Unavailable(
+            "redis",
+            "the Redis master changed while the delivery was written".to_owned(),
+        ));
+    }
+    if acked < i64::from(want) {
+        metrics::counter!(WEBHOOK_REFUSED, "reason" => "replicas").increment(1);
+        return Err(AppError::Unavailable(
+            "redis",
+            format!("{acked} of REDIS_MIN_REPLICAS_ACK={want} replicas acknowledged in time"),
+        ));
     }
     Ok(())
 }

@@ -516,3 +516,63 @@ async fn sigterm_lets_an_in_flight_request_finish_and_stops_accepting() {
     };
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn sentinel_settings_come_in_pairs_and_unreachable_sentinels_exit_1_naming_them() {
+    // The sentinels without the master's name, a password for no sentinels, a WAIT longer
+    // than the delivery's deadline: each named, exit 2.
+    let env = with(&full_env(), "REDIS_SENTINELS", "127.0.0.1:1,127.0.0.1:2");
+    let out = run(BIN, &[], &env);
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("REDIS_SENTINEL_MASTER is invalid"),
+        "{}",
+        out.stderr
+    );
+    let env = with(&full_env(), "REDIS_SENTINEL_MASTER", "igsales");
+    let env = with(
+        &env,
+        "REDIS_SENTINEL_PASSWORD",
+        "planted-sentinel-password-77a1",
+    );
+    let env = with(&env, "REDIS_WAIT_TIMEOUT_MS", "4000");
+    let out = run(BIN, &[], &env);
+    out.assert_code(2);
+    for var in [
+        "REDIS_SENTINELS is invalid",
+        "REDIS_SENTINEL_PASSWORD is invalid",
+        "REDIS_WAIT_TIMEOUT_MS is invalid: expected milliseconds, less than WEBHOOK_DEADLINE_MS",
+    ] {
+        assert!(out.stderr.contains(var), "{var}: {}", out.stderr);
+    }
+    assert!(!out.stderr.contains("planted-sentinel-password"));
+    let env = with(&full_env(), "REDIS_SENTINELS", "127.0.0.1");
+    let out = run(BIN, &[], &env);
+    out.assert_code(2);
+    assert!(
+        out.stderr
+            .contains("REDIS_SENTINELS is invalid: expected comma-separated host:port"),
+        "{}",
+        out.stderr
+    );
+
+    // Complete, but no sentinel answers: exit 1, naming where it looked.
+    let env = with(&full_env(), "REDIS_SENTINELS", "127.0.0.1:1,127.0.0.1:2");
+    let env = with(&env, "REDIS_SENTINEL_MASTER", "igsales");
+    let env = with(
+        &env,
+        "REDIS_SENTINEL_PASSWORD",
+        "planted-sentinel-password-77a1",
+    );
+    let out = run(BIN, &[], &env);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains(
+            "Redis is unreachable at master igsales via sentinels 127.0.0.1:1,127.0.0.1:2 (REDIS_SENTINELS)"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("planted-sentinel-password"));
+    assert!(!out.stderr.contains(REDIS_PASSWORD));
+}

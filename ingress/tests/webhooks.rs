@@ -742,3 +742,76 @@ async fn deliveries_over_the_in_flight_bound_are_503_at_once() {
     assert_eq!(deliver(&h, &third, IG_SECRET).await.status, 200);
     assert_eq!(inbound_jobs(&h).await, 3);
 }
+
+/// A demoted master still answers PING: readiness asks ROLE, and a replica is not ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_is_not_ready_and_its_webhooks_are_503() {
+    let set = tokio::task::block_in_place(|| igsales_tests::sentinel::RedisSet::replicated(1));
+    let replica = set.node_url(1, 0);
+    let h = Harness::start_with(|s| {
+        s.redis.url = igsales_config::RedisUrl::parse(&replica).expect("url");
+    })
+    .await;
+    h.merchant_with_account(ACCOUNT).await;
+    let ready = get(h.url("/readyz"), vec![]).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(
+        ready.json(),
+        serde_json::json!({"redis": "not_writable_master", "postgres": "ok"})
+    );
+    let r = deliver(&h, &text_body(ACCOUNT, "mid-on-replica", "oi"), IG_SECRET).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+}
+
+/// REDIS_MIN_REPLICAS_ACK: 200 only once a replica holds the job and its claim; with no
+/// replica to acknowledge, 503, and the redelivery is not waved through as a duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_min_replicas_ack_a_delivery_is_200_only_once_a_replica_holds_it() {
+    let mut set = tokio::task::block_in_place(|| igsales_tests::sentinel::RedisSet::replicated(1));
+    let primary = set.node_url(0, 0);
+    let h = Harness::start_with(|s| {
+        s.redis.url = igsales_config::RedisUrl::parse(&primary).expect("url");
+        s.webhook.min_replicas_ack = 1;
+        s.webhook.wait_timeout = Duration::from_millis(300);
+    })
+    .await;
+    h.merchant_with_account(ACCOUNT).await;
+    let count_on = |set: &igsales_tests::sentinel::RedisSet, node: usize| -> (i64, usize) {
+        let mut c = set.connection(set.node_port(node));
+        let jobs: i64 = redis::cmd("HLEN")
+            .arg("inbound_event:data")
+            .query(&mut c)
+            .expect("hlen");
+        let claims: Vec<String> = redis::cmd("KEYS")
+            .arg("dedupe:*")
+            .query(&mut c)
+            .expect("keys");
+        (jobs, claims.len())
+    };
+
+    let r = deliver(&h, &text_body(ACCOUNT, "mid-acked", "oi"), IG_SECRET).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(count_on(&set, 1), (1, 1), "the replica holds job and claim");
+
+    tokio::task::block_in_place(|| set.kill(1));
+    let series = "igsales_webhook_refused_total{reason=\"replicas\"}";
+    let refused = counter(&h, series).await;
+    let body = text_body(ACCOUNT, "mid-unacked", "oi");
+    let r = deliver(&h, &body, IG_SECRET).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    // The primary has claim and job now, but no replica does: the redelivery waits again.
+    let r = deliver(&h, &body, IG_SECRET).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(counter(&h, series).await >= refused + 2.0);
+    assert_eq!(count_on(&set, 0), (2, 2));
+
+    let primary_port = set.node_port(0);
+    tokio::task::block_in_place(|| set.restart_as_replica(1, primary_port));
+    let r = deliver(&h, &body, IG_SECRET).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        count_on(&set, 1),
+        (2, 2),
+        "one job per event, on the replica too"
+    );
+}

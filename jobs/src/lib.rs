@@ -23,5 +23,6 @@ pub use names::{
     DEAD_LETTER_LISTS, DEAD_LETTER_NAMES, DeadLetterList, QUEUES, REPLAYABLE, WEBHOOK_INVALID,
 };
 pub use queue::{Job, JobQueue};
+pub use redis_conn::RedisConn;
 pub use send::SendMessageV1;
 pub use tokens::{HousekeepingV1, RefreshTokenV1, TokenRefreshSweepV1};

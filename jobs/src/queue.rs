@@ -4,11 +4,11 @@ use std::time::SystemTime;
 
 use apalis::prelude::{TaskBuilder, TaskSink};
 use apalis_redis::{Config, RedisStorage};
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::delivery::Delivery;
+use crate::redis_conn::RedisConn;
 
 /// A job type: its payload, its stable queue name, and its delivery bookkeeping.
 pub trait Job: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static {
@@ -26,7 +26,7 @@ pub struct EnqueueError {
 
 /// The queue of one job type. Cheap to clone (the connection is shared and multiplexed).
 pub struct JobQueue<J: Job> {
-    storage: RedisStorage<J>,
+    storage: RedisStorage<J, RedisConn>,
 }
 
 impl<J: Job> Clone for JobQueue<J> {
@@ -38,7 +38,7 @@ impl<J: Job> Clone for JobQueue<J> {
 }
 
 impl<J: Job> JobQueue<J> {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisConn) -> Self {
         // The queue name must be set: apalis's default is the Rust type name.
         JobQueue {
             storage: RedisStorage::new(conn).with_config(Config::default().queue(J::NAME)),
@@ -55,7 +55,7 @@ impl<J: Job> JobQueue<J> {
     }
 
     /// A queue whose pushes can carry an idempotency key, remembered for `ttl` (cron ticks).
-    pub fn with_idempotency(conn: ConnectionManager, ttl: std::time::Duration) -> Self {
+    pub fn with_idempotency(conn: RedisConn, ttl: std::time::Duration) -> Self {
         JobQueue {
             storage: RedisStorage::new(conn)
                 .with_config(Config::default().queue(J::NAME).idempotency_ttl(Some(ttl))),

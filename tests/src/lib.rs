@@ -12,6 +12,7 @@ pub mod http;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 mod served;
 pub mod shops;
 pub mod stack;

@@ -14,9 +14,9 @@ pub fn test_client_config() -> redis::AsyncConnectionConfig {
         .set_response_timeout(Some(Duration::from_secs(10)))
 }
 
-/// A connection manager for tests, with the same generous timeouts.
-pub async fn manager(url: &str) -> redis::aio::ConnectionManager {
-    redis::Client::open(url)
+/// The app's connection type for tests (a fixed master), with the same generous timeouts.
+pub async fn manager(url: &str) -> igsales_jobs::RedisConn {
+    let manager = redis::Client::open(url)
         .expect("redis url")
         .get_connection_manager_with_config(
             redis::aio::ConnectionManagerConfig::new()
@@ -24,7 +24,8 @@ pub async fn manager(url: &str) -> redis::aio::ConnectionManager {
                 .set_response_timeout(Some(Duration::from_secs(10))),
         )
         .await
-        .expect("connect to test Redis")
+        .expect("connect to test Redis");
+    igsales_jobs::RedisConn::fixed(manager)
 }
 
 /// `redis://127.0.0.1:6379` unless `IGSALES_TEST_REDIS` says otherwise (no database index).

@@ -151,7 +151,7 @@ impl Pipeline {
             .expect("push");
     }
 
-    async fn conn(&self) -> redis::aio::ConnectionManager {
+    async fn conn(&self) -> igsales_jobs::RedisConn {
         igsales_tests::redis::manager(&self.redis.url()).await
     }
 

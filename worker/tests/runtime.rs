@@ -31,7 +31,7 @@ fn start_worker(env: &[(&'static str, String)]) -> Process {
     worker_env::start(BIN, env)
 }
 
-async fn connection(url: &str) -> redis::aio::ConnectionManager {
+async fn connection(url: &str) -> igsales_jobs::RedisConn {
     igsales_tests::redis::manager(url).await
 }
 

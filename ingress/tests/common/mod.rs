@@ -51,6 +51,9 @@ pub fn settings(base: &str, db: &TestDb, redis_url: &str, fake: &FakeMeta) -> In
             url: RedisUrl::parse(redis_url).expect("redis url"),
             connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_secs(3),
+            sentinels: None,
+            sentinel_master: None,
+            sentinel_password: None,
         },
         keys: keys::Settings { ring: key_ring() },
         app: app::Settings {
@@ -85,6 +88,8 @@ pub fn settings(base: &str, db: &TestDb, redis_url: &str, fake: &FakeMeta) -> In
             dedupe_ttl: Duration::from_secs(172_800),
             account_cache_hit: Duration::from_secs(60),
             account_cache_miss: Duration::from_secs(1),
+            min_replicas_ack: 0,
+            wait_timeout: Duration::from_millis(500),
         },
         callbacks: callbacks::Settings {
             signed_request_max_age: Duration::from_secs(600),

@@ -75,8 +75,9 @@ fn percentile(sorted: &[i64], q: f64) -> i64 {
         .unwrap_or(0)
 }
 
-async fn redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
-    Ok(redis::Client::open(url)?.get_connection_manager().await?)
+async fn redis(url: &str) -> anyhow::Result<igsales_jobs::RedisConn> {
+    let manager = redis::Client::open(url)?.get_connection_manager().await?;
+    Ok(igsales_jobs::RedisConn::fixed(manager))
 }
 
 fn bench_env(args: &Args, graph: &str, llm: &str) -> worker_env::Env {

@@ -9,12 +9,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use chrono::Utc;
 use igsales_config::RedisSettings;
+use igsales_jobs::RedisConn;
 use igsales_jobs::{
     CanaryV1, DeadLetter, InboundEventV1, InboundSignalV1, Job, JobQueue, RefreshTokenV1,
     SendMessageV1, dlq_key,
 };
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde_json::Value;
 
 /// Queues whose dead letters can be pushed back.
@@ -26,15 +26,11 @@ struct Stored {
     record: Result<DeadLetter, Value>,
 }
 
-async fn connect(settings: &RedisSettings) -> anyhow::Result<ConnectionManager> {
+async fn connect(settings: &RedisSettings) -> anyhow::Result<RedisConn> {
     Ok(igsales_jobs::redis_conn::connect(settings).await?)
 }
 
-async fn read(
-    conn: &mut ConnectionManager,
-    queue: &str,
-    limit: isize,
-) -> anyhow::Result<Vec<Stored>> {
+async fn read(conn: &mut RedisConn, queue: &str, limit: isize) -> anyhow::Result<Vec<Stored>> {
     let raws: Vec<String> = conn
         .lrange(dlq_key(queue), 0, limit - 1)
         .await
@@ -143,8 +139,8 @@ pub async fn list(
 }
 
 /// Pushes a dead payload back as a fresh job of its queue (its attempts start again).
-async fn push_back(conn: &ConnectionManager, queue: &str, payload: &Value) -> anyhow::Result<()> {
-    async fn typed<J: Job>(conn: &ConnectionManager, payload: &Value) -> anyhow::Result<()> {
+async fn push_back(conn: &RedisConn, queue: &str, payload: &Value) -> anyhow::Result<()> {
+    async fn typed<J: Job>(conn: &RedisConn, payload: &Value) -> anyhow::Result<()> {
         let mut job: J = serde_json::from_value(payload.clone())
             .with_context(|| format!("the record's payload is not a {} job", J::NAME))?;
         *job.delivery_mut() = Default::default();

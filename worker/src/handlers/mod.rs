@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::http::StatusCode;
+use igsales_jobs::RedisConn;
 use igsales_jobs::{HousekeepingV1, InboundSignalV1, TokenRefreshSweepV1, probes};
 use igsales_meta::MetaClient;
 use igsales_schema::{Db, DbError, MerchantId, Vault};
-use redis::aio::ConnectionManager;
 
 use self::settings::RunSettings;
 use crate::runtime::{Context, Runtime};
@@ -29,7 +29,7 @@ use crate::runtime::outcome::JobError;
 /// What every handler may use; one per process.
 pub struct Shared {
     pub db: Db,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub vault: Vault,
     pub meta: MetaClient,
     pub llm: LlmClient,

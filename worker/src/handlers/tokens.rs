@@ -28,7 +28,7 @@ pub async fn due_accounts(
 
 /// One `refresh_token` job per account, pushed at once; how many.
 pub async fn enqueue_refreshes(
-    redis: redis::aio::ConnectionManager,
+    redis: igsales_jobs::RedisConn,
     accounts: &[(MerchantId, String)],
 ) -> Result<usize, EnqueueError> {
     let jobs: Vec<RefreshTokenV1> = accounts

@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apalis_redis::Config;
-use redis::aio::{ConnectionLike, ConnectionManager};
+use igsales_jobs::RedisConn;
+use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 const CHUNK: usize = 1000;
@@ -151,7 +152,7 @@ pub struct Retry {
 
 #[derive(Clone)]
 pub struct QueueConn {
-    inner: ConnectionManager,
+    inner: RedisConn,
     keys: Arc<Keys>,
     mover: Arc<redis::Script>,
     reclaimer: Arc<redis::Script>,
@@ -267,7 +268,7 @@ const ACK_KEYS: usize = 5;
 const ACK_GROUP: usize = 5;
 
 impl QueueConn {
-    pub fn new(inner: ConnectionManager, config: &Config, faults: Faults, retry: Retry) -> Self {
+    pub fn new(inner: RedisConn, config: &Config, faults: Faults, retry: Retry) -> Self {
         QueueConn {
             inner,
             keys: Arc::new(Keys::new(config)),

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
+use igsales_jobs::RedisConn;
 use igsales_jobs::{DeadLetter, DeadReason, Job, JobQueue, push_dead_letter};
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
 use super::metrics as m;
@@ -37,7 +37,7 @@ pub struct Policy {
 #[derive(Clone)]
 pub struct RunContext {
     pub worker: String,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub shutdown: watch::Receiver<bool>,
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use apalis_redis::Config;
-use redis::aio::ConnectionManager;
+use igsales_jobs::RedisConn;
 
 pub const JOBS: &str = "igsales_jobs_total";
 pub const JOB_SECONDS: &str = "igsales_job_duration_seconds";
@@ -19,11 +19,7 @@ pub const WORKER_RESTARTS: &str = "igsales_worker_restarts_total";
 
 /// Samples queue depths every `every` until the process ends. Reads keys directly: apalis's
 /// own introspection is unreliable in 1.0.
-pub async fn sample_queues(
-    mut redis: ConnectionManager,
-    queues: Vec<&'static str>,
-    every: Duration,
-) {
+pub async fn sample_queues(mut redis: RedisConn, queues: Vec<&'static str>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -61,7 +57,7 @@ pub async fn sample_queues(
 }
 
 /// Depth of the ingress's list of unreadable webhooks (`dlq:webhook_invalid`).
-pub async fn sample_invalid_webhooks(redis: &mut ConnectionManager) {
+pub async fn sample_invalid_webhooks(redis: &mut RedisConn) {
     let n: redis::RedisResult<u64> = redis::cmd("LLEN")
         .arg(igsales_jobs::dlq_key(igsales_jobs::WEBHOOK_INVALID))
         .query_async(redis)
@@ -72,7 +68,7 @@ pub async fn sample_invalid_webhooks(redis: &mut ConnectionManager) {
 }
 
 /// Jobs held by any worker: the sum over `{q}:inflight:*` sets of live workers.
-async fn inflight(redis: &mut ConnectionManager, cfg: &Config) -> redis::RedisResult<u64> {
+async fn inflight(redis: &mut RedisConn, cfg: &Config) -> redis::RedisResult<u64> {
     let workers: Vec<String> = redis::cmd("ZRANGE")
         .arg(cfg.workers_set())
         .arg(0)

@@ -33,8 +33,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use chrono::Utc;
 use futures::future::BoxFuture;
+use igsales_jobs::RedisConn;
 use igsales_jobs::{Job, JobQueue};
-use redis::aio::ConnectionManager;
 use tokio::sync::{Semaphore, watch};
 
 use self::executor::{Policy, RunContext};
@@ -53,7 +53,7 @@ type Handler<J, C> =
 /// One queue's worker state, shared by its runs (and kept across restarts).
 struct Queue<J: Job, C> {
     ctx: Arc<C>,
-    redis: ConnectionManager,
+    redis: RedisConn,
     pool: worker_pool::Settings,
     policy: Policy,
     permits: Arc<Semaphore>,
@@ -204,7 +204,7 @@ pub struct Runtime<C: Context> {
     ctx: Arc<C>,
     pool: worker_pool::Settings,
     retry: retry::Settings,
-    redis: ConnectionManager,
+    redis: RedisConn,
     boot: String,
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
     faults: conn::Faults,
@@ -215,7 +215,7 @@ pub struct Runtime<C: Context> {
 impl<C: Context> Runtime<C> {
     pub fn new(
         ctx: Arc<C>,
-        redis: ConnectionManager,
+        redis: RedisConn,
         pool: &worker_pool::Settings,
         retry: &retry::Settings,
     ) -> Self {
@@ -323,7 +323,7 @@ impl<C: Context> Runtime<C> {
 /// Job payloads carry customer text: once a job is finished (its outcome is in Postgres, a
 /// dead one's also in `dlq:*`), its data has no reason to stay. Every replica sweeps; the
 /// script makes concurrent sweeps harmless.
-async fn forget_finished(mut redis: ConnectionManager, queues: Vec<&'static str>, every: Duration) {
+async fn forget_finished(mut redis: RedisConn, queues: Vec<&'static str>, every: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

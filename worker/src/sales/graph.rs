@@ -19,7 +19,7 @@ igsales_config::group! {
         GRAPH_MAX_PAUSE_SECS => max_pause: Duration = default "3600", secs(1, 86_400);
     }
 }
-use redis::aio::ConnectionManager;
+use igsales_jobs::RedisConn;
 
 /// KEYS: the merchant's pause, the window, the app's pause. ARGV: limit, a unique member.
 /// Returns 0 (go) or the ms to wait (the pauses first: a paused merchant uses no slot of the
@@ -41,7 +41,7 @@ return math.max(1, tonumber(oldest[2]) + 1000 - now)
 
 #[derive(Clone)]
 pub struct GraphGate {
-    redis: ConnectionManager,
+    redis: RedisConn,
     limits: limits::Settings,
     window: std::sync::Arc<redis::Script>,
 }
@@ -57,7 +57,7 @@ pub const APP_THROTTLES: &str = "igsales_graph_app_throttles_total";
 pub const APP_PAUSE_KEY: &str = "graph:pause:app";
 
 impl GraphGate {
-    pub fn new(redis: ConnectionManager, limits: &limits::Settings) -> Self {
+    pub fn new(redis: RedisConn, limits: &limits::Settings) -> Self {
         GraphGate {
             redis,
             limits: limits.clone(),
