@@ -220,6 +220,18 @@ impl PgUrl {
     pub fn user(&self) -> &str {
         self.url.username()
     }
+    /// The role and password, percent-decoded, for commands that manage that role (`worker
+    /// migrate` keeps the app's login role in step with `DATABASE_URL`). `None` without a
+    /// password.
+    pub fn credentials(&self) -> Option<(String, Secret)> {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let password = self.url.password().filter(|p| !p.is_empty())?;
+        Some((decode(self.url.username()), Secret::new(decode(password))))
+    }
     /// The effective `sslmode` (libpq's `prefer` when absent).
     pub fn ssl_mode(&self) -> SslMode {
         self.ssl_mode

@@ -98,7 +98,7 @@ fn env_value(name: &str) -> String {
 fn yaml_block(lines: &[&str], key_line: &str) -> Vec<String> {
     let start = lines
         .iter()
-        .position(|l| l.trim_end() == key_line)
+        .position(|l| l.trim_end() == key_line || l.starts_with(&format!("{key_line} &")))
         .unwrap_or_else(|| panic!("compose.yaml has no line {key_line:?}"));
     let indent = key_line.len() - key_line.trim_start().len();
     lines[start + 1..]
@@ -136,7 +136,7 @@ fn compose_ingress_listens_on_10000_and_exposes_it() {
     let ingress = compose_service("ingress");
     let port_env: Vec<&str> = ingress
         .iter()
-        .filter_map(|l| l.trim().strip_prefix("PORT:"))
+        .filter_map(|l| l.trim().strip_prefix("- PORT="))
         .map(scalar)
         .collect();
     assert_eq!(
@@ -249,9 +249,7 @@ fn nginx_upstream_is_the_ingress_on_10000() {
 
 #[test]
 fn compose_stack_has_every_part_in_order() {
-    for service in [
-        "postgres", "redis", "migrate", "app-role", "ingress", "worker", "nginx",
-    ] {
+    for service in ["postgres", "redis", "migrate", "ingress", "worker", "nginx"] {
         assert!(
             !compose_service(service).is_empty(),
             "compose.yaml: no service {service}"
@@ -274,19 +272,128 @@ fn compose_stack_has_every_part_in_order() {
     ] {
         assert!(redis.contains(flag), "redis: {flag}");
     }
-    let app_role = compose_service("app-role").join("\n");
-    assert!(app_role.contains("IN ROLE igsales_app"));
-    assert!(app_role.contains("condition: service_completed_successfully"));
     let ingress = compose_service("ingress").join("\n");
-    for dependency in ["migrate:", "app-role:", "redis:", "postgres:"] {
+    for dependency in ["migrate:", "redis:", "postgres:"] {
         assert!(
             ingress.contains(dependency),
             "ingress: depends_on {dependency}"
         );
     }
+    assert!(
+        ingress.contains("condition: service_completed_successfully"),
+        "the app waits for migrate (which also sets up its login role)"
+    );
     let compose = read("compose.yaml");
     assert!(compose.contains("init: true"));
-    assert!(compose.contains("path: ${IGSALES_ENV_FILE:-.env}"));
+}
+
+/// The names a service's `environment:` list passes (`- NAME` or `- NAME=value`).
+fn compose_environment(service: &str) -> BTreeSet<String> {
+    let block = compose_service(service);
+    let Some(start) = block
+        .iter()
+        .position(|l| l.trim_end() == "    environment:")
+    else {
+        return BTreeSet::new();
+    };
+    block[start + 1..]
+        .iter()
+        .take_while(|l| l.starts_with("      - "))
+        .map(|l| {
+            let item = l.trim_start_matches("      - ").trim();
+            item.split('=').next().unwrap_or(item).to_owned()
+        })
+        .collect()
+}
+
+/// The variables one command reads: the top-level ones and those of `path`'s subcommands.
+fn variables_of(cmd: &clap::Command, path: &[&str]) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+        .collect();
+    if let Some((first, rest)) = path.split_first() {
+        let sub = cmd
+            .find_subcommand(first)
+            .unwrap_or_else(|| panic!("no subcommand {first}"));
+        out.extend(variables_of(sub, rest));
+    }
+    out
+}
+
+/// Least privilege: each service receives exactly what it reads, never the whole env file. The
+/// owner's URL reaches only `migrate` (and the Postgres server, which creates that role at first
+/// start); the data stores get none of the app's secrets.
+#[test]
+fn each_compose_service_gets_only_the_variables_it_reads() {
+    use clap::CommandFactory as _;
+    let compose = read("compose.yaml");
+    assert!(
+        !compose.contains("env_file"),
+        "no service gets the whole env file"
+    );
+    let worker = igsales_worker::cli::Cli::command();
+    let ingress = igsales_ingress::IngressArgs::command();
+    for (service, reads) in [
+        ("ingress", variables_of(&ingress, &[])),
+        ("worker", variables_of(&worker, &["run"])),
+        ("migrate", variables_of(&worker, &["migrate"])),
+    ] {
+        assert_eq!(
+            compose_environment(service),
+            reads,
+            "compose.yaml: {service}'s environment must be exactly what it reads"
+        );
+    }
+    let set = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| (*n).to_owned())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        compose_environment("postgres"),
+        set(&["MIGRATION_DATABASE_URL"])
+    );
+    for service in ["redis", "redis-replica", "redis-sentinel-1"] {
+        assert_eq!(
+            compose_environment(service),
+            set(&["REDIS_URL"]),
+            "{service}"
+        );
+    }
+    assert!(compose_environment("nginx").is_empty());
+    for service in ["ingress", "worker"] {
+        assert!(
+            !compose_environment(service).contains("MIGRATION_DATABASE_URL"),
+            "{service} must not hold the owner's URL"
+        );
+    }
+    assert!(!compose_environment("ingress").contains("OPENAI_API_KEY"));
+    for secret in [
+        "IG_APP_SECRET",
+        "ADMIN_API_TOKEN",
+        "META_WEBHOOK_VERIFY_TOKEN",
+    ] {
+        assert!(
+            !compose_environment("worker").contains(secret),
+            "the worker does not need {secret}"
+        );
+    }
+    for service in ["migrate", "postgres", "redis"] {
+        for secret in [
+            "ENCRYPTION_KEY",
+            "OPENAI_API_KEY",
+            "IG_APP_SECRET",
+            "ADMIN_API_TOKEN",
+        ] {
+            assert!(
+                !compose_environment(service).contains(secret),
+                "{service} must not receive {secret}"
+            );
+        }
+    }
 }
 
 /// compose.yaml reads the Postgres and Redis passwords back out of these URLs, and reaches the

@@ -119,6 +119,71 @@ async fn migrate_applies_everything_once_then_is_a_no_op() {
 }
 
 #[derive(QueryableByName)]
+struct LoginRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    member: bool,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    hash: String,
+}
+
+/// The owner URL reaches `migrate` alone: it also keeps the app's login role (DATABASE_URL's
+/// user and password) in `igsales_app`, which compose's separate psql step used to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_keeps_the_login_role_of_database_url_in_the_app_group_with_its_password() {
+    let db = TestDb::empty().await;
+    let login = format!("igsales_test_login_{}", std::process::id());
+    let app_url = |password: &str| {
+        db.owner_url()
+            .replacen("igsales_test_owner", &format!("{login}:{password}"), 1)
+    };
+    let role = async || -> Option<LoginRow> {
+        diesel::sql_query(
+            "SELECT pg_has_role(r.rolname, 'igsales_app', 'MEMBER') AS member, a.rolpassword AS hash
+             FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = $1",
+        )
+        .bind::<diesel::sql_types::Text, _>(&login)
+        .get_result(&mut db.superuser_conn().await)
+        .await
+        .ok()
+    };
+    let mut hashes = Vec::new();
+    for (password, want) in [
+        ("first-p%40ss", "created in igsales_app"),
+        ("second-secret", "up to date"),
+    ] {
+        let out = run(
+            BIN,
+            &["migrate"],
+            &[
+                ("MIGRATION_DATABASE_URL", db.owner_url()),
+                ("DATABASE_URL", app_url(password)),
+            ],
+        );
+        out.assert_code(0);
+        assert!(out.stdout.contains(want), "{}", out.stdout);
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            !all.contains("first-p") && !all.contains("second-secret"),
+            "no password in the output"
+        );
+        let now = role().await.expect("the login role exists");
+        assert!(now.member, "a member of igsales_app");
+        assert!(now.hash.starts_with("SCRAM-SHA-256$"), "it has a password");
+        hashes.push(now.hash);
+    }
+    assert_ne!(
+        hashes[0], hashes[1],
+        "the second run set the second password"
+    );
+    use diesel_async::SimpleAsyncConnection;
+    db.superuser_conn()
+        .await
+        .batch_execute(&format!("DROP ROLE {login}"))
+        .await
+        .expect("drop the test's login role");
+}
+
+#[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
     n: i64,

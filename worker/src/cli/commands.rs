@@ -27,6 +27,7 @@ pub async fn migrate(
     url: &PgUrl,
     var: &'static str,
     connect_timeout: Duration,
+    app_login: Option<&PgUrl>,
 ) -> anyhow::Result<()> {
     let unreachable = |reason: String| StartupError::Unreachable {
         var,
@@ -52,7 +53,106 @@ pub async fn migrate(
             applied.join(", ")
         );
     }
+    if let Some((login, password)) = app_login.and_then(PgUrl::credentials)
+        && login != url.user()
+    {
+        let conn = PgConnector::new(url)
+            .map_err(reason)
+            .map_err(unreachable)?
+            .connect(connect_timeout)
+            .await
+            .map_err(reason)
+            .map_err(unreachable)?;
+        ensure_app_login(conn, &login, &password).await?;
+    }
     Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct LoginRole {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    exists: bool,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    member: bool,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    may_manage: bool,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Statement {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    sql: String,
+}
+
+/// Keeps the app's login role (`DATABASE_URL`'s user and password) a member of `igsales_app`
+/// with that password, as the owner (who needs CREATEROLE). The owner URL then never has to
+/// reach anything but `migrate`, even to set up the role the app logs in as.
+async fn ensure_app_login(
+    mut conn: AsyncPgConnection,
+    login: &str,
+    password: &igsales_config::Secret,
+) -> anyhow::Result<()> {
+    use diesel::sql_types::Text;
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+    let role: LoginRole = diesel::sql_query(
+        "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1) AS exists,
+                coalesce((SELECT pg_has_role(oid, 'igsales_app', 'MEMBER') FROM pg_roles WHERE rolname = $1), false) AS member,
+                (SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user) AS may_manage",
+    )
+    .bind::<Text, _>(login)
+    .get_result(&mut conn)
+    .await
+    .context("reading the app's login role")?;
+    if !role.may_manage {
+        if role.exists && role.member {
+            return Ok(());
+        }
+        bail!(
+            "the login role of DATABASE_URL is not a member of igsales_app, and the owner may not manage roles (no CREATEROLE): run CREATE ROLE … LOGIN PASSWORD '…' IN ROLE igsales_app as an administrator"
+        );
+    }
+    // Quoted by Postgres itself (%I, %L): the password never passes through our formatting.
+    let templates: &[&str] = if role.exists {
+        &[
+            "ALTER ROLE %I LOGIN PASSWORD %L",
+            if role.member {
+                ""
+            } else {
+                "GRANT igsales_app TO %I"
+            },
+        ]
+    } else {
+        &["CREATE ROLE %I LOGIN PASSWORD %L IN ROLE igsales_app"]
+    };
+    for template in templates.iter().filter(|t| !t.is_empty()) {
+        let statement: Statement = diesel::sql_query("SELECT format($1, $2, $3) AS sql")
+            .bind::<Text, _>(*template)
+            .bind::<Text, _>(login)
+            .bind::<Text, _>(password.expose())
+            .get_result(&mut conn)
+            .await
+            .context("quoting the login role")?;
+        conn.batch_execute(&statement.sql).await.map_err(|e| {
+            anyhow::anyhow!("setting up the app's login role failed: {}", sanitized(&e))
+        })?;
+    }
+    println!(
+        "app login role {login}: {}",
+        if role.exists {
+            "password and membership up to date"
+        } else {
+            "created in igsales_app"
+        }
+    );
+    Ok(())
+}
+
+/// A database error's kind, never its text (which could quote the statement, password included).
+fn sanitized(e: &diesel::result::Error) -> String {
+    match e {
+        diesel::result::Error::DatabaseError(kind, _) => format!("{kind:?}"),
+        _ => "query error".to_owned(),
+    }
 }
 
 pub async fn merchant_create(

@@ -517,18 +517,29 @@ fn check_migrate(c: &mut Checker, env: Option<AppEnv>, args: MigrateArgs) -> Opt
         .DATABASE_URL
         .as_deref()
         .is_some_and(|s| !s.trim().is_empty());
-    let url = match owner.map(|o| o.owner_url) {
-        Some(Some(url)) => Some(("MIGRATION_DATABASE_URL", url)),
-        Some(None) if app_url_set => args.app.check(c, env).map(|d| ("DATABASE_URL", d.url)),
+    // With a separate owner, DATABASE_URL (when given) names the login role to keep in step.
+    let (url, app_login) = match owner.map(|o| o.owner_url) {
+        Some(Some(url)) => {
+            let app = if app_url_set {
+                args.app.check(c, env).map(|d| d.url)
+            } else {
+                None
+            };
+            (Some(("MIGRATION_DATABASE_URL", url)), app)
+        }
+        Some(None) if app_url_set => (
+            args.app.check(c, env).map(|d| ("DATABASE_URL", d.url)),
+            None,
+        ),
         Some(None) => {
             c.missing("MIGRATION_DATABASE_URL", OWNER_FORM);
-            None
+            (None, None)
         }
-        None => None,
+        None => (None, None),
     };
     let pool = args.pool.check(c, env);
     let ((var, url), connect_timeout) = (url?, pool?.connect_timeout);
     Some(Action::of(async move {
-        commands::migrate(&url, var, connect_timeout).await
+        commands::migrate(&url, var, connect_timeout, app_login.as_ref()).await
     }))
 }
