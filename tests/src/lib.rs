@@ -12,6 +12,7 @@ pub mod http;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod sandbox_page;
 pub mod sentinel;
 mod served;
 pub mod shops;

@@ -22,6 +22,9 @@ struct Args {
     catalog: String,
     #[arg(long, default_value = "1177001234567890")]
     customer: String,
+    /// Where the DM thread page is served (http://127.0.0.1:PORT/); 0 picks a free port.
+    #[arg(long, default_value_t = 8088)]
+    page_port: u16,
 }
 
 #[tokio::main]
@@ -69,8 +72,14 @@ async fn main() -> anyhow::Result<()> {
         !redirect.contains("error="),
         "connecting the demo account failed: {redirect}"
     );
+    let stack = std::sync::Arc::new(stack);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.page_port)).await?;
+    let page = format!("http://{}/", listener.local_addr()?);
+    let app = igsales_tests::sandbox_page::router(stack.clone(), &args.customer);
+    tokio::spawn(async move { axum::serve(listener, app).await });
     eprintln!(
         "sandbox ready: merchant {merchant}, Instagram @{} connected, replies by {using}.\n\
+         The DM thread as the customer sees it (cards, quick replies): {page}\n\
          Type a message as a customer (Ctrl-D to quit).",
         stack.account.username
     );
