@@ -18,7 +18,7 @@ struct Args {
     #[arg(long, env = "REDIS_URL")]
     redis_url: String,
     /// A CSV or JSON catalog for the demo merchant.
-    #[arg(long, default_value = "scripts/demo-catalog.csv")]
+    #[arg(long, default_value = "scripts/demo-catalog-pt.csv")]
     catalog: String,
     #[arg(long, default_value = "1177001234567890")]
     customer: String,
@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
             "--name",
             "Loja Azul",
             "--persona",
-            "You are Loja Azul's friendly shop assistant. Be brief.",
+            "Você é a assistente da Loja Azul: simpática, breve e honesta sobre preço e estoque.",
         ])?
         .trim()
         .to_owned();
