@@ -29,19 +29,22 @@ pub async fn migrate(
     connect_timeout: Duration,
     app_login: Option<&PgUrl>,
 ) -> anyhow::Result<()> {
-    let unreachable = |reason: String| StartupError::Unreachable {
-        var,
-        location: url.location(),
-        reason,
-    };
     // The same TLS-aware connect as the app's pool: sslmode/sslrootcert count here too.
-    let conn = PgConnector::new(url)
-        .map_err(reason)
-        .map_err(unreachable)?
-        .connect(connect_timeout)
-        .await
-        .map_err(reason)
-        .map_err(unreachable)?;
+    let connect = async || -> Result<AsyncPgConnection, StartupError> {
+        let unreachable = |reason: String| StartupError::Unreachable {
+            var,
+            location: url.location(),
+            reason,
+        };
+        PgConnector::new(url)
+            .map_err(reason)
+            .map_err(unreachable)?
+            .connect(connect_timeout)
+            .await
+            .map_err(reason)
+            .map_err(unreachable)
+    };
+    let conn = connect().await?;
     // The harness blocks in place: fine on this multi-threaded runtime.
     let applied = migrations::run_pending(conn)?;
     if applied.is_empty() {
@@ -56,14 +59,8 @@ pub async fn migrate(
     if let Some((login, password)) = app_login.and_then(PgUrl::credentials)
         && login != url.user()
     {
-        let conn = PgConnector::new(url)
-            .map_err(reason)
-            .map_err(unreachable)?
-            .connect(connect_timeout)
-            .await
-            .map_err(reason)
-            .map_err(unreachable)?;
-        ensure_app_login(conn, &login, &password).await?;
+        // The harness took the first connection; the role is set up on a second one.
+        ensure_app_login(connect().await?, &login, &password).await?;
     }
     Ok(())
 }
@@ -112,21 +109,18 @@ async fn ensure_app_login(
         );
     }
     // Quoted by Postgres itself (%I, %L): the password never passes through our formatting.
-    let templates: &[&str] = if role.exists {
-        &[
-            "ALTER ROLE %I LOGIN PASSWORD %L",
-            if role.member {
-                ""
-            } else {
-                "GRANT igsales_app TO %I"
-            },
-        ]
+    let mut templates = Vec::new();
+    if !role.exists {
+        templates.push("CREATE ROLE %I LOGIN PASSWORD %L IN ROLE igsales_app");
     } else {
-        &["CREATE ROLE %I LOGIN PASSWORD %L IN ROLE igsales_app"]
-    };
-    for template in templates.iter().filter(|t| !t.is_empty()) {
+        templates.push("ALTER ROLE %I LOGIN PASSWORD %L");
+        if !role.member {
+            templates.push("GRANT igsales_app TO %I");
+        }
+    }
+    for template in templates {
         let statement: Statement = diesel::sql_query("SELECT format($1, $2, $3) AS sql")
-            .bind::<Text, _>(*template)
+            .bind::<Text, _>(template)
             .bind::<Text, _>(login)
             .bind::<Text, _>(password.expose())
             .get_result(&mut conn)
