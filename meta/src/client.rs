@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use crate::ids::IdString;
+use crate::send::OutgoingMessage;
 
 /// Where the Graph API is; what every call needs.
 #[derive(Debug)]
@@ -75,6 +76,9 @@ pub enum MetaError {
     Decode(String),
     #[error("the outbound HTTP pool is shut down")]
     Closed,
+    /// Checked before the call: nothing was sent.
+    #[error("the message breaks a Send API limit: {0}")]
+    Limit(crate::send::LimitError),
 }
 
 /// The result of the code exchange (both documented shapes end up here).
@@ -357,14 +361,27 @@ impl MetaClient {
         recipient: &str,
         text: &str,
     ) -> Result<String, MetaError> {
+        self.send_message(token, recipient, &OutgoingMessage::text(text))
+            .await
+    }
+
+    /// Sends one message (text, cards, quick replies) through the Send API; Meta's
+    /// `message_id` on success. A message over one of Meta's limits is refused here, unsent.
+    pub async fn send_message(
+        &self,
+        token: &Secret,
+        recipient: &str,
+        message: &OutgoingMessage,
+    ) -> Result<String, MetaError> {
         #[derive(Deserialize)]
         struct Sent {
             message_id: String,
         }
+        message.check().map_err(MetaError::Limit)?;
         let token = token.clone();
         let body = serde_json::json!({
             "recipient": { "id": recipient },
-            "message": { "text": text },
+            "message": message,
         });
         self.call(move |agent, cfg| {
             let url = format!("{}/{}/me/messages", cfg.graph_base, cfg.version);
@@ -609,6 +626,7 @@ impl MetaError {
                 ErrorClass::Unknown
             }
             MetaError::Transport(_) | MetaError::Closed => ErrorClass::Transient,
+            MetaError::Limit(_) => ErrorClass::Permanent,
             MetaError::Graph {
                 status,
                 error,

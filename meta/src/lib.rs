@@ -7,6 +7,7 @@ pub mod event_id;
 pub mod http;
 pub mod ids;
 pub mod media;
+pub mod send;
 pub mod signature;
 pub mod signed_request;
 pub mod webhook;

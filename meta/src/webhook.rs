@@ -129,6 +129,16 @@ pub struct Message {
     pub text: Option<String>,
     #[serde(default)]
     pub attachments: Option<serde_json::Value>,
+    /// A tapped quick reply: the message's text is its title.
+    #[serde(default)]
+    pub quick_reply: Option<QuickReplyTap>,
+}
+
+/// `message.quick_reply`.
+#[derive(Debug, Default, Deserialize)]
+pub struct QuickReplyTap {
+    #[serde(default)]
+    pub payload: Option<String>,
 }
 
 /// `postback`: a tapped button or ice breaker.
@@ -381,6 +391,16 @@ mod tests {
             (Some("m1"), Some("hi"))
         );
         assert_eq!(m.attachments, Some(serde_json::json!([{"type": "image"}])));
+        assert!(m.quick_reply.is_none());
+        let ev: Messaging = serde_json::from_str(
+            r#"{"message":{"mid":"m2","text":"Size M","quick_reply":{"payload":"SIZE_M"}}}"#,
+        )
+        .expect("quick reply");
+        let m = ev.message.expect("message");
+        assert_eq!(
+            m.quick_reply.and_then(|q| q.payload).as_deref(),
+            Some("SIZE_M")
+        );
 
         let ev: Messaging =
             serde_json::from_str(r#"{"postback":{"mid":"p1","title":"T","payload":"P"}}"#)
