@@ -6,6 +6,18 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use crate::db::MerchantId;
 use crate::schema::merchants;
 
+crate::text_enum::text_enum! {
+    /// The locale a merchant sells in (`merchants.language`): labels, price format, search.
+    /// The default is the column's: the shops igsales started with are Brazilian.
+    #[derive(Default)]
+    pub enum Language {
+        #[default]
+        PtBr => "pt-BR",
+        Es => "es",
+        En => "en",
+    }
+}
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = merchants)]
 pub struct Merchant {
@@ -14,6 +26,7 @@ pub struct Merchant {
     pub persona: String,
     pub ai_enabled: bool,
     pub handoff_message: String,
+    pub language: Language,
 }
 
 /// Creates the merchant whose context the transaction carries (RLS checks `id`).
@@ -50,6 +63,7 @@ pub struct MerchantChanges {
     pub persona: Option<String>,
     pub ai_enabled: Option<bool>,
     pub handoff_message: Option<String>,
+    pub language: Option<Language>,
 }
 
 /// Applies `changes`; `false` when the merchant does not exist (or is not this context's).
@@ -63,4 +77,17 @@ pub async fn update(
         .execute(&mut conn)
         .await?;
     Ok(n == 1)
+}
+
+/// The merchant's language; `None` when the merchant does not exist (or is not this context's).
+pub async fn language(
+    mut conn: &AsyncPgConnection,
+    id: MerchantId,
+) -> QueryResult<Option<Language>> {
+    merchants::table
+        .find(id.0)
+        .select(merchants::language)
+        .first(&mut conn)
+        .await
+        .optional()
 }

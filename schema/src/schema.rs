@@ -10,6 +10,7 @@ diesel::table! {
         handoff_message -> Text,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        language -> Text,
     }
 }
 

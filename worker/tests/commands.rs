@@ -7,6 +7,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use igsales_config::{KeyRing, parse_key_ring};
+use igsales_schema::merchants::Language;
 use igsales_schema::{DbError, MerchantId, Vault, accounts, merchants, products};
 use igsales_tests::TestDb;
 use igsales_tests::cli::{Outcome, key_entry, run};
@@ -273,6 +274,36 @@ async fn merchant_create_and_set_work_under_rls() {
         .expect("find")
         .expect("merchant exists");
     assert_eq!(m.handoff_message, fits);
+    assert_eq!(m.language, Language::PtBr, "the default language");
+
+    let set_language = |l: &str| {
+        worker(
+            &db.app_url(),
+            &[
+                "merchant",
+                "set",
+                "--merchant",
+                &id.to_string(),
+                "--language",
+                l,
+            ],
+        )
+    };
+    set_language("es").assert_code(0);
+    let out = set_language("fr");
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("--language") && out.stderr.contains("pt-BR, es, en"),
+        "{}",
+        out.stderr
+    );
+    let language = app
+        .as_merchant(id, async |c: &AsyncPgConnection| {
+            Ok::<_, DbError>(merchants::language(c, id).await?)
+        })
+        .await
+        .expect("language");
+    assert_eq!(language, Some(Language::Es));
 
     let unknown = MerchantId::new_random().to_string();
     let out = worker(

