@@ -9,8 +9,9 @@ use crate::db::MerchantId;
 use crate::prepared::PreparedExt;
 use crate::schema::outbound_messages as om;
 
-/// Instagram gets a reply in at most this many parts.
-pub const MAX_PARTS: usize = 3;
+/// Instagram gets a reply in at most this many parts: up to three of text, then one message of
+/// product cards.
+pub const MAX_PARTS: usize = 4;
 
 crate::text_enum::text_enum! {
     /// Where one reply part stands (`outbound_messages.status`).
@@ -44,6 +45,26 @@ pub struct Outbound {
     pub created_at: DateTime<Utc>,
     /// For a part that ended, `{reason}: {error}` (see [`mark_dead`]).
     pub last_error: Option<String>,
+    /// The Send API `message` object, for a part that is more than its `text` (cards, quick
+    /// replies); `None` sends `{"text": text}`.
+    pub payload: Option<serde_json::Value>,
+}
+
+/// One part of a reply, to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPart {
+    /// What is sent for a text part; for a card message, a readable summary (1–1000 bytes).
+    pub text: String,
+    pub payload: Option<serde_json::Value>,
+}
+
+impl NewPart {
+    pub fn text(text: impl Into<String>) -> Self {
+        NewPart {
+            text: text.into(),
+            payload: None,
+        }
+    }
 }
 
 impl Outbound {
@@ -74,13 +95,13 @@ pub async fn create_parts(
     event_id: &str,
     account: &str,
     recipient: &str,
-    parts: &[String],
+    parts: &[NewPart],
 ) -> QueryResult<Vec<Outbound>> {
     let rows: Vec<_> = parts
         .iter()
         .take(MAX_PARTS)
         .enumerate()
-        .map(|(i, text)| {
+        .map(|(i, part)| {
             (
                 om::merchant_id.eq(merchant.0),
                 om::conversation_id.eq(conversation),
@@ -88,7 +109,8 @@ pub async fn create_parts(
                 om::instagram_page_id.eq(account),
                 om::recipient_igsid.eq(recipient),
                 om::part_index.eq(i as i16),
-                om::text.eq(text),
+                om::text.eq(&part.text),
+                om::payload.eq(part.payload.as_ref()),
             )
         })
         .collect();
@@ -241,14 +263,24 @@ pub async fn mark_dead(
         .map(|_| ())
 }
 
-/// An echo of one of our sends? Matches Meta's message id, or the same text to the same
-/// customer on a part that is `sending` or `sent` (the echo can beat the API's answer). A match
-/// confirms the send.
+/// What an echo shows of the message it repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echoed<'a> {
+    Text(&'a str),
+    /// Attachments and no text: the echo of a card message (a template) looks like this.
+    Attachments,
+    Nothing,
+}
+
+/// An echo of one of our sends? Matches Meta's message id, or else, on a part that is
+/// `sending` or `sent` to the same customer (the echo can beat the API's answer), the same text
+/// for a text echo, or the latest card message for an echo of attachments without text. A
+/// match confirms the send.
 pub async fn confirm_echo(
     mut conn: &AsyncPgConnection,
     recipient: &str,
     mid: &str,
-    text: Option<&str>,
+    echoed: Echoed<'_>,
 ) -> QueryResult<bool> {
     let by_id = diesel::update(
         om::table
@@ -261,10 +293,8 @@ pub async fn confirm_echo(
     if by_id > 0 {
         return Ok(true);
     }
-    let Some(text) = text else { return Ok(false) };
-    let candidate: Option<Uuid> = om::table
+    let unconfirmed = om::table
         .filter(om::recipient_igsid.eq(recipient))
-        .filter(om::text.eq(text))
         .filter(om::status.eq_any([
             OutboundStatus::Sending,
             OutboundStatus::Sent,
@@ -275,11 +305,22 @@ pub async fn confirm_echo(
                 .is_null()
                 .or(om::meta_message_id.eq(mid)),
         )
-        .order(om::created_at.desc())
-        .select(om::id)
-        .first(&mut conn)
-        .await
-        .optional()?;
+        .order((om::created_at.desc(), om::part_index.desc()))
+        .select(om::id);
+    let candidate: Option<Uuid> = match echoed {
+        Echoed::Text(text) => unconfirmed
+            .filter(om::text.eq(text))
+            .filter(om::payload.is_null().or(om::payload.has_key("text")))
+            .first(&mut conn)
+            .await
+            .optional()?,
+        Echoed::Attachments => unconfirmed
+            .filter(om::payload.has_key("attachment"))
+            .first(&mut conn)
+            .await
+            .optional()?,
+        Echoed::Nothing => return Ok(false),
+    };
     let Some(id) = candidate else {
         return Ok(false);
     };

@@ -100,6 +100,19 @@ pub async fn list_first(mut conn: &AsyncPgConnection, limit: i64) -> QueryResult
         .await
 }
 
+/// The products with these SKUs (a tapped card or quick reply names one), in SKU order.
+pub async fn with_skus(mut conn: &AsyncPgConnection, skus: &[String]) -> QueryResult<Vec<Product>> {
+    if skus.is_empty() {
+        return Ok(Vec::new());
+    }
+    products::table
+        .filter(products::sku.eq_any(skus))
+        .select(Product::as_select())
+        .order(products::sku)
+        .load(&mut conn)
+        .await
+}
+
 /// Lowercase without the accents of Portuguese and Spanish, so `calça` matches `calca`: what
 /// catalog search compares. It must fold exactly as the `translate(lower(…), …)` of the
 /// `search_name` and `search_description` columns (migration `000003_catalog_search`).

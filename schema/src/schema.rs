@@ -94,6 +94,7 @@ diesel::table! {
         sent_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        payload -> Nullable<Jsonb>,
     }
 }
 

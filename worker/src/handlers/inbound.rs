@@ -35,11 +35,13 @@ use igsales_meta::webhook::{EventKind, Messaging};
 use igsales_schema::conversations::{self, Author, Conversation, Direction, NewMessage};
 use igsales_schema::events::{self, NewEvent};
 use igsales_schema::merchants::{self, Merchant};
-use igsales_schema::outbound::{self, Outbound, OutboundStatus};
+use igsales_schema::outbound::{self, NewPart, Outbound, OutboundStatus};
 use igsales_schema::{DbError, MerchantId, accounts, products};
 
 use crate::handlers::Shared;
 use crate::runtime::outcome::JobError;
+use crate::sales::answer::Answer;
+use crate::sales::cards::{self, Lang, Tap};
 use crate::sales::reply::{self, HANDOFF_MARKER};
 
 pub const REPLIES: &str = "igsales_replies_total";
@@ -172,6 +174,8 @@ struct Incoming {
     mid: String,
     text: Option<String>,
     attachments: serde_json::Value,
+    /// The payload of a tapped postback button or quick reply.
+    tap: Option<String>,
 }
 
 /// `None` when there is no customer's message to store: no sender, the account itself sent it,
@@ -182,12 +186,18 @@ fn incoming(job: &InboundEventV1, ev: &Messaging) -> Option<Incoming> {
         .as_ref()
         .map(|p| p.id.0.clone())
         .filter(|c| *c != job.instagram_account_id)?;
-    let (mid, text, attachments) = match (&ev.message, &ev.postback) {
-        (Some(m), _) => (m.mid.clone(), m.text.clone(), m.attachments.clone()),
+    let (mid, text, attachments, tap) = match (&ev.message, &ev.postback) {
+        (Some(m), _) => (
+            m.mid.clone(),
+            m.text.clone(),
+            m.attachments.clone(),
+            m.quick_reply.as_ref().and_then(|q| q.payload.clone()),
+        ),
         (None, Some(p)) => (
             p.mid.clone(),
             p.title.clone().or_else(|| p.payload.clone()),
             None,
+            p.payload.clone(),
         ),
         (None, None) => return None,
     };
@@ -196,6 +206,7 @@ fn incoming(job: &InboundEventV1, ev: &Messaging) -> Option<Incoming> {
         mid: mid.unwrap_or_else(|| job.event_id.clone()),
         text,
         attachments: attachments.unwrap_or_else(|| serde_json::json!([])),
+        tap,
     })
 }
 
@@ -211,6 +222,8 @@ struct Seen {
     parts: Vec<Outbound>,
     /// Meta rejected the account's token: no model call, no send, until its owner reconnects.
     needs_reauth: bool,
+    /// The product a tap was about, when the catalog has it.
+    tapped: Option<products::Product>,
 }
 
 /// What to do with a customer's message, each with what its action needs.
@@ -254,6 +267,8 @@ struct Prompt {
     shop: Merchant,
     products: Vec<products::Product>,
     history: Vec<(Author, String)>,
+    /// The product a tapped card button or quick reply was about (also in `products`).
+    tapped: Option<products::Product>,
 }
 
 /// Decides what to do with the customer's message `text`, sent `at`, from what was read.
@@ -292,28 +307,37 @@ fn decide(seen: Seen, text: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> Deci
     if seen.needs_reauth {
         return Decision::NeedsReauth;
     }
+    // A tapped product goes into the prompt first, whatever the search found.
+    let mut products = seen.products;
+    if let Some(t) = &seen.tapped {
+        products.retain(|p| p.sku != t.sku);
+        products.insert(0, t.clone());
+    }
     Decision::Answer(Box::new(Prompt {
         shop,
-        products: seen.products,
+        products,
         history: seen.history,
+        tapped: seen.tapped,
     }))
 }
 
 /// What to do with the model's answer.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 enum Answered {
     /// The model handed over to a person.
     Handoff,
     /// Nothing left to send once trimmed.
     Empty,
-    Parts(Vec<String>),
+    Parts(Vec<NewPart>),
 }
 
-fn answered(answer: &str) -> Answered {
-    if answer.contains(HANDOFF_MARKER) {
+/// The answer (held to the catalog by the guard) as what the customer receives: text, cards
+/// of the `products` it chose, quick replies.
+fn answered(answer: &Answer, products: &[products::Product], lang: Lang) -> Answered {
+    if answer.handoff || answer.text.contains(HANDOFF_MARKER) {
         return Answered::Handoff;
     }
-    let parts = reply::split(answer);
+    let parts = cards::parts(answer, products, lang);
     if parts.is_empty() {
         Answered::Empty
     } else {
@@ -327,7 +351,7 @@ enum Reply<'a> {
     /// The model call failed: the event is recorded but left unprocessed, so a retry (or a
     /// replay of the dead letter) still answers it.
     Unanswered,
-    Parts(&'a [String]),
+    Parts(&'a [NewPart]),
     /// Flag the conversation for a person; the hand-off message goes out only if this run
     /// flipped the flag.
     Handoff(&'a str),
@@ -390,23 +414,31 @@ async fn read(
     let (job, merchant, at) = (ctx.job, ctx.merchant, ctx.at);
     let words = reply::search_words(text);
     let account = ctx.account();
+    let tapped: Vec<String> = msg
+        .tap
+        .as_deref()
+        .and_then(Tap::parse)
+        .map(|t| vec![t.sku().to_owned()])
+        .unwrap_or_default();
     // Everything in one flight, COMMIT included: the parts of an earlier run and the relevant
     // products are read whether or not they turn out to be needed (both are cheap index or
     // small-catalog reads), so nothing waits on a first answer.
     let seen = shared
         .db
         .as_merchant_committed(merchant, async |c: &AsyncPgConnection| {
-            let (state, conversation, shop, first, relevant, recent, parts, reauth, done) = futures::try_join!(
-                events::state(c, &job.event_id),
-                conversations::find(c, account, &msg.customer),
-                merchants::find(c, merchant),
-                products::list_first(c, reply::SMALL_CATALOG + 1),
-                products::search(c, &words, reply::RELEVANT_PRODUCTS),
-                conversations::recent_messages_with(c, account, &msg.customer, HISTORY + 1),
-                outbound::for_event(c, &job.event_id),
-                accounts::needs_reauth(c, account),
-                igsales_schema::commit(c),
-            )?;
+            let (state, conversation, shop, first, relevant, recent, parts, reauth, tapped, done) =
+                futures::try_join!(
+                    events::state(c, &job.event_id),
+                    conversations::find(c, account, &msg.customer),
+                    merchants::find(c, merchant),
+                    products::list_first(c, reply::SMALL_CATALOG + 1),
+                    products::search(c, &words, reply::RELEVANT_PRODUCTS),
+                    conversations::recent_messages_with(c, account, &msg.customer, HISTORY + 1),
+                    outbound::for_event(c, &job.event_id),
+                    accounts::needs_reauth(c, account),
+                    products::with_skus(c, &tapped),
+                    igsales_schema::commit(c),
+                )?;
             // A small catalog goes in whole; a large one by relevance.
             let products = if first.len() as i64 > reply::SMALL_CATALOG {
                 relevant
@@ -426,6 +458,7 @@ async fn read(
                 history,
                 parts,
                 needs_reauth: reauth == Some(true),
+                tapped: tapped.into_iter().next(),
             };
             Ok::<_, DbError>((seen, done))
         })
@@ -433,7 +466,8 @@ async fn read(
     Ok(seen)
 }
 
-/// Asks the model (or takes the answer a failed run kept), then stores and sends the reply.
+/// Asks the model (or takes the answer a failed run kept), holds it to the catalog (the price
+/// guard), then stores and sends the reply.
 async fn answer(
     shared: &Shared,
     ctx: &Ctx<'_>,
@@ -448,15 +482,30 @@ async fn answer(
         kept_answer(shared, ctx).await
     };
     let from_kept = kept.is_some();
-    let messages = reply::prompt(
-        &prompt.shop.persona,
-        &prompt.products,
-        &prompt.history,
-        text,
-    );
+    let lang = Lang::from(prompt.shop.language);
     let answer = match kept {
         Some(answer) => Ok(answer),
-        None => shared.llm.complete(messages).await,
+        None => {
+            let messages = reply::prompt(
+                &prompt.shop.persona,
+                &prompt.products,
+                &prompt.history,
+                text,
+            );
+            let tapped = prompt.tapped.as_ref().map(|product| reply::Tapped {
+                title: text,
+                product,
+            });
+            let (structured, plain) = reply::variants(messages, tapped.as_ref());
+            crate::sales::guard::ask(
+                &shared.llm,
+                structured,
+                || plain.clone(),
+                &prompt.products,
+                lang,
+            )
+            .await
+        }
     };
     let answer = match answer {
         Ok(answer) => answer,
@@ -467,7 +516,7 @@ async fn answer(
             return Err(e.into_job_error());
         }
     };
-    let parts = match answered(&answer) {
+    let parts = match answered(&answer, &prompt.products, lang) {
         Answered::Handoff => return handoff(shared, ctx, msg, &prompt.shop.handoff_message).await,
         Answered::Empty => {
             metrics::counter!(REPLIES, "result" => "empty").increment(1);
@@ -480,8 +529,9 @@ async fn answer(
     let rows = match store(shared, ctx, msg, Reply::Parts(&parts)).await {
         Ok(rows) => rows,
         Err(e) => {
-            // Paid for: keep the answer until it is stored, so the next run does not buy it
-            // again (best effort: without Redis the next run asks the model once more).
+            // Paid for: keep the answer (as guarded, structure and all) until it is stored, so
+            // the next run does not buy it again (best effort: without Redis the next run asks
+            // the model once more).
             if !from_kept {
                 keep_answer(shared, ctx, &answer).await;
             }
@@ -507,11 +557,14 @@ fn kept_key(ctx: &Ctx<'_>) -> String {
 /// Kept as long as the event could still be answered (the 24-hour window).
 const KEPT_ANSWER_SECS: u64 = 24 * 3600;
 
-async fn keep_answer(shared: &Shared, ctx: &Ctx<'_>, answer: &str) {
+async fn keep_answer(shared: &Shared, ctx: &Ctx<'_>, answer: &Answer) {
+    let Ok(json) = serde_json::to_string(answer) else {
+        return;
+    };
     let mut redis = shared.redis.clone();
     let kept: redis::RedisResult<()> = redis::cmd("SET")
         .arg(kept_key(ctx))
-        .arg(answer)
+        .arg(json)
         .arg("EX")
         .arg(KEPT_ANSWER_SECS)
         .query_async(&mut redis)
@@ -521,14 +574,17 @@ async fn keep_answer(shared: &Shared, ctx: &Ctx<'_>, answer: &str) {
     }
 }
 
-async fn kept_answer(shared: &Shared, ctx: &Ctx<'_>) -> Option<String> {
+/// The kept answer: the structure (an answer kept as plain text by an older worker is read as
+/// plain text).
+async fn kept_answer(shared: &Shared, ctx: &Ctx<'_>) -> Option<Answer> {
     let mut redis = shared.redis.clone();
-    redis::cmd("GET")
+    let kept = redis::cmd("GET")
         .arg(kept_key(ctx))
         .query_async::<Option<String>>(&mut redis)
         .await
         .ok()
-        .flatten()
+        .flatten()?;
+    Some(Answer::parse(&kept).unwrap_or_else(|| Answer::plain(&kept)))
 }
 
 async fn forget_answer(shared: &Shared, ctx: &Ctx<'_>) {
@@ -583,7 +639,7 @@ async fn store(
         .as_merchant_committed(merchant, async |c: &AsyncPgConnection| {
             let conv =
                 conversations::upsert(c, merchant, account, &msg.customer, Some(ctx.at)).await?;
-            let parts: Vec<String> = match reply {
+            let parts: Vec<NewPart> = match reply {
                 Reply::Nothing | Reply::Unanswered => Vec::new(),
                 Reply::Parts(p) => p.to_vec(),
                 Reply::Handoff(text) => {
@@ -591,6 +647,9 @@ async fn store(
                         // A message stored before bytes were checked may not fit one part:
                         // split it rather than fail the store and lose the request.
                         crate::sales::reply::split(text)
+                            .into_iter()
+                            .map(NewPart::text)
+                            .collect()
                     } else {
                         Vec::new()
                     }
@@ -657,7 +716,17 @@ async fn on_other(
             let text = message.and_then(|m| m.text.clone());
             let account = job.instagram_account_id.as_str();
             let conv = conversations::upsert(c, merchant, account, &customer, None).await?;
-            let ours = outbound::confirm_echo(c, &customer, &mid, text.as_deref()).await?;
+            let echoed = match (
+                text.as_deref(),
+                message.and_then(|m| m.attachments.as_ref()),
+            ) {
+                (Some(t), _) => outbound::Echoed::Text(t),
+                (None, Some(a)) if a.as_array().is_some_and(|a| !a.is_empty()) || a.is_object() => {
+                    outbound::Echoed::Attachments
+                }
+                _ => outbound::Echoed::Nothing,
+            };
+            let ours = outbound::confirm_echo(c, &customer, &mid, echoed).await?;
             conversations::add_message(
                 c,
                 merchant,
@@ -785,6 +854,7 @@ mod tests {
             sending_started_at: None,
             created_at: t(SENT),
             last_error: None,
+            payload: None,
         }
     }
 
@@ -798,6 +868,7 @@ mod tests {
             history: vec![(Author::Customer, "oi".into())],
             parts: Vec::new(),
             needs_reauth: false,
+            tapped: None,
         }
     }
 
@@ -1045,25 +1116,60 @@ mod tests {
         ));
     }
 
+    fn plain(text: &str) -> Answered {
+        answered(&Answer::plain(text), &[], Lang::PtBr)
+    }
+
     #[test]
-    fn a_model_answer_with_the_handoff_marker_hands_over() {
+    fn a_model_answer_with_the_handoff_marker_or_signal_hands_over() {
         assert_eq!(
-            answered(&format!("Claro! {HANDOFF_MARKER}")),
+            plain(&format!("Claro! {HANDOFF_MARKER}")),
             Answered::Handoff
         );
+        let signal = Answer {
+            text: "Claro!".into(),
+            handoff: true,
+            ..Default::default()
+        };
+        assert_eq!(answered(&signal, &[], Lang::PtBr), Answered::Handoff);
     }
 
     #[test]
     fn a_blank_model_answer_sends_nothing() {
-        assert_eq!(answered("  \n "), Answered::Empty);
+        assert_eq!(plain("  \n "), Answered::Empty);
     }
 
     #[test]
     fn a_model_answer_becomes_its_reply_parts() {
         assert_eq!(
-            answered(" Temos sim! "),
-            Answered::Parts(vec!["Temos sim!".to_owned()])
+            plain(" Temos sim! "),
+            Answered::Parts(vec![NewPart::text("Temos sim!")])
         );
+    }
+
+    #[test]
+    fn a_tapped_product_goes_into_the_prompt_first() {
+        let p = |sku: &str| products::Product {
+            sku: sku.into(),
+            name: sku.into(),
+            description: String::new(),
+            price: "1".parse().expect("decimal"),
+            currency: None,
+            stock: None,
+            url: None,
+            image_url: None,
+        };
+        let tapped = Seen {
+            products: vec![p("A"), p("B")],
+            tapped: Some(p("B")),
+            ..seen()
+        };
+        let Decision::Answer(prompt) = decide_now(tapped, "Quero este") else {
+            panic!("not answered");
+        };
+        let skus: Vec<&str> = prompt.products.iter().map(|p| p.sku.as_str()).collect();
+        assert_eq!(skus, ["B", "A"]);
+        assert_eq!(prompt.tapped.map(|t| t.sku), Some("B".to_owned()));
     }
 
     fn job(event: &str) -> (InboundEventV1, Messaging) {
@@ -1093,6 +1199,7 @@ mod tests {
                 mid: "m1".into(),
                 text: Some("oi".into()),
                 attachments: serde_json::json!([{"type": "image"}]),
+                tap: None,
             })
         );
     }
@@ -1113,6 +1220,16 @@ mod tests {
         assert_eq!(
             (msg.mid.as_str(), msg.text.as_deref()),
             ("h:abc", Some("Sizes"))
+        );
+        assert_eq!(msg.tap.as_deref(), Some("SIZES"));
+        // A tapped quick reply is a message with its title as text and its payload.
+        let (j, ev) = job(
+            r#"{"sender":{"id":"1"},"message":{"mid":"q1","text":"Boné","quick_reply":{"payload":"SKU:B-1"}}}"#,
+        );
+        let msg = incoming(&j, &ev).expect("quick reply");
+        assert_eq!(
+            (msg.text.as_deref(), msg.tap.as_deref()),
+            (Some("Boné"), Some("SKU:B-1"))
         );
     }
 

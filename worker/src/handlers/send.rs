@@ -11,6 +11,7 @@ use chrono::Utc;
 use diesel_async::AsyncPgConnection;
 use igsales_jobs::{DeadReason, SendMessageV1};
 use igsales_meta::ErrorClass;
+use igsales_meta::send::OutgoingMessage;
 use igsales_schema::accounts::{self, AccountError};
 use igsales_schema::outbound::{self, OutboundStatus};
 use igsales_schema::{DbError, MerchantId};
@@ -264,9 +265,24 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
         Decision::Send(send) => *send,
     };
 
+    // A stored payload is the Send API message itself (cards, quick replies); the client checks
+    // Meta's limits before the call.
+    let message = match row
+        .payload
+        .clone()
+        .map(serde_json::from_value::<OutgoingMessage>)
+    {
+        None => OutgoingMessage::text(row.text.clone()),
+        Some(Ok(message)) => message,
+        Some(Err(e)) => {
+            let error = format!("the stored message cannot be read: {e}");
+            end(shared, merchant, &key, DeadReason::Permanent, &error).await?;
+            return Err(JobError::permanent(anyhow::anyhow!(error)));
+        }
+    };
     match shared
         .meta
-        .send_text(&token, &job.recipient_igsid, &row.text)
+        .send_message(&token, &job.recipient_igsid, &message)
         .await
     {
         Ok(message_id) => {

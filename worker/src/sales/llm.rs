@@ -48,6 +48,10 @@ pub enum LlmError {
     },
     #[error("unexpected answer from the model API: {0}")]
     Decode(String),
+    /// HTTP 400 naming `response_format` / `json_schema`: a server (or model) without
+    /// structured output. The caller asks again in plain text.
+    #[error("the model API does not take a structured response format")]
+    StructureRefused,
 }
 
 impl LlmError {
@@ -60,7 +64,7 @@ impl LlmError {
                 retry_after,
             } => JobError::RetryAfter(retry_after.unwrap_or(Duration::from_secs(1)), self.into()),
             LlmError::Http { status, .. } if status >= 500 => JobError::Retry(self.into()),
-            LlmError::Http { .. } => JobError::permanent(self),
+            LlmError::Http { .. } | LlmError::StructureRefused => JobError::permanent(self),
             LlmError::Timeout | LlmError::Transport(_) | LlmError::Decode(_) => {
                 JobError::Retry(self.into())
             }
@@ -81,6 +85,15 @@ struct Request<'a> {
     messages: &'a [ChatMessage],
     max_tokens: u32,
     temperature: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<&'a serde_json::Value>,
+}
+
+/// Whether a 400's body is a refusal of the response format (OpenAI-style servers name the
+/// parameter: `"param": "response_format"`, or the message names it or `json_schema`).
+pub fn refuses_structure(body: &str) -> bool {
+    let lower = body.to_ascii_lowercase();
+    lower.contains("response_format") || lower.contains("json_schema")
 }
 
 #[derive(Deserialize)]
@@ -119,6 +132,15 @@ impl LlmClient {
 
     /// One chat completion; the assistant's text.
     pub async fn complete(&self, messages: Vec<ChatMessage>) -> Result<String, LlmError> {
+        self.complete_with(messages, None).await
+    }
+
+    /// One chat completion with `response_format` (e.g. a JSON schema); the assistant's text.
+    pub async fn complete_with(
+        &self,
+        messages: Vec<ChatMessage>,
+        response_format: Option<serde_json::Value>,
+    ) -> Result<String, LlmError> {
         let _permit = self
             .permits
             .clone()
@@ -132,6 +154,7 @@ impl LlmClient {
                 messages: &messages,
                 max_tokens: cfg.max_tokens,
                 temperature: 0.3,
+                response_format: response_format.as_ref(),
             })
             .map_err(|e| LlmError::Decode(e.to_string()))?;
             let url = format!("{}/chat/completions", cfg.base_url.base());
@@ -153,6 +176,17 @@ impl LlmClient {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<f64>().ok())
                     .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
+                if status == 400 && response_format.is_some() {
+                    let body = resp
+                        .body_mut()
+                        .with_config()
+                        .limit(64 * 1024)
+                        .read_to_string()
+                        .unwrap_or_default();
+                    if refuses_structure(&body) {
+                        return Err(LlmError::StructureRefused);
+                    }
+                }
                 return Err(LlmError::Http {
                     status,
                     retry_after,

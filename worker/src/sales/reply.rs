@@ -11,8 +11,10 @@ pub const HANDOFF_MARKER: &str = "[[HANDOFF]]";
 pub const MAX_REPLY_BYTES: usize = 2048;
 /// Instagram's limit for one message.
 pub const MAX_PART_BYTES: usize = 1000;
-/// At most this many parts per reply: the parts table keys them by event and index.
-pub use igsales_schema::outbound::MAX_PARTS;
+/// At most this many text parts per reply (the card message after them is one more; the parts
+/// table keys them all by event and index, up to `outbound::MAX_PARTS`).
+pub const MAX_TEXT_PARTS: usize = 3;
+const _: () = assert!(MAX_TEXT_PARTS < igsales_schema::outbound::MAX_PARTS);
 /// Catalogs up to this size go into the prompt whole; larger ones by relevance.
 pub const SMALL_CATALOG: i64 = 20;
 pub const RELEVANT_PRODUCTS: i64 = 8;
@@ -136,6 +138,42 @@ pub fn prompt(
     messages
 }
 
+/// What the structured call adds to the instructions (the response format names the fields;
+/// this says what goes in them).
+const STRUCTURED_RULES: &str = "Answer with the JSON object of the response format: `text` is your reply; `skus` lists the SKUs (from the catalog above only) of the products to show the customer as cards, best first, and is empty when none fits; `quick_replies` holds up to 3 short answers (at most 20 characters each) the customer may tap next, each with the SKU it is about or an empty `sku`; `handoff` is true when the customer asks to talk to a person (then `text` is empty).";
+
+/// The customer tapped a button or quick reply about `product`: `title` is what they tapped.
+pub struct Tapped<'a> {
+    pub title: &'a str,
+    pub product: &'a Product,
+}
+
+/// `messages` (from [`prompt`]) for the structured call and for its plain-text fallback:
+/// the same conversation, the structured one with the rules of the response format; both say
+/// which product a tap was about.
+pub fn variants(
+    messages: Vec<ChatMessage>,
+    tapped: Option<&Tapped<'_>>,
+) -> (Vec<ChatMessage>, Vec<ChatMessage>) {
+    let mut plain = messages;
+    if let Some(t) = tapped
+        && let Some(system) = plain.first_mut()
+    {
+        let title: String = t.title.chars().take(80).collect();
+        system.content.push_str(&format!(
+            "\n\nThe customer tapped \"{}\" about this product; their message is about it:\n{}",
+            title.replace(['\n', '"'], " "),
+            product_line(t.product)
+        ));
+    }
+    let mut structured = plain.clone();
+    if let Some(system) = structured.first_mut() {
+        system.content.push_str("\n\n");
+        system.content.push_str(STRUCTURED_RULES);
+    }
+    (structured, plain)
+}
+
 /// Cuts `text` to at most `max` bytes on a character boundary.
 fn cap(text: &str, max: usize) -> &str {
     if text.len() <= max {
@@ -154,7 +192,7 @@ pub fn split(reply: &str) -> Vec<String> {
     let text = cap(reply.trim(), MAX_REPLY_BYTES).trim();
     let mut parts: Vec<String> = Vec::new();
     let mut rest = text;
-    while !rest.is_empty() && parts.len() < MAX_PARTS {
+    while !rest.is_empty() && parts.len() < MAX_TEXT_PARTS {
         if rest.len() <= MAX_PART_BYTES {
             parts.push(rest.to_owned());
             break;
