@@ -267,7 +267,7 @@ pub async fn mark_dead(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Echoed<'a> {
     Text(&'a str),
-    /// Attachments and no text: the echo of a card message (a template) looks like this.
+    /// A template attachment and no text: what the echo of a card message looks like.
     Attachments,
     Nothing,
 }

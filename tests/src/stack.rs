@@ -270,12 +270,81 @@ impl Stack {
         }
     }
 
+    /// Text messages the account sent `customer` (cards and other attachments not counted).
     pub fn replies_to(&self, customer: &str) -> usize {
         self.fake
             .sent_messages()
             .iter()
-            .filter(|m| m.recipient_id == customer)
+            .filter(|m| m.recipient_id == customer && m.text.is_some())
             .count()
+    }
+
+    /// Every message the account sent `customer`, in order: the Send API `message` objects.
+    pub fn messages_to(&self, customer: &str) -> Vec<serde_json::Value> {
+        self.fake
+            .sent_messages()
+            .into_iter()
+            .filter(|m| m.recipient_id == customer)
+            .map(|m| m.body.get("message").cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until the account sent `customer` more than `seen` messages of any kind, and no
+    /// more for a moment (the parts of one reply come a moment apart); all of them, in order.
+    pub async fn messages_after(
+        &self,
+        customer: &str,
+        seen: usize,
+        within: Duration,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        let mut last = 0;
+        let mut still_since = Instant::now();
+        loop {
+            let n = self.messages_to(customer).len();
+            if n != last {
+                last = n;
+                still_since = Instant::now();
+            }
+            if n > seen && still_since.elapsed() > Duration::from_millis(1500) {
+                return self.messages_to(customer);
+            }
+            if Instant::now() > deadline {
+                return self.messages_to(customer);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A tap on a card's postback button (`postback`) or a quick reply (a message with
+    /// `quick_reply.payload`), delivered as Meta delivers it. HTTP status.
+    pub async fn send_tap(
+        &self,
+        customer: &str,
+        postback: bool,
+        title: &str,
+        payload: &str,
+    ) -> anyhow::Result<u16> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mid = format!("mid-{}", uuid::Uuid::new_v4().simple());
+        let account = &self.account.user_id;
+        let event = if postback {
+            wh::postback(customer, account, &mid, title, payload, now)
+        } else {
+            serde_json::json!({
+                "sender": {"id": customer},
+                "recipient": {"id": account},
+                "timestamp": now,
+                "message": {"mid": mid, "text": title, "quick_reply": {"payload": payload}},
+            })
+        };
+        let body = wh::envelope(&[wh::messaging_entry(account, now, vec![event])]);
+        let url = format!("{}/webhooks/instagram", self.base);
+        let (status, _) =
+            tokio::task::spawn_blocking(move || wh::deliver(&url, IG_SECRET, &body)).await?;
+        Ok(status)
     }
 
     pub fn bins(&self) -> &Path {

@@ -159,8 +159,8 @@ async fn throttling_and_429_are_waited_out_and_the_answer_goes_out_once() {
     assert!(reply.contains("Denim cap"), "{reply}");
     assert_eq!(
         s.fake.requests_to(Endpoint::Messages).len(),
-        3,
-        "two throttled calls, then the send"
+        4,
+        "two throttled calls, then the text and the product's card"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(s.replies_to(CUSTOMER), 1);
@@ -321,4 +321,187 @@ async fn an_echo_confirms_a_lost_answer_even_behind_a_backlog_of_model_calls() {
         customers.len(),
         "one Graph call per answer: the lost answer was confirmed by its echo"
     );
+}
+
+/// Issue 13: a DM about a product gets its text, then one card message with that product
+/// (image, price, link, postback), with quick replies on that last message — each once, in
+/// order — and tapping the card's postback or a quick reply is answered about its product.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dm_about_a_product_gets_text_then_its_card_with_quick_replies_and_taps_are_answered() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let s = stack(&db, redis.url()).await;
+    let merchant = s
+        .worker_cli(&["merchant", "create", "--name", "Loja Azul"])
+        .expect("merchant")
+        .trim()
+        .to_owned();
+    let catalog = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/demo-catalog-pt.csv"
+    );
+    s.worker_cli(&["catalog", "import", "--merchant", &merchant, catalog])
+        .expect("catalog");
+    let redirect = s.connect_account(&merchant).await.expect("connect flow");
+    assert!(!redirect.contains("error="), "{redirect}");
+    s.fake
+        .deliver_echoes_to(&format!("{}/webhooks/instagram", s.base), IG_SECRET);
+
+    assert_eq!(
+        s.send_dm(CUSTOMER, "oi, vcs tem caneca?")
+            .await
+            .expect("dm"),
+        200
+    );
+    let got = s.messages_after(CUSTOMER, 1, Duration::from_secs(25)).await;
+    assert_eq!(got.len(), 2, "text, then the card message: {got:#?}");
+    let text = got[0]["text"].as_str().expect("text first");
+    assert!(
+        text.contains("Caneca de cerâmica azul") && text.contains("39.9"),
+        "{text}"
+    );
+    assert!(
+        got[0].get("quick_replies").is_none(),
+        "quick replies ride on the last message"
+    );
+    let card = &got[1];
+    assert!(card.get("text").is_none());
+    assert_eq!(card["attachment"]["type"], "template");
+    assert_eq!(card["attachment"]["payload"]["template_type"], "generic");
+    let elements = card["attachment"]["payload"]["elements"]
+        .as_array()
+        .expect("elements");
+    assert_eq!(elements.len(), 1, "{elements:#?}");
+    let e = &elements[0];
+    assert_eq!(e["title"], "Caneca de cerâmica azul");
+    assert_eq!(e["subtitle"], "R$ 39,90 · Em estoque");
+    assert_eq!(
+        e["image_url"],
+        "https://loja-azul.example/img/caneca-azul.jpg"
+    );
+    assert_eq!(
+        e["default_action"],
+        serde_json::json!({"type": "web_url", "url": "https://loja-azul.example/p/caneca-azul"})
+    );
+    assert_eq!(
+        e["buttons"],
+        serde_json::json!([
+            {"type": "web_url", "url": "https://loja-azul.example/p/caneca-azul", "title": "Ver produto"},
+            {"type": "postback", "title": "Quero este", "payload": "WANT:CAN-CER-AZ"}
+        ])
+    );
+    let quick = card["quick_replies"]
+        .as_array()
+        .expect("quick replies on the card");
+    assert!(!quick.is_empty() && quick.len() <= 13, "{quick:#?}");
+    for q in quick {
+        assert_eq!(q["content_type"], "text");
+        assert!(
+            q["title"].as_str().expect("title").chars().count() <= 20,
+            "{q}"
+        );
+    }
+    let bone = quick
+        .iter()
+        .find(|q| q["payload"] == "SKU:BON-JNS-01")
+        .expect("a quick reply about the denim cap");
+    // Each part once: the echoes confirmed them, nothing was sent again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(s.messages_to(CUSTOMER).len(), 2);
+    let app = db.app_db(1).await;
+    let m: MerchantId = merchant.parse().expect("uuid");
+    #[derive(diesel::QueryableByName)]
+    struct Part {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        status: String,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        card: bool,
+    }
+    let parts: Vec<Part> = app
+        .as_merchant(m, async |mut c: &AsyncPgConnection| {
+            Ok::<_, DbError>(
+                diesel::sql_query(
+                    "SELECT status, coalesce(payload ? 'attachment', false) AS card \
+                     FROM outbound_messages ORDER BY created_at, part_index",
+                )
+                .load::<Part>(&mut c)
+                .await?,
+            )
+        })
+        .await
+        .expect("parts");
+    let rows: Vec<(&str, bool)> = parts.iter().map(|p| (p.status.as_str(), p.card)).collect();
+    assert_eq!(rows, [("sent", false), ("sent", true)]);
+    #[derive(diesel::QueryableByName)]
+    struct Paused {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        paused: bool,
+    }
+    let paused: Paused = app
+        .as_merchant(m, async |mut c: &AsyncPgConnection| {
+            Ok::<_, DbError>(
+                diesel::sql_query(
+                    "SELECT bool_or(paused_until IS NOT NULL OR needs_human) AS paused FROM conversations",
+                )
+                .get_result(&mut c)
+                .await?,
+            )
+        })
+        .await
+        .expect("conversation");
+    assert!(!paused.paused, "the card's echo is ours: no human takeover");
+
+    // "Quero este" on the card comes back as a postback and is answered about that product.
+    let llm = s.llm.as_ref().expect("fake model");
+    llm.clear_requests();
+    assert_eq!(
+        s.send_tap(CUSTOMER, true, "Quero este", "WANT:CAN-CER-AZ")
+            .await
+            .expect("postback"),
+        200
+    );
+    let got = s.messages_after(CUSTOMER, 3, Duration::from_secs(25)).await;
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert!(
+        got[2]["text"]
+            .as_str()
+            .expect("text")
+            .contains("Caneca de cerâmica azul")
+    );
+    assert_eq!(
+        got[3]["attachment"]["payload"]["elements"][0]["title"],
+        "Caneca de cerâmica azul"
+    );
+    let asked = llm.requests();
+    assert!(
+        asked[0].messages[0].1.contains("tapped \"Quero este\"")
+            && asked[0].messages[0].1.contains("(SKU CAN-CER-AZ)"),
+        "the tapped product is in the prompt: {}",
+        asked[0].messages[0].1
+    );
+
+    // A quick reply's tap is a message with its payload, answered about its product.
+    llm.clear_requests();
+    let title = bone["title"].as_str().expect("title");
+    assert_eq!(
+        s.send_tap(CUSTOMER, false, title, "SKU:BON-JNS-01")
+            .await
+            .expect("quick reply"),
+        200
+    );
+    let got = s.messages_after(CUSTOMER, 5, Duration::from_secs(25)).await;
+    assert_eq!(got.len(), 6, "{got:#?}");
+    assert!(
+        got[4]["text"]
+            .as_str()
+            .expect("text")
+            .contains("Boné jeans")
+    );
+    let cap = &got[5]["attachment"]["payload"]["elements"][0];
+    assert_eq!(cap["subtitle"], "R$ 59,90 · Esgotado");
+    assert_eq!(
+        cap["buttons"],
+        serde_json::json!([{"type": "web_url", "url": "https://loja-azul.example/p/bone-jeans", "title": "Ver produto"}]),
+        "out of stock: nothing to want"
+    );
+    assert!(llm.requests()[0].messages[0].1.contains("(SKU BON-JNS-01)"));
 }

@@ -11,7 +11,10 @@
 //! 3. the next queued reply, then the standing reply;
 //! 4. the catalog-aware responder (see [`responder`]): deterministic and offline, it names the
 //!    prompt's best-matching product with its price and stock, or answers [`HANDOFF_MARKER`] when
-//!    the customer asks for a human.
+//!    the customer asks for a human. A request with a `json_schema` `response_format` gets the
+//!    structured answer instead (SKUs for cards, quick replies), broken or lying when
+//!    [`FakeLlm::misbehave_next`] says so; [`FakeLlm::refuse_structured`] makes it answer such a
+//!    request as an older server does: HTTP 400 naming `response_format`.
 //!
 //! Paths served: `/v1/chat/completions` and `/chat/completions`; anything else gets OpenAI's 404.
 
@@ -27,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use failure::LlmFailure;
+pub use responder::{Misbehave, UNKNOWN_SKU};
 
 /// What the catalog-aware responder answers, alone, when the customer asks for a person.
 pub const HANDOFF_MARKER: &str = "[[HANDOFF]]";
@@ -56,6 +60,8 @@ pub struct LlmRequest {
     pub max_tokens: Option<u32>,
     /// The `Authorization` header as sent.
     pub authorization: Option<String>,
+    /// `response_format` as sent.
+    pub response_format: Option<serde_json::Value>,
     pub at: Instant,
 }
 
@@ -101,6 +107,12 @@ pub(crate) struct State {
     pub(crate) standing_failure: Option<LlmFailure>,
     pub(crate) latency: Duration,
     pub(crate) requests: Vec<LlmRequest>,
+    /// Answer structured requests with HTTP 400, as a server without structured output.
+    pub(crate) refuse_structured: bool,
+    /// How the next structured answers go wrong (one each).
+    pub(crate) misbehaving: VecDeque<Misbehave>,
+    /// Structured answers choose no SKUs (no cards).
+    pub(crate) no_cards: bool,
 }
 
 impl State {
@@ -172,6 +184,24 @@ impl FakeLlm {
         let mut state = self.state();
         state.queued_failures.clear();
         state.standing_failure = None;
+    }
+
+    /// From now on, a request with a `json_schema` `response_format` is answered HTTP 400 with
+    /// OpenAI's envelope naming the parameter, as a server without structured output answers
+    /// (`false`: answered again).
+    pub fn refuse_structured(&self, refuse: bool) {
+        self.state().refuse_structured = refuse;
+    }
+
+    /// The next structured answer goes wrong as `how` (FIFO, one each; plain-text requests do
+    /// not use them up).
+    pub fn misbehave_next(&self, how: Misbehave) {
+        self.state().misbehaving.push_back(how);
+    }
+
+    /// Structured answers choose SKUs for cards (the default) or none.
+    pub fn choose_products(&self, choose: bool) {
+        self.state().no_cards = !choose;
     }
 
     /// Delay added before every answer. Requests wait concurrently, so N requests in flight all

@@ -13,6 +13,12 @@
 //!   price and stock;
 //! - otherwise up to three products, or a polite generic answer when the prompt lists none.
 //!
+//! Asked for a structure (`response_format` of type `json_schema`), it answers the worker's
+//! `{text, skus, quick_replies, handoff}` instead ([`structured`]): the same text, the matched
+//! product's SKU for a card (the three listed when none matched), quick replies naming two other
+//! products with their SKUs, `handoff: true` for a person. [`Misbehave`] makes it break the
+//! structure or lie about prices and SKUs, on request.
+//!
 //! Instructions that mention those keywords belong in the system message: only the customer's
 //! message is searched for them.
 
@@ -50,17 +56,218 @@ const STOPWORDS: &[&str] = &[
 
 /// The answer to a conversation given as `(role, content)` pairs.
 pub fn respond(messages: &[(String, String)]) -> String {
+    let (products, customer) = read(messages);
+    answer(&products, &customer)
+}
+
+/// What the responder makes of the customer's message.
+enum Pick<'a> {
+    Handoff,
+    Best(&'a Product),
+    /// No product matched: up to three to show.
+    Some(Vec<&'a Product>),
+    Nothing,
+}
+
+fn pick<'a>(products: &'a [Product], customer: &str) -> Pick<'a> {
+    let said = words(customer);
+    if said.iter().any(|w| HANDOFF_WORDS.contains(&w.as_str())) {
+        return Pick::Handoff;
+    }
+    let folded = fold(customer);
+    let best = products
+        .iter()
+        .map(|p| (score(p, &said, &folded), p))
+        .filter(|(s, _)| *s > 0)
+        // The first listed wins a tie: `max_by_key` keeps the last, so compare reversed.
+        .rev()
+        .max_by_key(|(s, _)| *s)
+        .map(|(_, p)| p);
+    match best {
+        Some(p) => Pick::Best(p),
+        None if products.is_empty() => Pick::Nothing,
+        None => Pick::Some(products.iter().take(3).collect()),
+    }
+}
+
+fn best_text(p: &Product, price: &str) -> String {
+    match p.stock {
+        Some(0) => format!(
+            "{} costs {price}, but it is out of stock right now. Can I suggest something else?",
+            p.name
+        ),
+        Some(n) => format!(
+            "Good news! {} costs {price} and we have {n} in stock. Would you like to order it?",
+            p.name
+        ),
+        None => format!("{} costs {price}. Would you like to order it?", p.name),
+    }
+}
+
+const GENERIC: &str = "Thanks for your message! How can I help you today?";
+
+fn list_text(listed: &[&Product]) -> String {
+    let listed: Vec<String> = listed
+        .iter()
+        .map(|p| format!("{} ({})", p.name, p.price))
+        .collect();
+    format!(
+        "Thanks for your message! Here is some of what we have: {}. Which one are you \
+         interested in?",
+        listed.join(", ")
+    )
+}
+
+/// The answer to `customer` given the catalog `products`.
+pub fn answer(products: &[Product], customer: &str) -> String {
+    match pick(products, customer) {
+        Pick::Handoff => HANDOFF_MARKER.to_owned(),
+        Pick::Best(p) => best_text(p, &p.price),
+        Pick::Some(listed) => list_text(&listed),
+        Pick::Nothing => GENERIC.to_owned(),
+    }
+}
+
+/// How a structured answer goes wrong, on request (see
+/// [`FakeLlm::misbehave_next`](super::FakeLlm::misbehave_next)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misbehave {
+    /// JSON cut short: not the schema.
+    BrokenJson,
+    /// The product's price, plus seven: a price the catalog does not have.
+    InventPrice,
+    /// A SKU that is in no catalog, chosen besides the real one.
+    UnknownSku,
+    /// The named product with the price of another product in the prompt.
+    OtherPrice,
+}
+
+/// A SKU no catalog has.
+pub const UNKNOWN_SKU: &str = "NO-SUCH-SKU-999";
+
+/// `price` (as written in the prompt) with its number raised by seven.
+fn invented(price: &str) -> String {
+    let mut out = String::new();
+    let mut done = false;
+    let mut chars = price.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() && !done {
+            let mut number = String::from(c);
+            while let Some(n) = chars
+                .peek()
+                .copied()
+                .filter(|n| n.is_ascii_digit() || *n == '.' || *n == ',')
+            {
+                number.push(n);
+                chars.next();
+            }
+            let decimal = number.replace(',', ".");
+            let value: f64 = decimal.parse().unwrap_or(0.0) + 7.0;
+            let written = format!("{value:.2}");
+            out.push_str(&if number.contains(',') {
+                written.replace('.', ",")
+            } else {
+                written
+            });
+            done = true;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The structured answer (`{text, skus, quick_replies, handoff}`, as the worker's response
+/// format asks) to `customer`: the best match chosen for a card (or up to three when none
+/// matched), quick replies about two other products; `choose` off chooses no SKUs.
+pub fn structured(
+    products: &[Product],
+    customer: &str,
+    misbehave: Option<Misbehave>,
+    choose: bool,
+) -> String {
+    let (text, skus, others): (String, Vec<&str>, Vec<&Product>) = match pick(products, customer) {
+        Pick::Handoff => {
+            return serde_json::json!({"text": "", "skus": [], "quick_replies": [], "handoff": true})
+                .to_string();
+        }
+        Pick::Best(p) => {
+            let price = match misbehave {
+                Some(Misbehave::InventPrice) => invented(&p.price),
+                Some(Misbehave::OtherPrice) => products
+                    .iter()
+                    .find(|o| o.sku != p.sku && o.price != p.price)
+                    .map_or_else(|| invented(&p.price), |o| o.price.clone()),
+                _ => p.price.clone(),
+            };
+            let others = products.iter().filter(|o| o.sku != p.sku).take(2).collect();
+            (best_text(p, &price), vec![p.sku.as_str()], others)
+        }
+        Pick::Some(listed) => {
+            let text = list_text(&listed);
+            (
+                text,
+                listed.iter().map(|p| p.sku.as_str()).collect(),
+                Vec::new(),
+            )
+        }
+        Pick::Nothing => (GENERIC.to_owned(), Vec::new(), Vec::new()),
+    };
+    let mut skus: Vec<String> = if choose {
+        skus.into_iter().map(str::to_owned).collect()
+    } else {
+        Vec::new()
+    };
+    if misbehave == Some(Misbehave::UnknownSku) {
+        skus.push(UNKNOWN_SKU.to_owned());
+    }
+    let quick: Vec<serde_json::Value> = others
+        .iter()
+        .map(|o| serde_json::json!({"title": o.name, "sku": o.sku}))
+        .collect();
+    let body = serde_json::json!({
+        "text": text,
+        "skus": skus,
+        "quick_replies": quick,
+        "handoff": false,
+    })
+    .to_string();
+    if misbehave == Some(Misbehave::BrokenJson) {
+        // Cut inside the SKU list: no longer JSON.
+        let cut = body.find("\"skus\"").unwrap_or(body.len() / 2);
+        return body[..cut + 8].to_owned();
+    }
+    body
+}
+
+/// The customer's message and the products of a conversation given as `(role, content)`. A
+/// product line right after a line saying the customer "tapped" something is what the tap was
+/// about: it comes first, and it is what the customer means.
+pub fn read(messages: &[(String, String)]) -> (Vec<Product>, String) {
     let mut products: Vec<Product> = Vec::new();
+    let mut tapped: Option<Product> = None;
     for (_, content) in messages
         .iter()
         .filter(|(role, _)| matches!(role.as_str(), "system" | "developer" | "user"))
     {
-        for p in content.lines().filter_map(parse_product) {
-            // The same catalog repeated in several messages lists each product once.
-            if !products.contains(&p) {
-                products.push(p);
+        let mut after_tap = false;
+        for line in content.lines() {
+            if let Some(p) = parse_product(line) {
+                if after_tap {
+                    tapped = Some(p.clone());
+                }
+                // The same catalog repeated in several messages lists each product once.
+                if !products.iter().any(|q| q.sku == p.sku) {
+                    products.push(p);
+                }
             }
+            after_tap = line.contains("tapped");
         }
+    }
+    if let Some(t) = tapped {
+        products.retain(|p| p.sku != t.sku);
+        products.insert(0, t.clone());
+        return (products, format!("SKU {}", t.sku));
     }
     let customer = messages
         .iter()
@@ -74,50 +281,7 @@ pub fn respond(messages: &[(String, String)]) -> String {
                 .join("\n")
         })
         .unwrap_or_default();
-    answer(&products, &customer)
-}
-
-/// The answer to `customer` given the catalog `products`.
-pub fn answer(products: &[Product], customer: &str) -> String {
-    let said = words(customer);
-    if said.iter().any(|w| HANDOFF_WORDS.contains(&w.as_str())) {
-        return HANDOFF_MARKER.to_owned();
-    }
-    let folded = fold(customer);
-    let best = products
-        .iter()
-        .map(|p| (score(p, &said, &folded), p))
-        .filter(|(s, _)| *s > 0)
-        // The first listed wins a tie: `max_by_key` keeps the last, so compare reversed.
-        .rev()
-        .max_by_key(|(s, _)| *s)
-        .map(|(_, p)| p);
-    if let Some(p) = best {
-        return match p.stock {
-            Some(0) => format!(
-                "{} costs {}, but it is out of stock right now. Can I suggest something else?",
-                p.name, p.price
-            ),
-            Some(n) => format!(
-                "Good news! {} costs {} and we have {n} in stock. Would you like to order it?",
-                p.name, p.price
-            ),
-            None => format!("{} costs {}. Would you like to order it?", p.name, p.price),
-        };
-    }
-    if products.is_empty() {
-        return "Thanks for your message! How can I help you today?".to_owned();
-    }
-    let listed: Vec<String> = products
-        .iter()
-        .take(3)
-        .map(|p| format!("{} ({})", p.name, p.price))
-        .collect();
-    format!(
-        "Thanks for your message! Here is some of what we have: {}. Which one are you \
-         interested in?",
-        listed.join(", ")
-    )
+    (products, customer)
 }
 
 /// Name words the customer used; a mentioned SKU counts for more than any name.

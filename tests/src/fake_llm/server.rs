@@ -62,6 +62,7 @@ async fn completions(
             messages: chat.messages.clone(),
             max_tokens: chat.max_tokens,
             authorization: authorization.clone(),
+            response_format: chat.response_format.clone(),
             at: Instant::now(),
         });
         let failure = state.take_failure();
@@ -110,6 +111,17 @@ struct Chat {
     model: String,
     messages: Vec<(String, String)>,
     max_tokens: Option<u32>,
+    response_format: Option<Value>,
+}
+
+impl Chat {
+    fn structured(&self) -> bool {
+        self.response_format
+            .as_ref()
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str)
+            == Some("json_schema")
+    }
 }
 
 /// Reads the body leniently for the record; the error is what OpenAI would answer (400).
@@ -180,6 +192,7 @@ fn parse(body: &[u8]) -> (Chat, Option<OpenAiError>) {
             },
         }
     }
+    chat.response_format = fields.get("response_format").cloned();
     // A streaming client would hang on a JSON answer; make the mistake loud instead.
     if fields.get("stream").and_then(Value::as_bool) == Some(true) {
         errors.push(
@@ -229,11 +242,27 @@ fn answer(
     if let Some(e) = invalid {
         return e.reply();
     }
-    let mut content = state
+    if chat.structured() && state.refuse_structured {
+        return OpenAiError::invalid(
+            "Invalid parameter: 'response_format' of type 'json_schema' is not supported with \
+             this model.",
+        )
+        .param("response_format")
+        .reply();
+    }
+    let scripted = state
         .queued_replies
         .pop_front()
-        .or_else(|| state.standing_reply.clone())
-        .unwrap_or_else(|| responder::respond(&chat.messages));
+        .or_else(|| state.standing_reply.clone());
+    let mut content = match scripted {
+        Some(content) => content,
+        None if chat.structured() => {
+            let (products, customer) = responder::read(&chat.messages);
+            let how = state.misbehaving.pop_front();
+            responder::structured(&products, &customer, how, !state.no_cards)
+        }
+        None => responder::respond(&chat.messages),
+    };
     let mut finish_reason = "stop";
     if let Some(max) = chat.max_tokens {
         let limit = usize::try_from(max).unwrap_or(usize::MAX).saturating_mul(4);

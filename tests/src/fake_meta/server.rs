@@ -175,7 +175,7 @@ async fn handle(
             .state()
             .sent
             .iter()
-            .map(|m| serde_json::json!({"recipient_id": m.recipient_id, "text": m.text, "message_id": m.message_id}))
+            .map(|m| serde_json::json!({"recipient_id": m.recipient_id, "text": m.text, "message": m.body.get("message"), "message_id": m.message_id}))
             .collect();
         return axum::Json(sent).into_response();
     }
@@ -260,13 +260,26 @@ async fn handle(
                 crate::fake_meta::webhook::envelope(&[crate::fake_meta::webhook::messaging_entry(
                     &sent.account,
                     now_ms(),
-                    vec![crate::fake_meta::webhook::echo(
-                        &sent.account,
-                        &sent.recipient_id,
-                        &sent.message_id,
-                        sent.text.as_deref().unwrap_or(""),
-                        now_ms(),
-                    )],
+                    vec![
+                        match (&sent.text, sent.body.pointer("/message/attachment")) {
+                            (None, Some(attachment)) => {
+                                crate::fake_meta::webhook::echo_attachments(
+                                    &sent.account,
+                                    &sent.recipient_id,
+                                    &sent.message_id,
+                                    Value::Array(vec![attachment.clone()]),
+                                    now_ms(),
+                                )
+                            }
+                            _ => crate::fake_meta::webhook::echo(
+                                &sent.account,
+                                &sent.recipient_id,
+                                &sent.message_id,
+                                sent.text.as_deref().unwrap_or(""),
+                                now_ms(),
+                            ),
+                        },
+                    ],
                 )]);
             // Meta retries a delivery that is not answered 200, with backoff, for longer than
             // any outage a test makes (it alerts the developer after 15 minutes of failures).
@@ -851,6 +864,14 @@ fn messages(state: &mut State, req: &Req, node: &str) -> Result<Reply, Reply> {
     {
         return Err(param("Param message[attachment][type] is required"));
     }
+    if let Some(a) = attachment
+        && a.get("type").and_then(Value::as_str) == Some("template")
+    {
+        template(a.get("payload")).map_err(|m| param(&m))?;
+    }
+    if let Some(q) = message.get("quick_replies") {
+        quick_replies(q).map_err(|m| param(&m))?;
+    }
     if let Some(a) = attachments {
         // The docs show both an object and an array of up to ten.
         let items: Vec<&Value> = match a {
@@ -885,6 +906,116 @@ fn messages(state: &mut State, req: &Req, node: &str) -> Result<Reply, Reply> {
             ("message_id", json_str(&message_id)),
         ]),
     ))
+}
+
+/// Characters in a template element's title and subtitle, a button's title, a quick reply's
+/// title; elements, buttons and quick replies a message may carry; bytes in a payload.
+const MAX_TITLE_CHARS: usize = 80;
+const MAX_BUTTON_TITLE_CHARS: usize = 20;
+const MAX_QUICK_REPLY_TITLE_CHARS: usize = 20;
+const MAX_ELEMENTS: usize = 10;
+const MAX_BUTTONS: usize = 3;
+const MAX_QUICK_REPLIES: usize = 13;
+const MAX_PAYLOAD_BYTES: usize = 1000;
+
+/// A string field within `max` characters (`required`: present and not blank).
+fn text_field(v: &Value, key: &str, max: usize, required: bool, what: &str) -> Result<(), String> {
+    match v.get(key) {
+        None | Some(Value::Null) if !required => Ok(()),
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= max => Ok(()),
+        Some(Value::String(s)) if !required && s.is_empty() => Ok(()),
+        _ => Err(format!(
+            "Param {what}[{key}] must be a non-empty string of at most {max} characters"
+        )),
+    }
+}
+
+fn url_field(v: &Value, key: &str, required: bool, what: &str) -> Result<(), String> {
+    match v.get(key) {
+        None | Some(Value::Null) if !required => Ok(()),
+        Some(Value::String(u)) if u.starts_with("https://") || u.starts_with("http://") => Ok(()),
+        _ => Err(format!("Param {what}[{key}] must be a URL")),
+    }
+}
+
+fn payload_field(v: &Value, what: &str) -> Result<(), String> {
+    match v.get("payload") {
+        Some(Value::String(p)) if !p.is_empty() && p.len() <= MAX_PAYLOAD_BYTES => Ok(()),
+        _ => Err(format!(
+            "Param {what}[payload] must be a non-empty string of at most {MAX_PAYLOAD_BYTES} bytes"
+        )),
+    }
+}
+
+/// A generic template as the Send API accepts it.
+fn template(payload: Option<&Value>) -> Result<(), String> {
+    let Some(p) = payload.filter(|p| p.is_object()) else {
+        return Err("Param message[attachment][payload] is required".into());
+    };
+    if p.get("template_type").and_then(Value::as_str) != Some("generic") {
+        return Err("Param message[attachment][payload][template_type] must be generic".into());
+    }
+    let elements = match p.get("elements") {
+        Some(Value::Array(e)) if !e.is_empty() && e.len() <= MAX_ELEMENTS => e,
+        _ => {
+            return Err(format!(
+                "Param message[attachment][payload][elements] must hold 1 to {MAX_ELEMENTS} elements"
+            ));
+        }
+    };
+    for e in elements {
+        let what = "message[attachment][payload][elements]";
+        text_field(e, "title", MAX_TITLE_CHARS, true, what)?;
+        text_field(e, "subtitle", MAX_TITLE_CHARS, false, what)?;
+        url_field(e, "image_url", false, what)?;
+        if let Some(d) = e.get("default_action") {
+            if d.get("type").and_then(Value::as_str) != Some("web_url") {
+                return Err(format!(
+                    "Param {what}[default_action][type] must be web_url"
+                ));
+            }
+            url_field(d, "url", true, "default_action")?;
+        }
+        let buttons = match e.get("buttons") {
+            None => &Vec::new(),
+            Some(Value::Array(b)) if b.len() <= MAX_BUTTONS => b,
+            _ => {
+                return Err(format!(
+                    "Param {what}[buttons] must hold at most {MAX_BUTTONS} buttons"
+                ));
+            }
+        };
+        for b in buttons {
+            let what = "buttons";
+            text_field(b, "title", MAX_BUTTON_TITLE_CHARS, true, what)?;
+            match b.get("type").and_then(Value::as_str) {
+                Some("web_url") => url_field(b, "url", true, what)?,
+                Some("postback") => payload_field(b, what)?,
+                _ => return Err("Param buttons[type] must be web_url or postback".into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn quick_replies(q: &Value) -> Result<(), String> {
+    let items = match q {
+        Value::Array(items) if !items.is_empty() && items.len() <= MAX_QUICK_REPLIES => items,
+        _ => {
+            return Err(format!(
+                "Param message[quick_replies] must hold 1 to {MAX_QUICK_REPLIES} quick replies"
+            ));
+        }
+    };
+    for item in items {
+        if item.get("content_type").and_then(Value::as_str) != Some("text") {
+            return Err("Param message[quick_replies][content_type] must be text".into());
+        }
+        let what = "message[quick_replies]";
+        text_field(item, "title", MAX_QUICK_REPLY_TITLE_CHARS, true, what)?;
+        payload_field(item, what)?;
+    }
+    Ok(())
 }
 
 /// The Send API body: JSON, or (as Graph also takes) form fields whose values are JSON.

@@ -163,6 +163,24 @@ pub fn echo(account: &str, customer: &str, mid: &str, text: &str, ts_ms: i64) ->
     )
 }
 
+/// The echo of a message with attachments and no text (a card message): Meta repeats the
+/// attachments, a template as `{"type": "template", "payload": {…}}`.
+pub fn echo_attachments(
+    account: &str,
+    customer: &str,
+    mid: &str,
+    attachments: Value,
+    ts_ms: i64,
+) -> Value {
+    event(
+        account,
+        customer,
+        ts_ms,
+        "message",
+        json!({ "mid": mid, "attachments": attachments, "is_echo": true }),
+    )
+}
+
 /// `customer` unsent message `mid`.
 pub fn deleted(customer: &str, account: &str, mid: &str, ts_ms: i64) -> Value {
     event(

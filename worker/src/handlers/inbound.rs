@@ -717,13 +717,12 @@ async fn on_other(
             let account = job.instagram_account_id.as_str();
             let conv = conversations::upsert(c, merchant, account, &customer, None).await?;
             let echoed = match (
-                text.as_deref(),
+                text.as_deref().filter(|t| !t.is_empty()),
                 message.and_then(|m| m.attachments.as_ref()),
             ) {
                 (Some(t), _) => outbound::Echoed::Text(t),
-                (None, Some(a)) if a.as_array().is_some_and(|a| !a.is_empty()) || a.is_object() => {
-                    outbound::Echoed::Attachments
-                }
+                // Only a template can be our card message; a person's photo is no echo of ours.
+                (None, Some(a)) if is_template(a) => outbound::Echoed::Attachments,
                 _ => outbound::Echoed::Nothing,
             };
             let ours = outbound::confirm_echo(c, &customer, &mid, echoed).await?;
@@ -772,6 +771,15 @@ async fn on_other(
         _ => {}
     }
     Ok(true)
+}
+
+/// An echo's attachments hold a template (`type: "template"`, one object or a list).
+fn is_template(attachments: &serde_json::Value) -> bool {
+    let one = |a: &serde_json::Value| a.get("type").and_then(|t| t.as_str()) == Some("template");
+    match attachments {
+        serde_json::Value::Array(items) => items.iter().any(one),
+        other => one(other),
+    }
 }
 
 async fn push_sends(
