@@ -157,6 +157,8 @@ async fn throttling_and_429_are_waited_out_and_the_answer_goes_out_once() {
         .await
         .expect("a reply after the throttles");
     assert!(reply.contains("Denim cap"), "{reply}");
+    let all = s.messages_after(CUSTOMER, 1, Duration::from_secs(10)).await;
+    assert_eq!(all.len(), 2, "the text, then the cap's card: {all:#?}");
     assert_eq!(
         s.fake.requests_to(Endpoint::Messages).len(),
         4,

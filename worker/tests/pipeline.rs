@@ -10,7 +10,7 @@ use igsales_meta::webhook::EventKind;
 use igsales_schema::products::Product;
 use igsales_schema::{MerchantId, Vault};
 use igsales_tests::cli::{key_entry, run};
-use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig, LlmFailure};
+use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig, LlmFailure, Misbehave, UNKNOWN_SKU};
 use igsales_tests::fake_meta::{
     Endpoint, Failure, FakeAccount, FakeMeta, FakeMetaConfig, webhook as wh,
 };
@@ -69,20 +69,43 @@ fn product(sku: &str, name: &str, price: &str, stock: i32) -> Product {
 }
 
 impl Pipeline {
+    /// The tests here count text parts: the model chooses no products, so no card message
+    /// follows the text (cards have tests of their own, with [`Pipeline::with_cards`]).
     async fn start(
+        adjust: impl FnOnce(Vec<(&'static str, String)>) -> Vec<(&'static str, String)>,
+    ) -> Pipeline {
+        Self::start_as(false, adjust).await
+    }
+
+    /// Products with links and images, and a model that chooses them for cards.
+    async fn with_cards(
+        adjust: impl FnOnce(Vec<(&'static str, String)>) -> Vec<(&'static str, String)>,
+    ) -> Pipeline {
+        Self::start_as(true, adjust).await
+    }
+
+    async fn start_as(
+        cards: bool,
         adjust: impl FnOnce(Vec<(&'static str, String)>) -> Vec<(&'static str, String)>,
     ) -> Pipeline {
         let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
         let fake = FakeMeta::start(FakeMetaConfig::default()).await;
         let llm = FakeLlm::start(FakeLlmConfig::default()).await;
+        llm.choose_products(cards);
         let account = FakeAccount::default();
         let token = fake.issue_long_lived_token(&account);
         let merchant = MerchantId::new_random();
         let vault = Vault::new(&parse_key_ring(&key_entry(1, 1)).expect("ring"));
-        let products = [
+        let mut products = [
             product("TOTE-BLU", "Bolsa azul", "89.90", 4),
             product("TEE-GRN", "Camiseta verde", "49.90", 0),
         ];
+        if cards {
+            for p in &mut products {
+                p.url = Some(format!("https://loja.example/p/{}", p.sku));
+                p.image_url = Some(format!("https://loja.example/img/{}.jpg", p.sku));
+            }
+        }
         let shop = Shop {
             name: "Loja Azul",
             persona: Some(PERSONA),
@@ -169,6 +192,43 @@ impl Pipeline {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The Send API `message` objects sent to `customer` once `n` have gone (or the deadline).
+    async fn sends_to(&self, customer: &str, n: usize, within: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let sent: Vec<serde_json::Value> = self
+                .fake
+                .sent_messages()
+                .into_iter()
+                .filter(|m| m.recipient_id == customer)
+                .map(|m| m.body["message"].clone())
+                .collect();
+            if sent.len() >= n || Instant::now() > deadline {
+                return sent;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A counter of the worker's `/metrics`: the line naming `name` and `label`.
+    async fn metric(&self, name: &str, label: &str) -> f64 {
+        let port = &self
+            .env
+            .iter()
+            .find(|(k, _)| *k == "METRICS_PORT")
+            .expect("metrics port")
+            .1;
+        let answer =
+            igsales_tests::http::get(format!("http://127.0.0.1:{port}/metrics"), vec![]).await;
+        answer
+            .body
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 
     async fn dead(&self, queue: &str, n: usize, within: Duration) -> Vec<DeadLetter> {
@@ -1118,5 +1178,200 @@ async fn a_postgres_outage_is_waited_out_without_dead_letters_or_a_second_model_
     assert!(
         kept.is_empty(),
         "a kept answer is dropped once stored: {kept:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_refusing_structured_output_or_breaking_it_still_gets_a_plain_text_answer_out() {
+    let p = Pipeline::with_cards(|e| e).await;
+    p.llm.refuse_structured(true);
+    p.push(p.dm("5551001", "mid-refused", "Tem a bolsa azul?", now_ms()))
+        .await;
+    let sent = p.sends_to("5551001", 1, Duration::from_secs(10)).await;
+    assert_eq!(sent.len(), 1);
+    let text = sent[0]["text"].as_str().expect("text");
+    assert!(
+        text.contains("Bolsa azul") && text.contains("89.9"),
+        "{text}"
+    );
+    let asked = p.llm.requests();
+    assert_eq!(asked.len(), 2, "the structured ask, then the plain one");
+    assert!(asked[0].response_format.is_some() && asked[1].response_format.is_none());
+    assert!(
+        asked[0]
+            .last("system")
+            .expect("system")
+            .contains("JSON object of the response format")
+            && !asked[1]
+                .last("system")
+                .expect("system")
+                .contains("JSON object"),
+        "the plain ask has plain instructions"
+    );
+    assert_eq!(
+        p.metric(
+            "igsales_llm_structured_fallback_total",
+            "reason=\"refused\""
+        )
+        .await,
+        1.0
+    );
+
+    // Content that is JSON but not the structure: asked again in plain text.
+    p.llm.refuse_structured(false);
+    p.llm.misbehave_next(Misbehave::BrokenJson);
+    p.push(p.dm("5551002", "mid-broken", "Tem a bolsa azul?", now_ms()))
+        .await;
+    let sent = p.sends_to("5551002", 1, Duration::from_secs(10)).await;
+    assert!(
+        sent[0]["text"]
+            .as_str()
+            .expect("text")
+            .contains("Bolsa azul")
+    );
+    assert_eq!(p.llm.requests().len(), 4);
+    assert_eq!(
+        p.metric(
+            "igsales_llm_structured_fallback_total",
+            "reason=\"invalid_json\""
+        )
+        .await,
+        1.0
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        p.fake.sent_messages().len(),
+        2,
+        "text only: no cards without the structure"
+    );
+
+    // The structure again: text, then the card.
+    p.push(p.dm("5551003", "mid-structured", "Tem a bolsa azul?", now_ms()))
+        .await;
+    let sent = p.sends_to("5551003", 2, Duration::from_secs(10)).await;
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[1]["attachment"]["payload"]["elements"][0]["title"],
+        "Bolsa azul"
+    );
+}
+
+/// The subtitle of the first card in `sent`, if any.
+fn card_subtitle(sent: &[serde_json::Value]) -> Option<String> {
+    sent.iter()
+        .find_map(|m| m["attachment"]["payload"]["elements"][0]["subtitle"].as_str())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_price_guard_asks_again_then_sends_without_the_wrong_figures() {
+    let p = Pipeline::with_cards(|e| e).await;
+    // An invented price once: the second ask is told, and its answer goes out.
+    p.llm.misbehave_next(Misbehave::InventPrice);
+    p.push(p.dm("5552001", "mid-invent-1", "Tem a bolsa azul?", now_ms()))
+        .await;
+    let sent = p.sends_to("5552001", 2, Duration::from_secs(10)).await;
+    let text = sent[0]["text"].as_str().expect("text");
+    assert!(text.contains("89.9") && !text.contains("96.90"), "{text}");
+    let asked = p.llm.requests();
+    assert_eq!(asked.len(), 2);
+    let note = asked[1].last("system").expect("the problem, stated");
+    assert!(
+        note.contains("\"96.90 BRL\" is not the catalog price (Bolsa azul costs R$ 89,90)"),
+        "{note}"
+    );
+    assert_eq!(
+        p.metric("igsales_reply_guard_total", "outcome=\"retried_ok\"")
+            .await,
+        1.0
+    );
+
+    // Invented twice: the text goes without it; the card shows the catalog's price.
+    for how in [Misbehave::InventPrice, Misbehave::InventPrice] {
+        p.llm.misbehave_next(how);
+    }
+    p.push(p.dm("5552002", "mid-invent-2", "Tem a bolsa azul?", now_ms()))
+        .await;
+    let sent = p.sends_to("5552002", 2, Duration::from_secs(10)).await;
+    let text = sent[0]["text"].as_str().expect("text");
+    assert!(!text.contains("96.90") && !text.is_empty(), "{text}");
+    assert!(
+        text.contains("Good news!"),
+        "the other sentences stay: {text}"
+    );
+    assert_eq!(
+        card_subtitle(&sent).as_deref(),
+        Some("R$ 89,90 · Em estoque")
+    );
+
+    // Another product's price, twice: gone from the text too.
+    for how in [Misbehave::OtherPrice, Misbehave::OtherPrice] {
+        p.llm.misbehave_next(how);
+    }
+    p.push(p.dm("5552003", "mid-other", "Tem a bolsa azul?", now_ms()))
+        .await;
+    let sent = p.sends_to("5552003", 2, Duration::from_secs(10)).await;
+    let text = sent[0]["text"].as_str().expect("text");
+    assert!(!text.contains("49.9"), "{text}");
+    assert_eq!(
+        card_subtitle(&sent).as_deref(),
+        Some("R$ 89,90 · Em estoque")
+    );
+
+    // A SKU that does not exist, twice: its card is left out, the real one goes.
+    for how in [Misbehave::UnknownSku, Misbehave::UnknownSku] {
+        p.llm.misbehave_next(how);
+    }
+    p.push(p.dm("5552004", "mid-sku", "Tem a bolsa azul?", now_ms()))
+        .await;
+    let sent = p.sends_to("5552004", 2, Duration::from_secs(10)).await;
+    let elements = sent[1]["attachment"]["payload"]["elements"]
+        .as_array()
+        .expect("cards");
+    assert_eq!(elements.len(), 1);
+    assert_eq!(elements[0]["title"], "Bolsa azul");
+    assert!(!sent.iter().any(|m| m.to_string().contains(UNKNOWN_SKU)));
+
+    assert_eq!(
+        p.llm.requests().len(),
+        2 + 3 * 2,
+        "one second ask per bad answer"
+    );
+    assert_eq!(
+        p.metric("igsales_reply_guard_total", "outcome=\"stripped\"")
+            .await,
+        3.0
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        p.fake.sent_messages().len(),
+        8,
+        "text and card for each of four DMs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_copies_of_one_inbound_job_at_once_send_the_text_and_the_card_once_each() {
+    let p = Pipeline::with_cards(|e| with(&e, "WORKER_CONCURRENCY", "16")).await;
+    let _second = p.another_worker();
+    p.llm.set_latency(Duration::from_millis(300));
+    let dm = p.dm("5553001", "mid-copies", "Tem a bolsa azul?", now_ms());
+    let queue = JobQueue::<InboundEventV1>::new(p.conn().await);
+    let (q1, q2) = (queue.clone(), queue);
+    let (a, b) = futures::join!(q1.push(dm.clone()), q2.push(dm));
+    a.expect("push");
+    b.expect("push");
+    let sent = p.sends_to("5553001", 2, Duration::from_secs(15)).await;
+    assert_eq!(sent.len(), 2);
+    assert!(sent[0]["text"].is_string(), "text first");
+    assert_eq!(sent[1]["attachment"]["type"], "template", "then the card");
+    // Long enough for a second copy to have sent anything it was going to.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(p.fake.sent_messages().len(), 2);
+    assert_eq!(p.llm.request_count(), 1, "one model call");
+    assert_eq!(
+        p.sql_count("SELECT count(*) AS n FROM outbound_messages WHERE status = 'sent' AND send_attempts = 1")
+            .await,
+        2
     );
 }
