@@ -115,9 +115,47 @@ async fn main() -> anyhow::Result<()> {
             Some(reply) => {
                 seen = stack.replies_to(&args.customer);
                 println!("@{}> {reply}", stack.account.username);
+                // The card message follows the text a moment later; the page shows it whole.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                let all = stack.messages_to(&args.customer);
+                if let Some(last) = all.last().filter(|m| m.get("text").is_none()) {
+                    print_cards(last);
+                } else if let Some(last) = all.last() {
+                    print_quick_replies(last);
+                }
             }
             None => println!("(no reply: the assistant may be paused, or waiting for a person)"),
         }
     }
     Ok(())
+}
+
+/// A card message in the terminal: one line a card, then the quick replies.
+fn print_cards(message: &serde_json::Value) {
+    let elements = message["attachment"]["payload"]["elements"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for e in elements {
+        let buttons: Vec<&str> = e["buttons"]
+            .as_array()
+            .map(|b| b.iter().filter_map(|b| b["title"].as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "   [card] {} — {} [{}]",
+            e["title"].as_str().unwrap_or(""),
+            e["subtitle"].as_str().unwrap_or(""),
+            buttons.join(" | ")
+        );
+    }
+    print_quick_replies(message);
+}
+
+fn print_quick_replies(message: &serde_json::Value) {
+    if let Some(q) = message["quick_replies"].as_array() {
+        let titles: Vec<&str> = q.iter().filter_map(|q| q["title"].as_str()).collect();
+        if !titles.is_empty() {
+            println!("   [quick replies] {}", titles.join(" · "));
+        }
+    }
 }

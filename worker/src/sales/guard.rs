@@ -74,16 +74,13 @@ pub fn amounts(text: &str) -> Vec<Amount> {
         let start = i;
         let mut end = i;
         while end < bytes.len() {
-            if bytes[end].is_ascii_digit() {
-                end += 1;
-            } else if matches!(bytes[end], b'.' | b',')
+            let separator = matches!(bytes[end], b'.' | b',')
                 && end + 1 < bytes.len()
-                && bytes[end + 1].is_ascii_digit()
-            {
-                end += 1;
-            } else {
+                && bytes[end + 1].is_ascii_digit();
+            if !bytes[end].is_ascii_digit() && !separator {
                 break;
             }
+            end += 1;
         }
         i = end;
         if end < bytes.len() && bytes[end].is_ascii_alphabetic() {
