@@ -424,3 +424,115 @@ fn the_binary_prints_its_url_serves_and_stops_on_sigterm() {
 
     assert_eq!(terminate(child), Some(0));
 }
+
+fn structured_body(customer: &str) -> Value {
+    let mut body = chat_body(customer);
+    body["response_format"] = json!({
+        "type": "json_schema",
+        "json_schema": {"name": "shop_reply", "strict": true, "schema": {"type": "object"}},
+    });
+    body
+}
+
+fn structured(fake: &FakeLlm, customer: &str) -> Answer {
+    post_raw(
+        fake,
+        Some(&format!("Bearer {KEY}")),
+        &structured_body(customer).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn asked_for_the_structure_it_chooses_the_product_and_suggests_the_others() {
+    use igsales_tests::fake_llm::{Misbehave, UNKNOWN_SKU};
+    let fake = fake().await;
+    let a: Value = serde_json::from_str(&structured(&fake, "tem camiseta azul?").content())
+        .expect("the structure");
+    assert_eq!(
+        a["text"],
+        "Good news! Camiseta Azul costs 89.90 BRL and we have 3 in stock. Would you like to order it?"
+    );
+    assert_eq!(a["skus"], json!(["CAM-AZ"]));
+    assert_eq!(
+        a["quick_replies"],
+        json!([{"title": "Caneca Preta", "sku": "CAN-PR"}])
+    );
+    assert_eq!(a["handoff"], false);
+    assert!(fake.requests()[0].response_format.is_some());
+    let h: Value = serde_json::from_str(&structured(&fake, "quero um atendente").content())
+        .expect("the structure");
+    assert_eq!(h["handoff"], true);
+    // Plain requests keep plain answers.
+    assert!(
+        chat(&fake, "tem camiseta azul?")
+            .content()
+            .starts_with("Good news!")
+    );
+
+    // On request: broken, lying, one answer each, in order.
+    for how in [
+        Misbehave::BrokenJson,
+        Misbehave::InventPrice,
+        Misbehave::OtherPrice,
+        Misbehave::UnknownSku,
+    ] {
+        fake.misbehave_next(how);
+    }
+    let broken = structured(&fake, "tem camiseta azul?").content();
+    assert!(serde_json::from_str::<Value>(&broken).is_err(), "{broken}");
+    let invented: Value =
+        serde_json::from_str(&structured(&fake, "tem camiseta azul?").content()).expect("json");
+    assert!(
+        invented["text"]
+            .as_str()
+            .expect("text")
+            .contains("96.90 BRL")
+    );
+    let other: Value =
+        serde_json::from_str(&structured(&fake, "tem camiseta azul?").content()).expect("json");
+    assert!(
+        other["text"]
+            .as_str()
+            .expect("text")
+            .contains("Camiseta Azul costs 35.00 BRL")
+    );
+    let unknown: Value =
+        serde_json::from_str(&structured(&fake, "tem camiseta azul?").content()).expect("json");
+    assert_eq!(unknown["skus"], json!(["CAM-AZ", UNKNOWN_SKU]));
+    let honest: Value =
+        serde_json::from_str(&structured(&fake, "tem camiseta azul?").content()).expect("json");
+    assert_eq!(honest, a);
+
+    // A tap note makes the tapped product what the customer means.
+    let mut tap = structured_body("Quero este");
+    tap["messages"][0]["content"] = json!(format!(
+        "{CATALOG}\n\nThe customer tapped \"Quero este\" about this product:\n- Caneca Preta (SKU CAN-PR): 35.00 BRL, stock 12"
+    ));
+    let tapped: Value = serde_json::from_str(
+        &post_raw(&fake, Some(&format!("Bearer {KEY}")), &tap.to_string()).content(),
+    )
+    .expect("json");
+    assert_eq!(tapped["skus"], json!(["CAN-PR"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusing_the_structure_is_a_400_naming_response_format_as_older_servers_answer() {
+    let fake = fake().await;
+    fake.refuse_structured(true);
+    let error = structured(&fake, "tem camiseta azul?").error(400, "invalid_request_error");
+    assert_eq!(error["param"], "response_format");
+    assert!(
+        error["message"]
+            .as_str()
+            .expect("message")
+            .contains("json_schema")
+    );
+    // The same conversation in plain text is answered.
+    assert!(
+        chat(&fake, "tem camiseta azul?")
+            .content()
+            .contains("Camiseta Azul")
+    );
+    fake.refuse_structured(false);
+    assert_eq!(structured(&fake, "tem camiseta azul?").status, 200);
+}

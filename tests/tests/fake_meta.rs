@@ -806,3 +806,84 @@ fn the_binary_prints_its_url_serves_and_stops_on_sigterm() {
 
     assert_eq!(terminate(child), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cards_and_quick_replies_within_meta_s_limits_are_taken_and_any_over_them_refused() {
+    let fake = fake().await;
+    let long = connect(&fake);
+    let send = |message: Value| {
+        post_json(
+            &send_url(&fake, "me"),
+            &long,
+            &json!({ "recipient": { "id": "1129842642640637" }, "message": message }),
+        )
+    };
+    let button =
+        |i: usize| json!({ "type": "postback", "title": format!("b{i}"), "payload": "WANT:X" });
+    let element = |title: String, buttons: usize| {
+        json!({
+            "title": title,
+            "subtitle": "R$ 39,90 · Em estoque",
+            "image_url": "https://cdn.example/a.jpg",
+            "default_action": { "type": "web_url", "url": "https://loja.example/p" },
+            "buttons": (0..buttons).map(button).collect::<Vec<_>>(),
+        })
+    };
+    let cards = |elements: Vec<Value>| json!({ "attachment": { "type": "template", "payload": { "template_type": "generic", "elements": elements } } });
+    let quick = |n: usize, title: &str| {
+        (0..n)
+            .map(|_| json!({ "content_type": "text", "title": title, "payload": "SKU:X" }))
+            .collect::<Vec<_>>()
+    };
+    // At the limits: taken (the worker's own builder's output, and a hand-built maximum).
+    let built = igsales_meta::send::OutgoingMessage::cards(vec![
+        igsales_meta::send::Element::new(&"C".repeat(200)).subtitle("R$ 1,00"),
+    ])
+    .with_quick_replies(
+        (0..20)
+            .filter_map(|_| igsales_meta::send::QuickReply::text(&"q".repeat(50), "SAY"))
+            .collect(),
+    );
+    assert_eq!(
+        send(serde_json::to_value(&built).expect("json")).status,
+        200
+    );
+    let mut max = cards((0..10).map(|_| element("é".repeat(80), 3)).collect());
+    max["quick_replies"] = Value::Array(quick(13, &"ç".repeat(20)));
+    assert_eq!(send(max.clone()).status, 200);
+    let mut text = json!({ "text": "oi" });
+    text["quick_replies"] = Value::Array(quick(13, "Tem em azul?"));
+    assert_eq!(send(text).status, 200);
+    // Over any of them: Meta's code 100, nothing sent.
+    let over = [
+        cards(vec![element("x".repeat(81), 1)]),
+        cards((0..11).map(|_| element("t".into(), 1)).collect()),
+        cards(vec![element("t".into(), 4)]),
+        cards(vec![]),
+        {
+            let mut m = max.clone();
+            m["quick_replies"] = Value::Array(quick(14, "q"));
+            m
+        },
+        {
+            let mut m = max.clone();
+            m["quick_replies"] = Value::Array(quick(1, &"q".repeat(21)));
+            m
+        },
+        {
+            let mut m = cards(vec![element("t".into(), 0)]);
+            m["attachment"]["payload"]["elements"][0]["subtitle"] = json!("s".repeat(81));
+            m
+        },
+    ];
+    for message in over {
+        send(message.clone()).graph_error(400, 100);
+    }
+    let sent = fake.sent_messages();
+    assert_eq!(
+        sent.len(),
+        3,
+        "only the messages within the limits were sent"
+    );
+    assert_eq!(sent[1].body["message"], max);
+}
