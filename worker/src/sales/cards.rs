@@ -127,7 +127,11 @@ pub fn money(amount: &BigDecimal, currency: Option<&str>, lang: Lang) -> String 
     let digits: Vec<char> = int.chars().collect();
     let mut grouped = String::new();
     for (i, d) in digits.iter().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) && d.is_ascii_digit() && digits[i - 1] != '-' {
+        if i > 0
+            && (digits.len() - i).is_multiple_of(3)
+            && d.is_ascii_digit()
+            && digits[i - 1] != '-'
+        {
             grouped.push(thousands);
         }
         grouped.push(*d);
