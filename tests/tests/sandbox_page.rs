@@ -132,7 +132,10 @@ async fn the_dm_thread_page_shows_replies_and_sends_taps_as_meta_would() {
         .find(Locator::Css("[data-testid=composer]"))
         .await
         .expect("composer");
-    input.send_keys("oi, vcs tem caneca?").await.expect("type");
+    input
+        .send_keys("quanto custa a caneca azul?")
+        .await
+        .expect("type");
     c.find(Locator::Css("[data-testid=send]"))
         .await
         .expect("send button")
@@ -140,18 +143,81 @@ async fn the_dm_thread_page_shows_replies_and_sends_taps_as_meta_would() {
         .await
         .expect("send");
     let mine = texts_once(&c, "[data-testid=customer-bubble]", 1).await;
-    assert_eq!(mine, vec!["oi, vcs tem caneca?".to_owned()]);
+    assert_eq!(mine, vec!["quanto custa a caneca azul?".to_owned()]);
+
+    // The text, then the product's card with its picture, price and link, then the chips.
+    let cards = texts_once(&c, "[data-testid=card]", 1).await;
+    let chips = texts_once(&c, "[data-testid=quick-reply]", 1).await;
     let replies = texts_once(&c, "[data-testid=account-bubble]", 1).await;
     let sent = received(&s);
-    let first_text = sent
-        .iter()
-        .find_map(|m| m["text"].as_str())
-        .expect("a text reply reached the fake Instagram");
+    assert_eq!(sent.len(), 2, "text, then one card message: {sent:#?}");
     assert_eq!(
-        replies[0],
-        first_text.trim(),
-        "the page shows what was sent"
+        replies,
+        vec![sent[0]["text"].as_str().expect("text").trim().to_owned()]
     );
+    assert!(replies[0].contains("Caneca de cerâmica azul"), "{}", replies[0]);
+    let element = &sent[1]["attachment"]["payload"]["elements"][0];
+    assert_eq!(element["title"], "Caneca de cerâmica azul");
+    assert!(
+        cards[0].contains("Caneca de cerâmica azul") && cards[0].contains("R$ 39,90"),
+        "{}",
+        cards[0]
+    );
+    let img = c
+        .find(Locator::Css("[data-testid=card] img"))
+        .await
+        .expect("card picture");
+    assert_eq!(
+        img.attr("src").await.expect("src").as_deref(),
+        Some("https://loja-azul.example/img/caneca-azul.jpg")
+    );
+    let link = c
+        .find(Locator::Css("[data-testid=card-link]"))
+        .await
+        .expect("card link");
+    assert_eq!(
+        link.attr("href").await.expect("href").as_deref(),
+        Some("https://loja-azul.example/p/caneca-azul")
+    );
+    let offered: Vec<String> = sent[1]["quick_replies"]
+        .as_array()
+        .expect("quick replies on the last message")
+        .iter()
+        .map(|q| q["title"].as_str().expect("title").to_owned())
+        .collect();
+    assert_eq!(chips, offered, "the chips are the quick replies sent");
+
+    // A tapped chip goes back as a message with its payload, and is answered.
+    c.find(Locator::Css("[data-testid=quick-reply]"))
+        .await
+        .expect("chip")
+        .click()
+        .await
+        .expect("tap the chip");
+    let mine = texts_once(&c, "[data-testid=customer-bubble]", 2).await;
+    assert_eq!(mine[1], chips[0], "the tap shows as the customer's line");
+    let replies = texts_once(&c, "[data-testid=account-bubble]", 2).await;
+    assert_ne!(replies[1], replies[0], "the tap got its own answer");
+    let delivered = s.fake.sent_count();
+
+    // The card's "I want this" button is a postback about its product, answered about it.
+    let postbacks = c
+        .find_all(Locator::Css("[data-testid=card-postback]"))
+        .await
+        .expect("postback buttons");
+    postbacks[0].click().await.expect("tap the card's button");
+    let replies = texts_once(&c, "[data-testid=account-bubble]", 3).await;
+    assert!(
+        replies[2].contains("Caneca de cerâmica azul"),
+        "the postback is answered about the card's product: {}",
+        replies[2]
+    );
+    assert!(s.fake.sent_count() > delivered);
+    let texts: Vec<String> = received(&s)
+        .iter()
+        .filter_map(|m| m["text"].as_str().map(|t| t.trim().to_owned()))
+        .collect();
+    assert_eq!(texts, replies, "each answer sent once and shown once");
 
     let _ = c.close().await;
     let _ = std::fs::remove_dir_all(&profile);
