@@ -155,7 +155,11 @@ async fn the_dm_thread_page_shows_replies_and_sends_taps_as_meta_would() {
         replies,
         vec![sent[0]["text"].as_str().expect("text").trim().to_owned()]
     );
-    assert!(replies[0].contains("Caneca de cerâmica azul"), "{}", replies[0]);
+    assert!(
+        replies[0].contains("Caneca de cerâmica azul"),
+        "{}",
+        replies[0]
+    );
     let element = &sent[1]["attachment"]["payload"]["elements"][0];
     assert_eq!(element["title"], "Caneca de cerâmica azul");
     assert!(

@@ -202,6 +202,22 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_answer_reads_back_whole() {
+        // What `inbound` keeps in Redis for a run after a failed store.
+        let a = Answer {
+            text: "Temos a Caneca azul por R$ 35,00!".into(),
+            skus: vec!["CAN-1".into()],
+            quick_replies: vec![Suggestion {
+                title: "Tem branca?".into(),
+                sku: "CAN-2".into(),
+            }],
+            handoff: false,
+        };
+        let kept = serde_json::to_string(&a).expect("json");
+        assert_eq!(Answer::parse(&kept), Some(a));
+    }
+
+    #[test]
     fn the_response_format_is_a_strict_schema_requiring_every_field() {
         let f = response_format();
         assert_eq!(f["type"], "json_schema");
