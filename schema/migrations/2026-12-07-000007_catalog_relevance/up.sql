@@ -187,6 +187,8 @@ CREATE POLICY catalog_search ON product_words FOR SELECT TO igsales_catalog USIN
 CREATE FUNCTION search_products(words text[], lang text, lim integer, min_score real,
                                 query_embedding real[])
 RETURNS TABLE (product_id uuid, score real)
+-- A handful of rows, not the default estimate of 1000: callers join them to products by id.
+ROWS 10
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET pg_trgm.similarity_threshold = 0.3
@@ -205,6 +207,7 @@ DECLARE
   fix record;
   any_term tsquery;
   n_products bigint;
+  pass integer;
   l_id uuid[];
   l_score float8[];
   l_sku text[];
@@ -245,55 +248,63 @@ BEGIN
   IF cardinality(a_lex) = 0 AND query_embedding IS NULL THEN
     RETURN;
   END IF;
-  any_term := array_to_string(ARRAY(SELECT DISTINCT quote_literal(l) FROM unnest(a_lex) l), ' | ')::tsquery;
   SELECT count(*) INTO n_products FROM public.products p WHERE p.merchant_id = shop;
 
-  -- Score every candidate: a product with any term, found through the index.
-  SELECT coalesce(array_agg(r.id), '{}'), coalesce(array_agg(r.score), '{}'),
-         coalesce(array_agg(r.sku), '{}'), coalesce(array_agg(r.in_stock), '{}')
-    INTO l_id, l_score, l_sku, l_in_stock
-  FROM (
-    WITH alt AS (
-      SELECT a.word, a.factor, a.typo,
-             (quote_literal(a.lex) || ':ABC')::tsquery AS q_any,
-             (quote_literal(a.lex) || ':A')::tsquery AS q_name,
-             (quote_literal(a.lex) || ':B')::tsquery AS q_tags,
-             quote_literal(a.surface)::tsquery AS q_typed
-      FROM unnest(a_word, a_lex, a_factor, a_surface, a_typo) AS a(word, lex, factor, surface, typo)
-    ),
-    hit AS (
-      SELECT c.id, c.sku, c.in_stock, a.word, bool_and(a.typo) AS typo,
-             max(CASE WHEN NOT c.v @@ a.q_any THEN 0
-                      WHEN c.v @@ a.q_name
-                        THEN a.factor * CASE WHEN c.s @@ a.q_typed THEN 1 ELSE 0.9 END
-                      WHEN c.v @@ a.q_tags
-                        THEN a.factor * 0.6 * CASE WHEN c.s @@ a.q_typed THEN 1 ELSE 0.9 END
-                      ELSE a.factor * 0.3 END) AS m
-      FROM (SELECT p.id, p.sku, p.stock IS DISTINCT FROM 0 AS in_stock,
-                   p.search_vector AS v, p.search_surface AS s
-            FROM public.products p
-            WHERE p.merchant_id = shop AND p.search_vector @@ any_term) c
-      CROSS JOIN alt a
-      GROUP BY c.id, c.sku, c.in_stock, a.word
-    ),
-    df AS (
-      SELECT h.word, ln(1 + n_products::float8 / count(*)) AS idf
-      FROM hit h WHERE h.m > 0 GROUP BY h.word
-    ),
-    per AS (
-      SELECT h.id, h.sku, h.in_stock,
-             coalesce(sum(d.idf * h.m) FILTER (WHERE NOT h.typo OR h.m >= 0.6), 0) AS strong,
-             coalesce(sum(d.idf * h.m) FILTER (WHERE h.typo AND h.m < 0.6), 0) AS weak,
-             bool_or(NOT h.typo AND h.m > 0) AS exact
-      FROM hit h JOIN df d ON d.word = h.word
-      WHERE h.m > 0
-      GROUP BY h.id, h.sku, h.in_stock
-    )
-    SELECT per.id, per.sku, per.in_stock,
-           (per.strong + CASE WHEN per.exact THEN per.weak ELSE 0 END)
-             / (SELECT sum(idf) FROM df) AS score
-    FROM per
-  ) r;
+  -- Score the candidates, found through the index: first the products with a term in the
+  -- name or tags. A product with terms only in its description scores at most 0.3, so when
+  -- `lim` of those score that much the description-only ones need not be scored at all (on a
+  -- big catalog most candidates are those); otherwise every product with any term is.
+  FOR pass IN 1..2 LOOP
+    any_term := array_to_string(
+      ARRAY(SELECT DISTINCT quote_literal(l) || CASE WHEN pass = 1 THEN ':AB' ELSE '' END
+            FROM unnest(a_lex) l), ' | ')::tsquery;
+    SELECT coalesce(array_agg(r.id), '{}'), coalesce(array_agg(r.score), '{}'),
+           coalesce(array_agg(r.sku), '{}'), coalesce(array_agg(r.in_stock), '{}')
+      INTO l_id, l_score, l_sku, l_in_stock
+    FROM (
+      WITH alt AS (
+        SELECT a.word, a.factor, a.typo,
+               (quote_literal(a.lex) || ':ABC')::tsquery AS q_any,
+               (quote_literal(a.lex) || ':A')::tsquery AS q_name,
+               (quote_literal(a.lex) || ':B')::tsquery AS q_tags,
+               quote_literal(a.surface)::tsquery AS q_typed
+        FROM unnest(a_word, a_lex, a_factor, a_surface, a_typo) AS a(word, lex, factor, surface, typo)
+      ),
+      hit AS (
+        SELECT c.id, c.sku, c.in_stock, a.word, bool_and(a.typo) AS typo,
+               max(CASE WHEN NOT c.v @@ a.q_any THEN 0
+                        WHEN c.v @@ a.q_name
+                          THEN a.factor * CASE WHEN c.s @@ a.q_typed THEN 1 ELSE 0.9 END
+                        WHEN c.v @@ a.q_tags
+                          THEN a.factor * 0.6 * CASE WHEN c.s @@ a.q_typed THEN 1 ELSE 0.9 END
+                        ELSE a.factor * 0.3 END) AS m
+        FROM (SELECT p.id, p.sku, p.stock IS DISTINCT FROM 0 AS in_stock,
+                     p.search_vector AS v, p.search_surface AS s
+              FROM public.products p
+              WHERE p.merchant_id = shop AND p.search_vector @@ any_term) c
+        CROSS JOIN alt a
+        GROUP BY c.id, c.sku, c.in_stock, a.word
+      ),
+      df AS (
+        SELECT h.word, ln(1 + n_products::float8 / count(*)) AS idf
+        FROM hit h WHERE h.m > 0 GROUP BY h.word
+      ),
+      per AS (
+        SELECT h.id, h.sku, h.in_stock,
+               coalesce(sum(d.idf * h.m) FILTER (WHERE NOT h.typo OR h.m >= 0.6), 0) AS strong,
+               coalesce(sum(d.idf * h.m) FILTER (WHERE h.typo AND h.m < 0.6), 0) AS weak,
+               bool_or(NOT h.typo AND h.m > 0) AS exact
+        FROM hit h JOIN df d ON d.word = h.word
+        WHERE h.m > 0
+        GROUP BY h.id, h.sku, h.in_stock
+      )
+      SELECT per.id, per.sku, per.in_stock,
+             (per.strong + CASE WHEN per.exact THEN per.weak ELSE 0 END)
+               / (SELECT sum(idf) FROM df) AS score
+      FROM per
+    ) r;
+    EXIT WHEN (SELECT count(*) FROM unnest(l_score) x WHERE x >= 0.3) >= lim;
+  END LOOP;
 
   IF query_embedding IS NULL THEN
     RETURN QUERY
