@@ -37,6 +37,7 @@ pub const TENANT_TABLES: &[&str] = &[
     "messages",
     "outbound_messages",
     "products",
+    "product_words",
 ];
 
 /// A merchant (tenant) id.

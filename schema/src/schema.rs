@@ -112,8 +112,10 @@ diesel::table! {
         image_url -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
-        search_name -> Text,
-        search_description -> Text,
+        tags -> Text,
+        search_language -> Text,
+        embedding -> Nullable<Array<Float4>>,
+        embedding_key -> Nullable<Text>,
     }
 }
 

@@ -11,6 +11,9 @@ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'igsales_resolver') THEN
     CREATE ROLE igsales_resolver NOLOGIN;
   END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'igsales_catalog') THEN
+    CREATE ROLE igsales_catalog NOLOGIN;
+  END IF;
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'igsales_test_owner') THEN
     CREATE ROLE igsales_test_owner LOGIN CREATEROLE CREATEDB;
   END IF;

@@ -138,6 +138,7 @@ pub async fn connected(
                 sku: format!("SKU-{n}"),
                 name: format!("Product {n}"),
                 description: "cotton".into(),
+                tags: String::new(),
                 price: "19.90".parse().expect("decimal"),
                 currency: Some("BRL".into()),
                 stock: Some(n as i32),

@@ -73,6 +73,9 @@ impl Tenant {
                 "INSERT INTO products (merchant_id, sku, name, price)
                  VALUES ('{m}', 'sku_{tag}', 'Thing', 9.90)"
             ),
+            "product_words" => format!(
+                "INSERT INTO product_words (merchant_id, word) VALUES ('{m}', 'word_{tag}')"
+            ),
             other => panic!("no fixture for tenant table {other}: add one"),
         }
     }
@@ -90,6 +93,7 @@ impl Tenant {
              INSERT INTO outbound_messages (merchant_id, conversation_id, idempotency_key, instagram_page_id, recipient_igsid, part_index, text)
                VALUES ('{m}', '{c}', 'key_seed', '{p}', 'cust', 0, 'hi');
              INSERT INTO products (merchant_id, sku, name, price) VALUES ('{m}', 'sku_seed', 'Thing', 9.90);"
+            // The product's one word ("thing") is product_words' row: its trigger wrote it.
         )
     }
 }
@@ -109,6 +113,7 @@ fn marker_column(table: &str) -> &'static str {
         "instagram_accounts" => "username",
         "webhook_events" => "kind",
         "conversations" => "customer_igsid",
+        "product_words" => "word",
         "messages" | "outbound_messages" => "text",
         other => panic!("no marker column for {other}"),
     }

@@ -60,6 +60,7 @@ fn product(sku: &str, name: &str, price: &str, stock: i32) -> Product {
         sku: sku.into(),
         name: name.into(),
         description: String::new(),
+        tags: String::new(),
         price: price.parse().expect("decimal"),
         currency: Some("BRL".into()),
         stock: Some(stock),

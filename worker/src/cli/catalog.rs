@@ -1,6 +1,7 @@
 //! Catalog files for `worker catalog import`: CSV with the header
-//! `sku,name,description,price,currency,stock,url,image_url`, or JSON, an array of objects with
-//! the same keys. The whole file is validated before anything is written: one bad row and
+//! `sku,name,description,price,currency,stock,url,image_url` and optionally `tags`
+//! (comma-separated words, in any column order), or JSON, an array of objects with the same
+//! keys. The whole file is validated before anything is written: one bad row and
 //! nothing is imported, with every bad row named (CSV line / JSON item, 1-based).
 
 use std::collections::HashMap;
@@ -11,7 +12,7 @@ use std::str::FromStr;
 use bigdecimal::BigDecimal;
 use igsales_schema::products::Product;
 
-pub const COLUMNS: [&str; 8] = [
+pub const COLUMNS: [&str; 9] = [
     "sku",
     "name",
     "description",
@@ -20,7 +21,10 @@ pub const COLUMNS: [&str; 8] = [
     "stock",
     "url",
     "image_url",
+    "tags",
 ];
+/// Columns a file may leave out (today's files have no tags).
+const OPTIONAL: [&str; 1] = ["tags"];
 /// How many bad rows one run reports; enough to fix a file in a few passes.
 const MAX_REPORTED: usize = 20;
 
@@ -101,7 +105,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Product>, CatalogError> {
 /// One row's fields as text, before validation (`None`: empty or absent).
 #[derive(Debug, Default)]
 struct RawRow {
-    fields: [Option<String>; 8],
+    fields: [Option<String>; COLUMNS.len()],
 }
 
 impl RawRow {
@@ -128,7 +132,7 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<Product>, CatalogError> {
         .headers()
         .map_err(|e| header_error(format!("unreadable header ({})", csv_reason(&e))))?
         .clone();
-    let mut index = [usize::MAX; 8];
+    let mut index = [usize::MAX; COLUMNS.len()];
     for (i, name) in headers.iter().enumerate() {
         let name = name.trim_start_matches('\u{feff}');
         match COLUMNS.iter().position(|c| *c == name) {
@@ -137,11 +141,15 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<Product>, CatalogError> {
             None => return Err(header_error(format!("unknown column {name:?}"))),
         }
     }
-    if let Some(missing) = COLUMNS.iter().zip(index).find(|(_, i)| *i == usize::MAX) {
+    if let Some(missing) = COLUMNS
+        .iter()
+        .zip(index)
+        .find(|(c, i)| *i == usize::MAX && !OPTIONAL.contains(c))
+    {
         return Err(header_error(format!(
-            "missing column {} (header must be {})",
+            "missing column {} (header must be {}, tags optional)",
             missing.0,
-            COLUMNS.join(",")
+            COLUMNS[..8].join(",")
         )));
     }
 
@@ -293,6 +301,13 @@ fn validate(raw: &RawRow) -> Result<Product, String> {
     }
     let name = text(raw, "name", 500, true)?;
     let description = text(raw, "description", 10_000, false)?;
+    // "presente,  cozinha," is stored as "presente, cozinha".
+    let tags = text(raw, "tags", 2000, false)?
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
 
     let currency = match raw.get("currency") {
         None => None,
@@ -342,6 +357,7 @@ fn validate(raw: &RawRow) -> Result<Product, String> {
         sku,
         name,
         description,
+        tags,
         price,
         currency: currency.map(|(code, _)| code),
         stock,

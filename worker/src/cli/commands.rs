@@ -242,3 +242,37 @@ pub async fn catalog_import(
     );
     Ok(())
 }
+
+pub async fn catalog_search(
+    settings: &DbSettings,
+    merchant: MerchantId,
+    text: &str,
+    limit: i64,
+) -> anyhow::Result<()> {
+    let db = Db::connect(settings).await?;
+    let query = products::SearchQuery {
+        text: text.to_owned(),
+        limit,
+        embedding: None,
+    };
+    let outcome = db
+        .as_merchant(merchant, async |c: &AsyncPgConnection| {
+            Ok::<_, DbError>(products::search(c, &query).await?)
+        })
+        .await?;
+    match outcome {
+        products::SearchOutcome::NoMatch => println!("no match"),
+        products::SearchOutcome::Found(hits) => {
+            for (i, hit) in hits.iter().enumerate() {
+                println!(
+                    "{:>2}. {}  {:.3}  {}",
+                    i + 1,
+                    hit.product.sku,
+                    hit.score,
+                    hit.product.name
+                );
+            }
+        }
+    }
+    Ok(())
+}

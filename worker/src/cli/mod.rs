@@ -304,6 +304,18 @@ pub enum CatalogCommand {
         merchant: MerchantId,
         file: PathBuf,
     },
+    /// Search the catalog as a customer's message would: ranked SKUs with scores, or "no match".
+    Search {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        merchant: MerchantId,
+        /// At most this many products.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..=100))]
+        limit: i64,
+        /// The customer's words.
+        text: String,
+    },
 }
 
 fn bounded_text(min: usize, max: usize) -> impl Fn(&str) -> Result<String, String> + Clone {
@@ -424,6 +436,19 @@ impl Command {
                     Action::of(async move { commands::catalog_import(&db, merchant, &file).await })
                 })
             }
+            Command::Catalog {
+                action:
+                    CatalogCommand::Search {
+                        db,
+                        merchant,
+                        limit,
+                        text,
+                    },
+            } => db.check(c, env).map(|db| {
+                Action::of(
+                    async move { commands::catalog_search(&db, merchant, &text, limit).await },
+                )
+            }),
             Command::Tokens {
                 action:
                     TokensCommand::Refresh {

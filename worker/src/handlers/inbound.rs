@@ -412,7 +412,11 @@ async fn read(
     text: &str,
 ) -> Result<Seen, JobError> {
     let (job, merchant, at) = (ctx.job, ctx.merchant, ctx.at);
-    let words = reply::search_words(text);
+    let query = products::SearchQuery {
+        text: text.to_owned(),
+        limit: reply::RELEVANT_PRODUCTS,
+        embedding: None,
+    };
     let account = ctx.account();
     let tapped: Vec<String> = msg
         .tap
@@ -426,25 +430,27 @@ async fn read(
     let seen = shared
         .db
         .as_merchant_committed(merchant, async |c: &AsyncPgConnection| {
-            let (state, conversation, shop, first, relevant, recent, parts, reauth, tapped, done) =
-                futures::try_join!(
-                    events::state(c, &job.event_id),
-                    conversations::find(c, account, &msg.customer),
-                    merchants::find(c, merchant),
-                    products::list_first(c, reply::SMALL_CATALOG + 1),
-                    products::search(c, &words, reply::RELEVANT_PRODUCTS),
-                    conversations::recent_messages_with(c, account, &msg.customer, HISTORY + 1),
-                    outbound::for_event(c, &job.event_id),
-                    accounts::needs_reauth(c, account),
-                    products::with_skus(c, &tapped),
-                    igsales_schema::commit(c),
-                )?;
-            // A small catalog goes in whole; a large one by relevance.
-            let products = if first.len() as i64 > reply::SMALL_CATALOG {
-                relevant
-            } else {
-                first
+            // A message naming products gets the ones that match, or none (the prompt then
+            // says the shop has nothing that fits); one naming none ("oi!") the first ones.
+            let catalog = async {
+                if products::query_words(text).is_empty() {
+                    products::list_first(c, reply::SMALL_CATALOG).await
+                } else {
+                    Ok(products::search(c, &query).await?.into_products())
+                }
             };
+            let (state, conversation, shop, products, recent, parts, reauth, tapped, done) =
+                futures::try_join!(
+                events::state(c, &job.event_id),
+                conversations::find(c, account, &msg.customer),
+                merchants::find(c, merchant),
+                catalog,
+                conversations::recent_messages_with(c, account, &msg.customer, HISTORY + 1),
+                outbound::for_event(c, &job.event_id),
+                accounts::needs_reauth(c, account),
+                products::with_skus(c, &tapped),
+                igsales_schema::commit(c),
+            )?;
             let history = recent
                 .into_iter()
                 .filter(|(_, _, sent)| *sent < at)
@@ -1161,6 +1167,7 @@ mod tests {
             sku: sku.into(),
             name: sku.into(),
             description: String::new(),
+            tags: String::new(),
             price: "1".parse().expect("decimal"),
             currency: None,
             stock: None,

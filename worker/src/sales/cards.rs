@@ -259,6 +259,7 @@ mod tests {
             sku: sku.into(),
             name: name.into(),
             description: String::new(),
+            tags: String::new(),
             price: price.parse().expect("decimal"),
             currency: Some("BRL".into()),
             stock,

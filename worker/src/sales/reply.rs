@@ -15,8 +15,9 @@ pub const MAX_PART_BYTES: usize = 1000;
 /// table keys them all by event and index, up to `outbound::MAX_PARTS`).
 pub const MAX_TEXT_PARTS: usize = 3;
 const _: () = assert!(MAX_TEXT_PARTS < igsales_schema::outbound::MAX_PARTS);
-/// Catalogs up to this size go into the prompt whole; larger ones by relevance.
+/// A message that names no product shows the model this many of the catalog's first products.
 pub const SMALL_CATALOG: i64 = 20;
+/// At most this many products that match the customer's words go into the prompt.
 pub const RELEVANT_PRODUCTS: i64 = 8;
 
 /// Phrases that ask for a person, in English, Portuguese and Spanish (matched lowercase,
@@ -55,19 +56,6 @@ pub fn asks_for_human(text: &str) -> bool {
     })
 }
 
-/// Words worth searching the catalog for (3+ letters, deduplicated).
-pub fn search_words(text: &str) -> Vec<String> {
-    let mut words: Vec<String> = fold(text)
-        .split(|c: char| !c.is_alphanumeric() && c != '-')
-        .filter(|w| w.chars().count() >= 3)
-        .map(str::to_owned)
-        .collect();
-    words.sort();
-    words.dedup();
-    words.truncate(12);
-    words
-}
-
 fn product_line(p: &Product) -> String {
     let mut line = format!("- {} (SKU {}): {}", p.name, p.sku, p.price.normalized());
     if let Some(c) = &p.currency {
@@ -95,7 +83,9 @@ pub fn prompt(
     customer_text: &str,
 ) -> Vec<ChatMessage> {
     let catalog = if products.is_empty() {
-        "(no matching products)".to_owned()
+        "(nothing in the catalog matches what the customer asked for: say the shop does not \
+         have it, and do not offer unrelated products)"
+            .to_owned()
     } else {
         products
             .iter()
@@ -258,6 +248,7 @@ mod tests {
             sku: "TEE-1".into(),
             name: "Blue tee".into(),
             description: String::new(),
+            tags: String::new(),
             price: "49.90".parse().expect("decimal"),
             currency: Some("BRL".into()),
             stock: Some(3),
