@@ -13,8 +13,10 @@
 //!    prompt's best-matching product with its price and stock, or answers [`HANDOFF_MARKER`] when
 //!    the customer asks for a human.
 //!
-//! Paths served: `/v1/chat/completions` and `/chat/completions`; anything else gets OpenAI's 404.
+//! Paths served: `/v1/chat/completions` and `/chat/completions`, and `/v1/embeddings` (see
+//! [`embeddings`]); anything else gets OpenAI's 404.
 
+pub mod embeddings;
 mod failure;
 pub mod responder;
 mod server;
