@@ -220,3 +220,99 @@ async fn tags_are_stored_and_products_follow_their_merchants_language() {
         ("sport", "en")
     );
 }
+
+#[derive(QueryableByName)]
+struct Embedded {
+    #[diesel(sql_type = Text)]
+    sku: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Array<diesel::sql_types::Float4>>)]
+    embedding: Option<Vec<f32>>,
+}
+
+async fn embeddings(test_db: &TestDb) -> Vec<Embedded> {
+    let mut su = test_db.superuser_conn().await;
+    diesel::sql_query("SELECT sku, embedding FROM products ORDER BY sku")
+        .load(&mut su)
+        .await
+        .expect("stored embeddings")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn catalog_embed_stores_the_fake_models_vectors_and_redoes_only_changed_products() {
+    use igsales_tests::fake_llm::{FakeLlm, FakeLlmConfig, embeddings::embed};
+    let (test_db, db, shop, _) = seeded().await;
+    let llm = FakeLlm::start(FakeLlmConfig::default()).await;
+    let worker = igsales_tests::stack::bin_dir().join("worker");
+    let embed_cli = || {
+        igsales_tests::cli::run(
+            worker.to_str().expect("utf-8 path"),
+            &["catalog", "embed", "--merchant", &shop.to_string()],
+            &[
+                ("DATABASE_URL", test_db.app_url()),
+                ("OPENAI_API_KEY", FakeLlmConfig::default().api_key),
+                ("OPENAI_BASE_URL", llm.base_url()),
+                ("OPENAI_EMBEDDING_MODEL", "fake-embedding".to_owned()),
+            ],
+        )
+    };
+    let out = embed_cli();
+    out.assert_code(0);
+    assert!(out.stdout.contains("embedded 6 products"), "{}", out.stdout);
+    // The merchant's products hold the fake model's vector of their text; the other
+    // merchant's stay unembedded.
+    let stored = embeddings(&test_db).await;
+    let mug = stored.iter().find(|e| e.sku == "MUG-1").expect("mug");
+    let expected = embed(&products::embedding_text(
+        "Caneca Cerâmica Azul",
+        "cozinha",
+        "Vai ao micro-ondas.",
+    ));
+    let got = mug.embedding.as_ref().expect("mug embedded");
+    assert_eq!(got.len(), expected.len());
+    assert!(got.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-6));
+    assert!(
+        stored
+            .iter()
+            .filter(|e| e.sku == "PHN-1")
+            .all(|e| e.embedding.is_none())
+    );
+
+    // Nothing changed: nothing to embed. A changed text: just that product.
+    embed_cli().assert_code(0);
+    assert!(embed_cli().stdout.contains("embedded 0 products"));
+    let renamed = vec![product(
+        "MUG-1",
+        "Caneca Grande",
+        "Vai ao micro-ondas.",
+        "cozinha",
+    )];
+    db.as_merchant(shop, async |c: &AsyncPgConnection| {
+        Ok::<_, DbError>(products::upsert(c, shop, &renamed, |_| {}).await?)
+    })
+    .await
+    .expect("rename");
+    let out = embed_cli();
+    assert!(out.stdout.contains("embedded 1 products"), "{}", out.stdout);
+
+    // A query embedding blends in: the mug's own text as the query finds it first.
+    let query = SearchQuery {
+        text: "caneca grande".into(),
+        limit: 3,
+        embedding: Some(embed(&products::embedding_text(
+            "Caneca Grande",
+            "cozinha",
+            "Vai ao micro-ondas.",
+        ))),
+    };
+    let outcome = db
+        .as_merchant(shop, async |c: &AsyncPgConnection| {
+            Ok::<_, DbError>(products::search(c, &query).await?)
+        })
+        .await
+        .expect("search");
+    let SearchOutcome::Found(hits) = outcome else {
+        panic!("no match")
+    };
+    assert_eq!(hits[0].product.sku, "MUG-1");
+    assert!(hits[0].score > 0.9, "{hits:?}");
+}

@@ -250,14 +250,23 @@ BEGIN
   END IF;
   SELECT count(*) INTO n_products FROM public.products p WHERE p.merchant_id = shop;
 
-  -- Score the candidates, found through the index: first the products with a term in the
-  -- name or tags. A product with terms only in its description scores at most 0.3, so when
-  -- `lim` of those score that much the description-only ones need not be scored at all (on a
-  -- big catalog most candidates are those); otherwise every product with any term is.
-  FOR pass IN 1..2 LOOP
-    any_term := array_to_string(
-      ARRAY(SELECT DISTINCT quote_literal(l) || CASE WHEN pass = 1 THEN ':AB' ELSE '' END
-            FROM unnest(a_lex) l), ' | ')::tsquery;
+  -- Score the candidates, found through the index, in up to three passes that each stop when
+  -- `lim` products score enough that no product left out could beat them. First the products
+  -- with every word in the name or tags (on a big catalog "camiseta preta m" has hundreds:
+  -- those with all three words in the name, near 1, are the answer). Then those with any word
+  -- in the name or tags: a product with words only in its description scores at most 0.3. Then
+  -- every product with any word.
+  FOR pass IN 0..2 LOOP
+    CONTINUE WHEN pass = 0 AND (SELECT count(DISTINCT w) FROM unnest(a_word) w) < 2;
+    IF pass = 0 THEN
+      any_term := (SELECT string_agg('(' || g.alts || ')', ' & ')
+                   FROM (SELECT string_agg(DISTINCT quote_literal(x.lex) || ':AB', ' | ') AS alts
+                         FROM unnest(a_word, a_lex) AS x(word, lex) GROUP BY x.word) g)::tsquery;
+    ELSE
+      any_term := array_to_string(
+        ARRAY(SELECT DISTINCT quote_literal(l) || CASE WHEN pass = 1 THEN ':AB' ELSE '' END
+              FROM unnest(a_lex) l), ' | ')::tsquery;
+    END IF;
     SELECT coalesce(array_agg(r.id), '{}'), coalesce(array_agg(r.score), '{}'),
            coalesce(array_agg(r.sku), '{}'), coalesce(array_agg(r.in_stock), '{}')
       INTO l_id, l_score, l_sku, l_in_stock
@@ -303,7 +312,8 @@ BEGIN
                / (SELECT sum(idf) FROM df) AS score
       FROM per
     ) r;
-    EXIT WHEN (SELECT count(*) FROM unnest(l_score) x WHERE x >= 0.3) >= lim;
+    EXIT WHEN pass < 2 AND (SELECT count(*) FROM unnest(l_score) x
+                            WHERE x >= CASE pass WHEN 0 THEN 0.8 ELSE 0.3 END) >= lim;
   END LOOP;
 
   IF query_embedding IS NULL THEN

@@ -62,7 +62,8 @@ struct Target {
     /// Products per query.
     #[arg(long, default_value_t = 10)]
     limit: i64,
-    /// An OpenAI-compatible API base (e.g. http://127.0.0.1:PORT/v1) to embed queries with.
+    /// An OpenAI-compatible API base (e.g. http://127.0.0.1:PORT/v1) to embed queries with
+    /// (the key from OPENAI_API_KEY).
     #[arg(long, requires = "embedding_model")]
     embedding_url: Option<String>,
     #[arg(long)]
@@ -99,7 +100,9 @@ fn embed(base: &str, model: &str, text: &str) -> anyhow::Result<Vec<f32>> {
         data: Vec<Item>,
     }
     let body = serde_json::json!({ "model": model, "input": [text] });
+    let key = std::env::var("OPENAI_API_KEY").unwrap_or_default();
     let answer: Answer = ureq::post(&format!("{}/embeddings", base.trim_end_matches('/')))
+        .header("Authorization", &format!("Bearer {key}"))
         .send_json(&body)?
         .body_mut()
         .read_json()?;

@@ -16,8 +16,10 @@
 //!    [`FakeLlm::misbehave_next`] says so; [`FakeLlm::refuse_structured`] makes it answer such a
 //!    request as an older server does: HTTP 400 naming `response_format`.
 //!
-//! Paths served: `/v1/chat/completions` and `/chat/completions`; anything else gets OpenAI's 404.
+//! Paths served: `/v1/chat/completions` and `/chat/completions`, and `/v1/embeddings` (see
+//! [`embeddings`]); anything else gets OpenAI's 404.
 
+pub mod embeddings;
 mod failure;
 pub mod responder;
 mod server;

@@ -23,6 +23,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         // For clients that append the path to a base URL already ending in /v1 without the
         // version, and for base URLs configured without it.
         .route("/chat/completions", post(completions))
+        .route("/v1/embeddings", post(super::embeddings::embeddings))
+        .route("/embeddings", post(super::embeddings::embeddings))
         .fallback(not_found)
         .with_state(shared)
 }
@@ -274,7 +276,7 @@ fn answer(
     completion(chat, content, finish_reason)
 }
 
-fn check_key(api_key: &str, authorization: Option<&str>) -> Option<OpenAiError> {
+pub(crate) fn check_key(api_key: &str, authorization: Option<&str>) -> Option<OpenAiError> {
     let Some(value) = authorization.map(str::trim).filter(|v| !v.is_empty()) else {
         return Some(OpenAiError::new(
             401,

@@ -276,3 +276,48 @@ pub async fn catalog_search(
     }
     Ok(())
 }
+
+pub async fn catalog_embed(access: &crate::cli::Embed, merchant: MerchantId) -> anyhow::Result<()> {
+    let Some(client) = crate::sales::embed::EmbeddingClient::new(
+        &access.model,
+        &access.embedding,
+        access.dns.cache,
+    ) else {
+        bail!("OPENAI_EMBEDDING_MODEL is not set: there is no model to embed the catalog with");
+    };
+    let db = Db::connect(&access.db).await?;
+    let batch = i64::try_from(client.batch).unwrap_or(64);
+    let mut done = 0usize;
+    loop {
+        let model = client.model().to_owned();
+        let stale = db
+            .as_merchant(merchant, async |c: &AsyncPgConnection| {
+                Ok::<_, DbError>(products::stale_embeddings(c, &model, batch).await?)
+            })
+            .await?;
+        if stale.is_empty() {
+            break;
+        }
+        let texts = stale
+            .iter()
+            .map(|p| products::embedding_text(&p.name, &p.tags, &p.description))
+            .collect();
+        let vectors = client
+            .embed(texts)
+            .await
+            .context("asking the model for embeddings")?;
+        db.as_merchant(merchant, async |c: &AsyncPgConnection| {
+            for (p, v) in stale.iter().zip(&vectors) {
+                products::store_embedding(c, &p.sku, &p.key, v).await?;
+            }
+            Ok::<_, DbError>(())
+        })
+        .await?;
+        done += stale.len();
+        eprint!("\rembedded {done}");
+        let _ = std::io::stderr().flush();
+    }
+    eprintln!();
+    println!("embedded {done} products for merchant {merchant}");
+    Ok(())
+}

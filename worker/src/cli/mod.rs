@@ -107,6 +107,16 @@ igsales_config::groups! {
     }
 }
 
+igsales_config::groups! {
+    /// What `catalog embed` needs: the products, and the model API's embeddings.
+    pub struct EmbedAccess => Embed {
+        db: DbArgs => DbSettings,
+        model: crate::sales::llm::model::Args => crate::sales::llm::model::Settings,
+        embedding: crate::sales::embed::embedding::Args => crate::sales::embed::embedding::Settings,
+        dns: dns::Args => dns::Settings,
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AccountsCommand {
     /// Subscribe the webhooks again (after Meta disabled them).
@@ -304,6 +314,14 @@ pub enum CatalogCommand {
         merchant: MerchantId,
         file: PathBuf,
     },
+    /// Embed the products whose embedding is missing or stale (their text or the model
+    /// changed), for semantic search; needs OPENAI_EMBEDDING_MODEL.
+    Embed {
+        #[command(flatten)]
+        access: Box<EmbedAccess>,
+        #[arg(long)]
+        merchant: MerchantId,
+    },
     /// Search the catalog as a customer's message would: ranked SKUs with scores, or "no match".
     Search {
         #[command(flatten)]
@@ -436,6 +454,11 @@ impl Command {
                     Action::of(async move { commands::catalog_import(&db, merchant, &file).await })
                 })
             }
+            Command::Catalog {
+                action: CatalogCommand::Embed { access, merchant },
+            } => access.check(c, env).map(|access| {
+                Action::of(async move { commands::catalog_embed(&access, merchant).await })
+            }),
             Command::Catalog {
                 action:
                     CatalogCommand::Search {

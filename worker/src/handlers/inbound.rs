@@ -404,6 +404,22 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
     }
 }
 
+/// The customer's words as a vector, when semantic search is on; without one (model down or
+/// slow, OPENAI_EMBEDDING_TIMEOUT_MS) the search is lexical, never failed.
+async fn query_embedding(shared: &Shared, text: &str) -> Option<Vec<f32>> {
+    let embedder = shared.embedder.as_ref()?;
+    if products::query_words(text).is_empty() {
+        return None;
+    }
+    match embedder.embed(vec![text.to_owned()]).await {
+        Ok(mut v) => v.pop(),
+        Err(e) => {
+            tracing::warn!(error = %e, "query embedding failed; searching by words only");
+            None
+        }
+    }
+}
+
 /// The one read-only transaction of a customer's message.
 async fn read(
     shared: &Shared,
@@ -415,7 +431,7 @@ async fn read(
     let query = products::SearchQuery {
         text: text.to_owned(),
         limit: reply::RELEVANT_PRODUCTS,
-        embedding: None,
+        embedding: query_embedding(shared, text).await,
     };
     let account = ctx.account();
     let tapped: Vec<String> = msg

@@ -21,6 +21,7 @@ use igsales_schema::{Db, DbError, MerchantId, Vault};
 
 use self::settings::RunSettings;
 use crate::runtime::{Context, Runtime};
+use crate::sales::embed::EmbeddingClient;
 use crate::sales::graph::GraphGate;
 use crate::sales::llm::LlmClient;
 
@@ -33,6 +34,8 @@ pub struct Shared {
     pub vault: Vault,
     pub meta: MetaClient,
     pub llm: LlmClient,
+    /// Semantic catalog search, when OPENAI_EMBEDDING_MODEL is set.
+    pub embedder: Option<EmbeddingClient>,
     pub gate: GraphGate,
     pub settings: RunSettings,
 }
@@ -62,6 +65,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         gate: GraphGate::new(redis.clone(), &settings.limits),
         meta: MetaClient::new(&settings.graph, settings.dns.cache),
         llm: LlmClient::new(&settings.model, settings.dns.cache),
+        embedder: EmbeddingClient::new(&settings.model, &settings.embedding, settings.dns.cache),
         db,
         redis: redis.clone(),
         settings,

@@ -66,6 +66,7 @@ igsales_config::groups! {
         limits: limits::Args => limits::Settings,
         dns: dns::Args => dns::Settings,
         model: model::Args => model::Settings,
+        embedding: crate::sales::embed::embedding::Args => crate::sales::embed::embedding::Settings,
         pool: worker_pool::Args => worker_pool::Settings,
         retry: retry::Args => retry::Settings,
         schedule: schedule::Args => schedule::Settings,

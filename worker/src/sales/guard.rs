@@ -211,14 +211,15 @@ pub fn check(
     let mut previous: Vec<&Product> = Vec::new();
     for (s, e) in sentences(text) {
         let here = named(&text[s..e], products);
-        let about: Vec<&Product> = if !here.is_empty() {
-            here.clone()
+        // `known`: the amount is about particular products, which the note to the model names.
+        let (about, known): (Vec<&Product>, bool) = if !here.is_empty() {
+            (here.clone(), true)
         } else if !previous.is_empty() {
-            previous.clone()
+            (previous.clone(), true)
         } else if !chosen.is_empty() {
-            chosen.clone()
+            (chosen.clone(), true)
         } else {
-            products.iter().collect()
+            (products.iter().collect(), false)
         };
         if !here.is_empty() {
             previous = here;
@@ -229,7 +230,7 @@ pub fn check(
                 continue;
             }
             bad = true;
-            let expected = if about.len() == products.len() {
+            let expected = if !known {
                 Vec::new()
             } else {
                 about
