@@ -48,7 +48,9 @@ pub struct ChaosConfig {
     /// Give up waiting for the queues to drain after this long.
     pub drain_within: Duration,
     /// `ECHO_CONFIRM_SECS`: a part whose send was cut by a kill waits this long for an echo
-    /// before it is sent (once more); it must outlast the Postgres outage.
+    /// before it is sent (once more); it must outlast the Postgres outage and a worker
+    /// recovery, here deferred by the Redis restart too: 2 × the 4 s orphan timeout, a
+    /// heartbeat and the 2 s HTTP timeout (the worker warns below one recovery).
     pub echo_confirm: Duration,
 }
 
@@ -329,7 +331,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         ("WORKER_CONCURRENCY", "32".to_owned()),
         ("WORKER_PREFETCH", "16".to_owned()),
         ("WORKER_POLL_INTERVAL_MS", "50".to_owned()),
-        ("WORKER_ORPHAN_TIMEOUT_SECS", "9".to_owned()),
+        ("WORKER_ORPHAN_TIMEOUT_SECS", "4".to_owned()),
         ("DATABASE_POOL_SIZE", "8".to_owned()),
         ("META_HTTP_TIMEOUT_MS", "2000".to_owned()),
         ("GRAPH_SEND_RATE_PER_SEC", "100".to_owned()),

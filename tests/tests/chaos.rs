@@ -25,7 +25,7 @@ async fn a_kill_and_a_redis_restart_under_load_send_nothing_twice_and_lose_nothi
         redis_restart: Some(s(9)),
         duplicate_share: 0.1,
         graph_fault_every: Some(Duration::from_millis(300)),
-        echo_confirm: s(8),
+        echo_confirm: s(12),
         drain_within: s(120),
     })
     .await

@@ -350,3 +350,50 @@ fn worker_run_in_production_refuses_a_redis_that_may_evict_keys() {
         out.stderr
     );
 }
+
+#[test]
+fn worker_run_in_production_refuses_an_echo_wait_shorter_than_a_worker_recovery() {
+    // Orphan timeout 30 s + a 10 s heartbeat + the 10 s HTTP timeout: the echo of a part sent
+    // just before its worker died can take 50 s to be read.
+    let mut env = without(&full_env(), &["REDIS_URL"]);
+    env.push(("REDIS_URL", "rediss://:pw@127.0.0.1:1/0".to_owned()));
+    env.push(("ECHO_CONFIRM_SECS", "50".to_owned()));
+    let production = |env: &[(&'static str, String)]| {
+        let mut env = env.to_vec();
+        env.push(("APP_ENV", "production".to_owned()));
+        run(BIN, &["run"], &env)
+    };
+    let out = production(&env);
+    out.assert_code(2);
+    out.assert_invalid("ECHO_CONFIRM_SECS", "more than 50 s");
+    // A shorter orphan timeout makes the same wait enough; so does a longer wait.
+    for (var, value) in [
+        ("WORKER_ORPHAN_TIMEOUT_SECS", "27"),
+        ("ECHO_CONFIRM_SECS", "51"),
+    ] {
+        let mut ok = env.clone();
+        ok.retain(|(k, _)| *k != var);
+        ok.push((var, value.to_owned()));
+        let out = production(&ok);
+        out.assert_code(1);
+        assert!(
+            out.stderr.contains("Redis is unreachable"),
+            "{}",
+            out.stderr
+        );
+    }
+    // Outside production the worker starts (tests shrink the wait) and warns instead.
+    let out = run(BIN, &["run"], &env);
+    out.assert_code(1);
+    assert!(
+        !out.stderr.contains("ECHO_CONFIRM_SECS is invalid"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("ECHO_CONFIRM_SECS should be more than 50 s"),
+        "{}",
+        out.stderr
+    );
+}

@@ -398,6 +398,7 @@ impl Command {
         match self {
             Command::Run(args) => args
                 .check(c, env)
+                .and_then(|s| s.checked(c, env))
                 .map(|s| Action::of(crate::handlers::run(s))),
             Command::Migrate(args) => check_migrate(c, env, args),
             Command::Keys { action } => {

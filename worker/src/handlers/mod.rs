@@ -50,6 +50,14 @@ impl Context for Shared {
 /// dying.
 pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     igsales_config::prometheus();
+    let bound = settings.echo_must_exceed();
+    if settings.conversation.echo_confirm <= bound {
+        tracing::warn!(
+            echo_confirm = ?settings.conversation.echo_confirm,
+            "ECHO_CONFIRM_SECS should be {}: a part sent just before a worker died may go out twice",
+            settings::echo_form(bound)
+        );
+    }
     let redis = igsales_jobs::redis_conn::connect(&settings.redis).await?;
     let db = Db::connect(&settings.db).await?;
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", settings.pool.metrics_port))

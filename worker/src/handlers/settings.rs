@@ -5,7 +5,8 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use igsales_config::{
-    DbArgs, DbSettings, GraphArgs, GraphSettings, KeyArgs, RedisArgs, RedisSettings, dns, keys,
+    AppEnv, DbArgs, DbSettings, GraphArgs, GraphSettings, KeyArgs, RedisArgs, RedisSettings, dns,
+    keys,
 };
 
 use crate::runtime::settings::{retry, worker_pool};
@@ -74,4 +75,35 @@ igsales_config::groups! {
         conversation: conversation::Args => conversation::Settings,
         retention: retention::Args => retention::Settings,
     }
+}
+
+impl RunSettings {
+    /// What `ECHO_CONFIRM_SECS` must exceed. A part whose send outcome is unknown is sent
+    /// again when no echo came within it, and the echo may be late by a whole worker
+    /// recovery: the worker that sent (and waited out its HTTP timeout) or the one that
+    /// fetched the echo may die, and a dead worker's jobs run again only after that.
+    pub fn echo_must_exceed(&self) -> Duration {
+        self.pool.recovery() + self.graph.timeout
+    }
+
+    /// Rules across groups: in production an echo wait too short to outlast a worker
+    /// recovery is refused (sends could go out twice); elsewhere `worker run` warns, so
+    /// tests that kill no worker may shrink it.
+    pub fn checked(self, c: &mut igsales_config::Checker, env: Option<AppEnv>) -> Option<Self> {
+        let bound = self.echo_must_exceed();
+        if env == Some(AppEnv::Production) && self.conversation.echo_confirm <= bound {
+            c.invalid("ECHO_CONFIRM_SECS", echo_form(bound));
+            return None;
+        }
+        Some(self)
+    }
+}
+
+/// The form `ECHO_CONFIRM_SECS` must have, named in the error or warning.
+pub fn echo_form(bound: Duration) -> String {
+    format!(
+        "more than {} s: WORKER_ORPHAN_TIMEOUT_SECS, a heartbeat and META_HTTP_TIMEOUT_MS, \
+         the longest an echo can be held up by a dead worker",
+        bound.as_secs_f64().ceil()
+    )
 }

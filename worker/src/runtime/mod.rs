@@ -169,11 +169,10 @@ fn worker_name(queue: &str, boot: &str, restarts: usize) -> String {
 fn storage_config<J: Job>(pool: &worker_pool::Settings) -> Config {
     // A worker whose heartbeat is older than heartbeat × missed is dead: its jobs run again
     // elsewhere. Heartbeats come every third of the orphan timeout.
-    let heartbeat = (pool.orphan_timeout / 3).max(Duration::from_secs(1));
     Config::default()
         .queue(J::NAME)
         .batch_size(pool.prefetch)
-        .heartbeat_interval(heartbeat)
+        .heartbeat_interval(pool.heartbeat())
         .missed_heartbeats(3)
         // Per-job leases only write a task's status and holder, and the script that takes one
         // scans the whole active list (`LREM`) for every job: with a backlog of N, N² work.

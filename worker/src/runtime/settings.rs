@@ -35,6 +35,21 @@ igsales_config::group! {
     }
 }
 
+impl worker_pool::Settings {
+    /// How often a worker heartbeats: a third of the orphan timeout, so three missed
+    /// heartbeats make a worker dead.
+    pub fn heartbeat(&self) -> Duration {
+        (self.orphan_timeout / 3).max(Duration::from_secs(1))
+    }
+
+    /// How long a dead worker's fetched jobs wait before another worker runs them: an orphan
+    /// timeout to be judged dead and a heartbeat until a reaper looks. A Redis fault just
+    /// before defers the judging by up to one more orphan timeout.
+    pub fn recovery(&self) -> Duration {
+        self.orphan_timeout + self.heartbeat()
+    }
+}
+
 fn retry_rules(p: &retry::Partial, _: Option<AppEnv>, c: &mut Checker) {
     if let (Some(base), Some(max)) = (p.backoff_base, p.backoff_max)
         && base > max
