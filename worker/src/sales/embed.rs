@@ -1,13 +1,18 @@
 //! Embeddings for semantic catalog search: the OpenAI-compatible `POST {OPENAI_BASE_URL}/embeddings`
-//! (key and base URL of the model group), ureq on the blocking pool with its own timeout. Off
-//! unless OPENAI_EMBEDDING_MODEL names a model.
+//! (key and base URL of the model group), through the chat client's POST with its own timeout
+//! and a bound on calls in flight. Off unless OPENAI_EMBEDDING_MODEL names a model.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sales::llm::{LlmError, model};
+use tokio::sync::Semaphore;
+
+use crate::sales::llm::{LlmError, model, post_json};
+
+/// Embedding calls in flight at once per process (each holds a blocking thread).
+const MAX_IN_FLIGHT: usize = 8;
 
 fn model_name(s: &str) -> Result<String, String> {
     let s = s.trim();
@@ -36,6 +41,7 @@ pub struct EmbeddingClient {
     name: String,
     pub batch: usize,
     agent: ureq::Agent,
+    permits: Arc<Semaphore>,
 }
 
 #[derive(Serialize)]
@@ -66,7 +72,7 @@ impl EmbeddingClient {
         let agent = igsales_meta::http::agent(&igsales_meta::http::AgentSettings {
             timeout: cfg.timeout,
             connect_timeout: cfg.timeout.min(Duration::from_secs(3)),
-            max_connections: 8,
+            max_connections: MAX_IN_FLIGHT,
             dns_cache_ttl: dns_cache,
             user_agent: None,
         });
@@ -75,6 +81,7 @@ impl EmbeddingClient {
             name,
             batch: cfg.batch,
             agent,
+            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         })
     }
 
@@ -85,46 +92,35 @@ impl EmbeddingClient {
 
     /// One unit-length vector per text, in order.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, LlmError> {
-        let (agent, model, name) = (self.agent.clone(), self.model.clone(), self.name.clone());
-        tokio::task::spawn_blocking(move || {
-            let body = serde_json::to_vec(&Request {
-                model: &name,
-                input: &texts,
-            })
-            .map_err(|e| LlmError::Decode(e.to_string()))?;
-            let url = format!("{}/embeddings", model.base_url.base());
-            let mut resp = agent
-                .post(&url)
-                .header(
-                    "Authorization",
-                    &format!("Bearer {}", model.api_key.expose()),
-                )
-                .header("Content-Type", "application/json")
-                .send(&body[..])
-                .map_err(|e| match e {
-                    ureq::Error::Timeout(_) => LlmError::Timeout,
-                    ureq::Error::Io(io) => LlmError::Transport(io.kind().to_string()),
-                    _ => LlmError::Transport("request failed".into()),
-                })?;
-            let status = resp.status().as_u16();
-            if !(200..300).contains(&status) {
-                return Err(LlmError::Http {
-                    status,
-                    retry_after: None,
-                });
-            }
-            let mut parsed: Response = resp
-                .body_mut()
-                .read_json()
-                .map_err(|e| LlmError::Decode(e.to_string()))?;
-            if parsed.data.len() != texts.len() {
-                return Err(LlmError::Decode("one embedding per input expected".into()));
-            }
-            parsed.data.sort_by_key(|i| i.index);
-            Ok(parsed.data.into_iter().map(|i| unit(i.embedding)).collect())
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| LlmError::Transport("client closed".into()))?;
+        let body = serde_json::to_vec(&Request {
+            model: &self.name,
+            input: &texts,
         })
+        .map_err(|e| LlmError::Decode(e.to_string()))?;
+        let expected = texts.len();
+        post_json(
+            &self.agent,
+            &self.model,
+            "/embeddings",
+            body,
+            false,
+            move |b| {
+                let mut parsed: Response =
+                    b.read_json().map_err(|e| LlmError::Decode(e.to_string()))?;
+                if parsed.data.len() != expected {
+                    return Err(LlmError::Decode("one embedding per input expected".into()));
+                }
+                parsed.data.sort_by_key(|i| i.index);
+                Ok(parsed.data.into_iter().map(|i| unit(i.embedding)).collect())
+            },
+        )
         .await
-        .map_err(|_| LlmError::Transport("worker thread failed".into()))?
     }
 }
 

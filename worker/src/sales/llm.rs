@@ -147,63 +147,86 @@ impl LlmClient {
             .acquire_owned()
             .await
             .map_err(|_| LlmError::Transport("client closed".into()))?;
-        let (agent, cfg) = (self.agent.clone(), self.cfg.clone());
-        tokio::task::spawn_blocking(move || {
-            let body = serde_json::to_vec(&Request {
-                model: &cfg.model,
-                messages: &messages,
-                max_tokens: cfg.max_tokens,
-                temperature: 0.3,
-                response_format: response_format.as_ref(),
-            })
-            .map_err(|e| LlmError::Decode(e.to_string()))?;
-            let url = format!("{}/chat/completions", cfg.base_url.base());
-            let mut resp = agent
-                .post(&url)
-                .header("Authorization", &format!("Bearer {}", cfg.api_key.expose()))
-                .header("Content-Type", "application/json")
-                .send(&body[..])
-                .map_err(|e| match e {
-                    ureq::Error::Timeout(_) => LlmError::Timeout,
-                    ureq::Error::Io(io) => LlmError::Transport(io.kind().to_string()),
-                    _ => LlmError::Transport("request failed".into()),
-                })?;
-            let status = resp.status().as_u16();
-            if !(200..300).contains(&status) {
-                let retry_after = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
-                if status == 400 && response_format.is_some() {
-                    let body = resp
-                        .body_mut()
-                        .with_config()
-                        .limit(64 * 1024)
-                        .read_to_string()
-                        .unwrap_or_default();
-                    if refuses_structure(&body) {
-                        return Err(LlmError::StructureRefused);
-                    }
-                }
-                return Err(LlmError::Http {
-                    status,
-                    retry_after,
-                });
-            }
-            let parsed: Response = resp
-                .body_mut()
-                .read_json()
-                .map_err(|e| LlmError::Decode(e.to_string()))?;
-            parsed
-                .choices
-                .into_iter()
-                .next()
-                .and_then(|c| c.message.content)
-                .ok_or_else(|| LlmError::Decode("no choices[0].message.content".into()))
+        let body = serde_json::to_vec(&Request {
+            model: &self.cfg.model,
+            messages: &messages,
+            max_tokens: self.cfg.max_tokens,
+            temperature: 0.3,
+            response_format: response_format.as_ref(),
         })
+        .map_err(|e| LlmError::Decode(e.to_string()))?;
+        let structured = response_format.is_some();
+        post_json(
+            &self.agent,
+            &self.cfg,
+            "/chat/completions",
+            body,
+            structured,
+            |b| {
+                let parsed: Response =
+                    b.read_json().map_err(|e| LlmError::Decode(e.to_string()))?;
+                parsed
+                    .choices
+                    .into_iter()
+                    .next()
+                    .and_then(|c| c.message.content)
+                    .ok_or_else(|| LlmError::Decode("no choices[0].message.content".into()))
+            },
+        )
         .await
-        .map_err(|_| LlmError::Transport("worker thread failed".into()))?
     }
+}
+
+/// POSTs a JSON `body` to `{OPENAI_BASE_URL}{path}` on the blocking pool and reads a 2xx
+/// answer with `read`. Any other status is `LlmError::Http` with its Retry-After, except a
+/// 400 refusing the response format when the request was `structured`.
+pub(crate) async fn post_json<T: Send + 'static>(
+    agent: &ureq::Agent,
+    cfg: &Arc<model::Settings>,
+    path: &'static str,
+    body: Vec<u8>,
+    structured: bool,
+    read: impl FnOnce(&mut ureq::Body) -> Result<T, LlmError> + Send + 'static,
+) -> Result<T, LlmError> {
+    let (agent, cfg) = (agent.clone(), cfg.clone());
+    tokio::task::spawn_blocking(move || {
+        let url = format!("{}{path}", cfg.base_url.base());
+        let mut resp = agent
+            .post(&url)
+            .header("Authorization", &format!("Bearer {}", cfg.api_key.expose()))
+            .header("Content-Type", "application/json")
+            .send(&body[..])
+            .map_err(|e| match e {
+                ureq::Error::Timeout(_) => LlmError::Timeout,
+                ureq::Error::Io(io) => LlmError::Transport(io.kind().to_string()),
+                _ => LlmError::Transport("request failed".into()),
+            })?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return read(resp.body_mut());
+        }
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
+        if status == 400 && structured {
+            let body = resp
+                .body_mut()
+                .with_config()
+                .limit(64 * 1024)
+                .read_to_string()
+                .unwrap_or_default();
+            if refuses_structure(&body) {
+                return Err(LlmError::StructureRefused);
+            }
+        }
+        Err(LlmError::Http {
+            status,
+            retry_after,
+        })
+    })
+    .await
+    .map_err(|_| LlmError::Transport("worker thread failed".into()))?
 }
