@@ -27,7 +27,8 @@ use crate::error::AppError;
 use crate::metrics::OAUTH_RESULTS;
 
 const COOKIE: &str = "igs_oauth";
-const SCOPE: &str = "instagram_business_basic,instagram_business_manage_messages";
+const SCOPE: &str = "instagram_business_basic,instagram_business_manage_messages,\
+                     instagram_business_manage_comments";
 
 fn parse_merchant(raw: &str) -> Result<MerchantId, AppError> {
     raw.parse()

@@ -201,9 +201,11 @@ async fn the_pkce_flow_connects_an_account_with_either_token_shape() {
                 f
             }),
             Some(vec![
+                "comments".to_owned(),
                 "message_reactions".to_owned(),
                 "messages".to_owned(),
                 "messaging_postbacks".to_owned(),
+                "messaging_referral".to_owned(),
                 "messaging_seen".to_owned()
             ])
         );

@@ -460,8 +460,10 @@ async fn every_documented_event_shape_parses_and_integer_ids_keep_their_digits()
             ACCOUNT,
             1_762_034_000,
             "17865799348089039",
-            "Preço?",
             CUSTOMER,
+            "18077777777777777",
+            "Preço?",
+            None,
         ),
     ]);
     let unknown_before = counter(
@@ -497,10 +499,16 @@ async fn every_documented_event_shape_parses_and_integer_ids_keep_their_digits()
     );
     assert!(kinds.iter().any(|(_, id)| id == "edit:mid-ed:1"));
     assert!(kinds.iter().any(|(_, id)| id == "postback:mid-pb"));
+    // A comment carries Meta's own id; a referral has none, so its bytes are hashed.
     assert!(
         kinds
             .iter()
-            .filter(|(k, _)| k == "comment" || k == "referral")
+            .any(|(k, id)| k == "comment" && id == "comment:17865799348089039")
+    );
+    assert!(
+        kinds
+            .iter()
+            .filter(|(k, _)| k == "referral")
             .all(|(_, id)| id.starts_with("h:") && id.len() == 66)
     );
     assert!(

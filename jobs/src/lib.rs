@@ -24,5 +24,5 @@ pub use names::{
 };
 pub use queue::{Job, JobQueue};
 pub use redis_conn::RedisConn;
-pub use send::SendMessageV1;
+pub use send::{SendChannel, SendMessageV1};
 pub use tokens::{HousekeepingV1, RefreshTokenV1, TokenRefreshSweepV1};

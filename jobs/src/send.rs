@@ -18,6 +18,26 @@ pub struct SendMessageV1 {
     pub window_closes_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Delivery::is_fresh")]
     pub delivery: Delivery,
+    /// Where the part goes; jobs from before comments were answered are DMs.
+    #[serde(default, skip_serializing_if = "SendChannel::is_dm")]
+    pub channel: SendChannel,
+}
+
+/// A DM, the private reply to a comment (one per comment, within 7 days), or a public reply
+/// under it: each has its own Graph call and limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendChannel {
+    #[default]
+    Dm,
+    PrivateReply,
+    PublicReply,
+}
+
+impl SendChannel {
+    pub fn is_dm(&self) -> bool {
+        *self == SendChannel::Dm
+    }
 }
 
 impl Job for SendMessageV1 {

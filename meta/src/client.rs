@@ -373,14 +373,29 @@ impl MetaClient {
         recipient: &str,
         message: &OutgoingMessage,
     ) -> Result<String, MetaError> {
+        self.send_to(token, Recipient::User(recipient), message)
+            .await
+    }
+
+    /// [`Self::send_message`] to a user or, as the private reply to a comment, to its author.
+    pub async fn send_to(
+        &self,
+        token: &Secret,
+        recipient: Recipient<'_>,
+        message: &OutgoingMessage,
+    ) -> Result<String, MetaError> {
         #[derive(Deserialize)]
         struct Sent {
             message_id: String,
         }
         message.check().map_err(MetaError::Limit)?;
         let token = token.clone();
+        let to = match recipient {
+            Recipient::User(id) => serde_json::json!({ "id": id }),
+            Recipient::Comment(id) => serde_json::json!({ "comment_id": id }),
+        };
         let body = serde_json::json!({
-            "recipient": { "id": recipient },
+            "recipient": to,
             "message": message,
         });
         self.call(move |agent, cfg| {
@@ -394,6 +409,35 @@ impl MetaClient {
             )?;
             let sent: Sent = decode(a)?;
             Ok(sent.message_id)
+        })
+        .await
+    }
+
+    /// Replies under a comment, in public (`POST /{comment-id}/replies`); the reply's id.
+    pub async fn reply_publicly(
+        &self,
+        token: &Secret,
+        comment: &str,
+        text: &str,
+    ) -> Result<String, MetaError> {
+        #[derive(Deserialize)]
+        struct Created {
+            id: String,
+        }
+        if text.trim().is_empty() || text.len() > crate::send::MAX_TEXT_BYTES {
+            return Err(MetaError::Limit(crate::send::LimitError::Text));
+        }
+        let (token, comment, text) = (token.clone(), comment.to_owned(), text.to_owned());
+        self.call(move |agent, cfg| {
+            let url = format!("{}/{}/{comment}/replies", cfg.graph_base, cfg.version);
+            let a = answer(
+                agent
+                    .post(&url)
+                    .header("Authorization", &format!("Bearer {}", token.expose()))
+                    .send_form([("message", text.as_str())]),
+            )?;
+            let created: Created = decode(a)?;
+            Ok(created.id)
         })
         .await
     }
@@ -599,10 +643,21 @@ pub enum ErrorClass {
     Unknown,
     /// The token is invalid or expired (190): the account needs re-authorisation.
     Reauth,
-    /// Outside the 24-hour messaging window (10 / 2534022).
+    /// Outside the 24-hour messaging window (10 / 2534022), or a comment's 7 days.
     WindowExpired,
+    /// The comment's one private reply was used already (2534025).
+    AlreadyReplied,
     /// Any other client error: retrying will not help.
     Permanent,
+}
+
+/// Who a Send API message goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Recipient<'a> {
+    /// An Instagram-scoped user id.
+    User(&'a str),
+    /// The author of this comment, as the comment's one private reply.
+    Comment(&'a str),
 }
 
 /// Whose calls a throttle counts.
@@ -632,7 +687,11 @@ impl MetaError {
                 error,
                 regain_after,
             } => {
-                if THROTTLE_CODES.contains(&error.code) || *status == 429 {
+                // 2534013: the private replies' rate or policy limit.
+                if THROTTLE_CODES.contains(&error.code)
+                    || *status == 429
+                    || error.error_subcode == Some(2534013)
+                {
                     ErrorClass::Throttled {
                         regain_after: *regain_after,
                         scope: if APP_THROTTLE_CODES.contains(&error.code) {
@@ -643,6 +702,8 @@ impl MetaError {
                     }
                 } else if error.code == 190 {
                     ErrorClass::Reauth
+                } else if error.error_subcode == Some(2534025) {
+                    ErrorClass::AlreadyReplied
                 } else if error.code == 10 && error.error_subcode == Some(2534022)
                     || error.error_subcode == Some(2534022)
                 {

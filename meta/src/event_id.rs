@@ -3,7 +3,8 @@
 //! the two must never disagree on a format.
 //!
 //! - Events Meta gives an id of its own: `message:{mid}`, `echo:{mid}`, `deleted:{mid}`,
-//!   `postback:{mid}` and `edit:{mid}:{num_edit}` (an edit is a new event per edit).
+//!   `postback:{mid}`, `edit:{mid}:{num_edit}` (an edit is a new event per edit) and
+//!   `comment:{comment id}`.
 //! - Everything else: `h:` + SHA-256(merchant id as text ‖ 0x00 ‖ the event's raw bytes as
 //!   received), so a redelivery of the same bytes is the same event, per merchant.
 
@@ -25,6 +26,11 @@ pub fn message(mid: &str) -> String {
 /// An echo's id, `echo:{mid}`.
 pub fn echo(mid: &str) -> String {
     with_mid("echo", mid)
+}
+
+/// A comment's id, `comment:{id}`.
+pub fn comment(id: &str) -> String {
+    with_mid("comment", id)
 }
 
 /// `edit:{mid}:{num_edit}`; a missing count is edit 0.

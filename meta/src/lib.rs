@@ -14,7 +14,7 @@ pub mod webhook;
 
 pub use client::{
     ErrorClass, GraphError, LongLivedToken, Me, MetaClient, MetaError, OAuthApp, OAuthClient,
-    ShortLivedToken, ThrottleScope,
+    Recipient, ShortLivedToken, ThrottleScope,
 };
 pub use ids::IdString;
 pub use signature::{SignatureError, WebhookVerifier};

@@ -14,7 +14,8 @@ use crate::ids::IdString;
 
 /// The webhook fields an account is subscribed to, when it connects (SPEC §4.2) and when an
 /// operator resubscribes it: the events below come from these.
-pub const SUBSCRIBED_FIELDS: &str = "messages,messaging_postbacks,messaging_seen,message_reactions";
+pub const SUBSCRIBED_FIELDS: &str =
+    "messages,messaging_postbacks,messaging_seen,message_reactions,messaging_referral,comments";
 
 /// `{"object": "...", "entry": [...]}`; entries stay raw until routed.
 #[derive(Debug, Deserialize)]
@@ -87,10 +88,14 @@ impl EventKind {
         }
     }
 
-    /// Whether answering the event may call the model: customer messages and postbacks. The
-    /// rest (echoes that confirm our sends, reads, reactions, deletions, …) are quick records.
+    /// Whether answering the event may call the model: customer messages, postbacks and
+    /// comments. The rest (echoes that confirm our sends, reads, reactions, deletions, …) are
+    /// quick records.
     pub fn needs_model(self) -> bool {
-        matches!(self, EventKind::Message | EventKind::Postback)
+        matches!(
+            self,
+            EventKind::Message | EventKind::Postback | EventKind::Comment
+        )
     }
 }
 
@@ -269,22 +274,72 @@ pub fn classify_messaging(raw: &RawValue) -> Classified {
 struct ChangeProbe {
     #[serde(default)]
     field: Option<String>,
+    #[serde(default)]
+    value: Option<ValueProbe>,
 }
 
-/// Classifies one `changes[]` item (or an entry that carries `field` itself).
+#[derive(Deserialize)]
+struct ValueProbe {
+    #[serde(default)]
+    id: Option<IdString>,
+}
+
+/// Classifies one `changes[]` item (or an entry that carries `field` itself). A comment's id
+/// is `comment:{value.id}`: Meta's own id, so every delivery of one comment is one event.
 pub fn classify_change(raw: &RawValue) -> Classified {
     match serde_json::from_str::<ChangeProbe>(raw.get()) {
-        Ok(ChangeProbe { field: Some(f) }) => Classified::Event {
-            kind: match f.as_str() {
+        Ok(ChangeProbe {
+            field: Some(f),
+            value,
+        }) => {
+            let kind = match f.as_str() {
                 "comments" | "live_comments" => EventKind::Comment,
                 "mentions" => EventKind::Mention,
                 _ => EventKind::Change,
-            },
-            id: None,
-        },
-        Ok(ChangeProbe { field: None }) => Classified::Unknown,
+            };
+            let id = match (kind, value.and_then(|v| v.id)) {
+                (EventKind::Comment, Some(id)) => Some(event_id::comment(id.as_str())),
+                _ => None,
+            };
+            Classified::Event { kind, id }
+        }
+        Ok(ChangeProbe { field: None, .. }) => Classified::Unknown,
         Err(_) => Classified::Invalid,
     }
+}
+
+/// A `comments` change: someone commented on one of the account's posts or reels.
+#[derive(Debug, Deserialize)]
+pub struct CommentChange {
+    pub value: CommentValue,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CommentValue {
+    pub id: IdString,
+    #[serde(default)]
+    pub from: Option<CommentAuthor>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub media: Option<CommentMedia>,
+    /// Set on a reply within a comment's thread.
+    #[serde(default)]
+    pub parent_id: Option<IdString>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CommentAuthor {
+    pub id: IdString,
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CommentMedia {
+    pub id: IdString,
+    #[serde(default)]
+    pub media_product_type: Option<String>,
 }
 
 #[cfg(test)]
@@ -361,6 +416,13 @@ mod tests {
         assert_eq!(classify_messaging(&raw("[1,2]")), Classified::Invalid);
         assert_eq!(
             classify_change(&raw(r#"{"field":"comments","value":{"id":"1"}}"#)),
+            Classified::Event {
+                kind: EventKind::Comment,
+                id: Some("comment:1".into())
+            }
+        );
+        assert_eq!(
+            classify_change(&raw(r#"{"field":"comments","value":{"text":"x"}}"#)),
             Classified::Event {
                 kind: EventKind::Comment,
                 id: None

@@ -38,6 +38,8 @@ pub const TENANT_TABLES: &[&str] = &[
     "outbound_messages",
     "products",
     "product_words",
+    "comment_rules",
+    "product_links",
 ];
 
 /// A merchant (tenant) id.

@@ -4,6 +4,7 @@
 //! them with context (`anyhow`) and log them once, at the boundary.
 
 pub mod accounts;
+pub mod comments;
 mod connect;
 pub mod conversations;
 mod db;

@@ -29,6 +29,18 @@ crate::text_enum::text_enum! {
     }
 }
 
+crate::text_enum::text_enum! {
+    /// Where one part goes (`outbound_messages.channel`).
+    pub enum Channel {
+        /// The customer's DMs (`recipient.id`).
+        Dm => "dm",
+        /// The one private reply Meta allows to a comment (`recipient.comment_id`).
+        PrivateReply => "private_reply",
+        /// A reply under the comment, in public (`POST /{comment-id}/replies`).
+        PublicReply => "public_reply",
+    }
+}
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = om)]
 pub struct Outbound {
@@ -48,6 +60,9 @@ pub struct Outbound {
     /// The Send API `message` object, for a part that is more than its `text` (cards, quick
     /// replies); `None` sends `{"text": text}`.
     pub payload: Option<serde_json::Value>,
+    pub channel: Channel,
+    /// The comment a private or public reply answers.
+    pub comment_id: Option<String>,
 }
 
 /// One part of a reply, to be stored.
@@ -56,6 +71,9 @@ pub struct NewPart {
     /// What is sent for a text part; for a card message, a readable summary (1–1000 bytes).
     pub text: String,
     pub payload: Option<serde_json::Value>,
+    /// `Dm` unless the part answers a comment (then `comment_id` names it).
+    pub channel: Channel,
+    pub comment_id: Option<String>,
 }
 
 impl NewPart {
@@ -63,6 +81,17 @@ impl NewPart {
         NewPart {
             text: text.into(),
             payload: None,
+            channel: Channel::Dm,
+            comment_id: None,
+        }
+    }
+
+    /// This part, answering `comment` on `channel` instead of going to the DMs.
+    pub fn on_comment(self, channel: Channel, comment: &str) -> Self {
+        NewPart {
+            channel,
+            comment_id: Some(comment.to_owned()),
+            ..self
         }
     }
 }
@@ -111,6 +140,8 @@ pub async fn create_parts(
                 om::part_index.eq(i as i16),
                 om::text.eq(&part.text),
                 om::payload.eq(part.payload.as_ref()),
+                om::channel.eq(part.channel),
+                om::comment_id.eq(part.comment_id.as_deref()),
             )
         })
         .collect();

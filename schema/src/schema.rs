@@ -95,6 +95,8 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         payload -> Nullable<Jsonb>,
+        channel -> Text,
+        comment_id -> Nullable<Text>,
     }
 }
 
@@ -131,6 +133,28 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    comment_rules (merchant_id) {
+        merchant_id -> Uuid,
+        enabled -> Bool,
+        media_ids -> Array<Text>,
+        triggers -> Array<Text>,
+        public_reply -> Nullable<Text>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    product_links (merchant_id, kind, key, sku) {
+        merchant_id -> Uuid,
+        kind -> Text,
+        key -> Text,
+        sku -> Text,
+        position -> Int2,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(instagram_accounts -> merchants (merchant_id));
 diesel::joinable!(products -> merchants (merchant_id));
 diesel::joinable!(webhook_events -> merchants (merchant_id));
@@ -144,4 +168,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     outbound_messages,
     products,
     data_deletion_requests,
+    comment_rules,
+    product_links,
 );

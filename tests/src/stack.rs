@@ -57,6 +57,7 @@ pub struct Stack {
     pub account: FakeAccount,
     bins: PathBuf,
     database_url: String,
+    worker_env: Vec<(&'static str, String)>,
 }
 
 fn location(a: &Answer) -> anyhow::Result<String> {
@@ -112,7 +113,10 @@ impl Stack {
             ("IG_APP_SECRET", IG_SECRET.to_owned()),
             ("GRAPH_API_VERSION", "v26.0".to_owned()),
             ("GRAPH_API_BASE_URL", fake.base_url()),
-            ("RUST_LOG", "warn".to_owned()),
+            (
+                "RUST_LOG",
+                std::env::var("IGSALES_TEST_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            ),
         ];
         let mut ingress_env = common.clone();
         ingress_env.extend([
@@ -158,6 +162,7 @@ impl Stack {
             &worker_env,
             metrics_port,
         );
+        let worker_env = worker_env.clone();
         Ok(Stack {
             fake,
             llm,
@@ -167,6 +172,7 @@ impl Stack {
             account,
             bins,
             database_url: cfg.database_url,
+            worker_env,
         })
     }
 
@@ -345,6 +351,28 @@ impl Stack {
         let (status, _) =
             tokio::task::spawn_blocking(move || wh::deliver(&url, IG_SECRET, &body)).await?;
         Ok(status)
+    }
+
+    /// A webhook body delivered to the ingress as Meta delivers it (signed). HTTP status.
+    pub async fn deliver(&self, body: String) -> anyhow::Result<u16> {
+        let url = format!("{}/webhooks/instagram", self.base);
+        let (status, _) =
+            tokio::task::spawn_blocking(move || wh::deliver(&url, IG_SECRET, &body)).await?;
+        Ok(status)
+    }
+
+    /// One more `worker run` on the same queues and database (its own metrics port).
+    pub fn another_worker(&self) -> Process {
+        let port = free_port();
+        let mut env = self.worker_env.clone();
+        env.retain(|(k, _)| *k != "METRICS_PORT");
+        env.push(("METRICS_PORT", port.to_string()));
+        Process::start(
+            &self.bins.join("worker").display().to_string(),
+            &["run"],
+            &env,
+            port,
+        )
     }
 
     pub fn bins(&self) -> &Path {

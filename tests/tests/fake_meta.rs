@@ -205,7 +205,15 @@ fn event_builders_follow_the_documented_shapes() {
         webhook::referral(c, a, "promo", 1)["referral"]["ref"],
         "promo"
     );
-    let comment = webhook::comment_entry(a, 1762034000, "1786", "Preço?", c);
+    let comment = webhook::comment_entry(
+        a,
+        1762034000,
+        "1786",
+        c,
+        "18077777777777777",
+        "Preço?",
+        None,
+    );
     assert_eq!(comment["changes"][0]["field"], "comments");
     assert_eq!(comment["changes"][0]["value"]["from"]["id"], c);
     let body = webhook::envelope(&[comment, webhook::messaging_entry(a, 5, vec![react])]);

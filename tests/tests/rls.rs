@@ -76,6 +76,13 @@ impl Tenant {
             "product_words" => format!(
                 "INSERT INTO product_words (merchant_id, word) VALUES ('{m}', 'word_{tag}')"
             ),
+            "comment_rules" => format!(
+                "INSERT INTO comment_rules (merchant_id, public_reply) VALUES ('{m}', 'reply {tag}')"
+            ),
+            "product_links" => format!(
+                "INSERT INTO product_links (merchant_id, kind, key, sku)
+                 VALUES ('{m}', 'media', 'media_{tag}', 'sku_seed')"
+            ),
             other => panic!("no fixture for tenant table {other}: add one"),
         }
     }
@@ -92,7 +99,9 @@ impl Tenant {
                VALUES ('{m}', '{c}', 'mid_seed', 'inbound', 'customer', 'hello', now());
              INSERT INTO outbound_messages (merchant_id, conversation_id, idempotency_key, instagram_page_id, recipient_igsid, part_index, text)
                VALUES ('{m}', '{c}', 'key_seed', '{p}', 'cust', 0, 'hi');
-             INSERT INTO products (merchant_id, sku, name, price) VALUES ('{m}', 'sku_seed', 'Thing', 9.90);"
+             INSERT INTO products (merchant_id, sku, name, price) VALUES ('{m}', 'sku_seed', 'Thing', 9.90);
+             INSERT INTO comment_rules (merchant_id, public_reply) VALUES ('{m}', 'see your DMs');
+             INSERT INTO product_links (merchant_id, kind, key, sku) VALUES ('{m}', 'media', 'media_seed', 'sku_seed');"
             // The product's one word ("thing") is product_words' row: its trigger wrote it.
         )
     }
@@ -114,6 +123,8 @@ fn marker_column(table: &str) -> &'static str {
         "webhook_events" => "kind",
         "conversations" => "customer_igsid",
         "product_words" => "word",
+        "comment_rules" => "public_reply",
+        "product_links" => "key",
         "messages" | "outbound_messages" => "text",
         other => panic!("no marker column for {other}"),
     }

@@ -910,6 +910,7 @@ async fn eight_copies_of_one_part_running_at_once_in_two_workers_call_graph_once
             idempotency_key: format!("message:mid-copies-{i}#0"),
             window_closes_at: Utc::now() + chrono::Duration::hours(1),
             delivery: Default::default(),
+            channel: Default::default(),
         })
         .collect();
     // 8 copies of each part in one pipelined burst, so both workers fetch them together.
@@ -1083,6 +1084,7 @@ async fn an_account_needing_reauthorisation_gets_no_model_call_and_no_graph_call
         idempotency_key: "message:mid-reauth-1#0".into(),
         window_closes_at: Utc::now() + chrono::Duration::hours(1),
         delivery: Default::default(),
+        channel: Default::default(),
     };
     JobQueue::<SendMessageV1>::new(p.conn().await)
         .push(job)

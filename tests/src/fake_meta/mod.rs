@@ -95,6 +95,8 @@ pub enum Endpoint {
     Me,
     SubscribedApps,
     Messages,
+    /// `POST /{comment-id}/replies`.
+    CommentReplies,
     /// Any path or method the fake does not serve (answered with a Graph error); recorded so a
     /// test can see what the service called by mistake.
     Unknown,
@@ -151,6 +153,30 @@ pub struct SentMessage {
     pub message_id: String,
     /// When the fake took it (Unix ms).
     pub at_ms: i64,
+    /// The comment a private reply answered (`recipient.comment_id`); `recipient_id` is then
+    /// the comment's author.
+    pub comment_id: Option<String>,
+}
+
+/// A comment on one of an account's posts or reels, as the fake knows it.
+#[derive(Clone, Debug)]
+pub struct FakeComment {
+    /// The account whose media it is under.
+    pub account: String,
+    pub author: String,
+    pub media_id: String,
+    pub parent_id: Option<String>,
+    pub created: Instant,
+    pub private_replied: bool,
+}
+
+/// A public reply posted under a comment.
+#[derive(Clone, Debug)]
+pub struct PublicReply {
+    pub account: String,
+    pub comment_id: String,
+    pub text: String,
+    pub id: String,
 }
 
 /// Handle to a running fake; clones share it. The server stops when the last clone drops.
@@ -195,6 +221,15 @@ pub(crate) struct State {
     pub(crate) first_event_to: Option<(String, String)>,
     /// Those first events: (mid, the webhook's HTTP status).
     pub(crate) first_events: Vec<(String, u16)>,
+    /// Comment id → the comment.
+    pub(crate) comments: HashMap<String, FakeComment>,
+    pub(crate) public_replies: Vec<PublicReply>,
+    /// Per account: the Send API calls of the last second, the private replies of the last
+    /// hour (Meta's limits, enforced).
+    pub(crate) send_calls: HashMap<String, VecDeque<Instant>>,
+    pub(crate) private_reply_calls: HashMap<String, VecDeque<Instant>>,
+    /// Calls refused for going over those limits.
+    pub(crate) limit_breaches: usize,
 }
 
 impl State {
@@ -337,8 +372,9 @@ impl FakeMeta {
     }
 
     /// Every access token handed out, short- and long-lived, in order.
-    /// A long-lived token for `account` with the messaging permissions, as if it had connected
-    /// earlier: tests that start from a connected account store this one.
+    /// A long-lived token for `account` with the permissions igsales asks for (messages and
+    /// comments), as if it had connected earlier: tests that start from a connected account
+    /// store this one.
     pub fn issue_long_lived_token(&self, account: &FakeAccount) -> String {
         let mut state = self.inner.shared.state();
         server::issue(
@@ -348,8 +384,60 @@ impl FakeMeta {
             &[
                 "instagram_business_basic".to_owned(),
                 "instagram_business_manage_messages".to_owned(),
+                "instagram_business_manage_comments".to_owned(),
             ],
         )
+    }
+
+    /// Someone (`author`) comments `comment_id` on `media_id` of `account`, `age` ago (a reply
+    /// within a thread when `parent_id` is set): the fake now knows the comment, and this is
+    /// the `comments` webhook body Meta sends for it (IG Login's `changes[]` shape).
+    #[allow(clippy::too_many_arguments)]
+    pub fn comment(
+        &self,
+        account: &str,
+        comment_id: &str,
+        author: &str,
+        media_id: &str,
+        text: &str,
+        parent_id: Option<&str>,
+        age: Duration,
+    ) -> String {
+        let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        self.inner.shared.state().comments.insert(
+            comment_id.to_owned(),
+            FakeComment {
+                account: account.to_owned(),
+                author: author.to_owned(),
+                media_id: media_id.to_owned(),
+                parent_id: parent_id.map(str::to_owned),
+                created,
+                private_replied: false,
+            },
+        );
+        let time_s = (webhook::now_ms() - age.as_millis() as i64) / 1000;
+        webhook::envelope(&[webhook::comment_entry(
+            account, time_s, comment_id, author, media_id, text, parent_id,
+        )])
+    }
+
+    /// The private replies the fake accepted, in order.
+    pub fn private_replies(&self) -> Vec<SentMessage> {
+        self.sent_messages()
+            .into_iter()
+            .filter(|m| m.comment_id.is_some())
+            .collect()
+    }
+
+    /// The public replies the fake accepted, in order.
+    pub fn public_replies(&self) -> Vec<PublicReply> {
+        self.inner.shared.state().public_replies.clone()
+    }
+
+    /// Calls refused for going over Meta's rate limits (the Send API's 100 a second per
+    /// account, private replies' 750 an hour).
+    pub fn limit_breaches(&self) -> usize {
+        self.inner.shared.state().limit_breaches
     }
 
     /// Delivers the echo of every accepted send to `webhook_url`, signed with `secret`, as Meta

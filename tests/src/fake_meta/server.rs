@@ -99,6 +99,9 @@ fn route(method: &Method, path: &str) -> Route {
             (Endpoint::SubscribedApps, Some(*node))
         }
         (&Method::POST, [node, "messages"]) if is_node(node) => (Endpoint::Messages, Some(*node)),
+        (&Method::POST, [node, "replies"]) if is_node(node) && *node != "me" => {
+            (Endpoint::CommentReplies, Some(*node))
+        }
         _ => (Endpoint::Unknown, None),
     };
     Route {
@@ -371,6 +374,7 @@ fn answer(shared: &Shared, state: &mut State, req: &Req, route: &Route) -> Reply
         Endpoint::Me => me(state, req, node),
         Endpoint::SubscribedApps => subscribed_apps(shared, state, req, node),
         Endpoint::Messages => messages(state, req, node),
+        Endpoint::CommentReplies => comment_replies(state, req, node),
         Endpoint::Unknown => Err(unknown(req, route)),
     };
     result.unwrap_or_else(|e| e)
@@ -804,9 +808,33 @@ fn messages(state: &mut State, req: &Req, node: &str) -> Result<Reply, Reply> {
     require_permission(&grant, MANAGE_MESSAGES)?;
     let body = send_body(req)?;
     let param = |message: &str| GraphError::new(400, 100, format!("(#100) {message}")).reply();
-    let recipient_id = match body.pointer("/recipient/id") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
+    // Meta's Send API limit, per account: 100 calls a second.
+    let now = Instant::now();
+    let calls = state.send_calls.entry(account.clone()).or_default();
+    while calls
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+    {
+        calls.pop_front();
+    }
+    if calls.len() >= SEND_CALLS_PER_SEC {
+        state.limit_breaches += 1;
+        return Err(GraphError::new(
+            400,
+            613,
+            "(#613) Calls to this api have exceeded the rate limit.",
+        )
+        .reply());
+    }
+    calls.push_back(now);
+    let comment_id = body
+        .pointer("/recipient/comment_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let recipient_id = match (&comment_id, body.pointer("/recipient/id")) {
+        (Some(c), _) => private_reply(state, &grant, &account, c, now)?,
+        (None, Some(Value::String(s))) if !s.is_empty() => s.clone(),
+        (None, Some(Value::Number(n))) => n.to_string(),
         _ => return Err(param("The parameter recipient is required")),
     };
     if let Some(action) = body.get("sender_action") {
@@ -891,6 +919,14 @@ fn messages(state: &mut State, req: &Req, node: &str) -> Result<Reply, Reply> {
         }
     }
     let message_id = format!("{MID_PREFIX}{}", random_alnum(120));
+    if let Some(c) = comment_id.as_ref().and_then(|c| state.comments.get_mut(c)) {
+        c.private_replied = true;
+        state
+            .private_reply_calls
+            .entry(account.clone())
+            .or_default()
+            .push_back(now);
+    }
     state.sent.push(SentMessage {
         account,
         recipient_id: recipient_id.clone(),
@@ -898,6 +934,7 @@ fn messages(state: &mut State, req: &Req, node: &str) -> Result<Reply, Reply> {
         body: body.clone(),
         message_id: message_id.clone(),
         at_ms: now_ms(),
+        comment_id,
     });
     Ok(json(
         200,
@@ -906,6 +943,125 @@ fn messages(state: &mut State, req: &Req, node: &str) -> Result<Reply, Reply> {
             ("message_id", json_str(&message_id)),
         ]),
     ))
+}
+
+/// Send API calls an account may make in a second.
+const SEND_CALLS_PER_SEC: usize = 100;
+/// Private replies an account may send in an hour (to comments on posts and reels).
+const PRIVATE_REPLIES_PER_HOUR: usize = 750;
+/// How long after a comment its private reply is accepted.
+const PRIVATE_REPLY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Checks a private reply to `comment_id` by `account` against Meta's rules (a comment on
+/// the account's media, top-level, within 7 days, one reply each, 750 an hour); the comment
+/// author's id, whom the message goes to.
+fn private_reply(
+    state: &mut State,
+    grant: &TokenGrant,
+    account: &str,
+    comment_id: &str,
+    now: Instant,
+) -> Result<String, Reply> {
+    require_permission(grant, MANAGE_COMMENTS)?;
+    let Some(comment) = state
+        .comments
+        .get(comment_id)
+        .filter(|c| c.account == account)
+    else {
+        return Err(GraphError::new(
+            400,
+            100,
+            format!(
+                "(#100) Unsupported post request. Object with ID '{comment_id}' does not exist"
+            ),
+        )
+        .subcode(33)
+        .reply());
+    };
+    let refuse = |subcode: u32, message: &str| {
+        GraphError::new(400, 10, format!("(#10) {message}"))
+            .subcode(subcode)
+            .reply()
+    };
+    if comment.parent_id.is_some() {
+        return Err(GraphError::new(
+            400,
+            100,
+            "(#100) A private reply can only answer a top-level comment",
+        )
+        .reply());
+    }
+    if comment.private_replied {
+        return Err(refuse(
+            2534025,
+            "This comment already has its private reply",
+        ));
+    }
+    if now.duration_since(comment.created) > PRIVATE_REPLY_WINDOW {
+        return Err(refuse(
+            2534022,
+            "This message is sent outside of allowed window.",
+        ));
+    }
+    let author = comment.author.clone();
+    let calls = state
+        .private_reply_calls
+        .entry(account.to_owned())
+        .or_default();
+    while calls
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(3600))
+    {
+        calls.pop_front();
+    }
+    if calls.len() >= PRIVATE_REPLIES_PER_HOUR {
+        state.limit_breaches += 1;
+        return Err(refuse(
+            2534013,
+            "The account has reached its limit of private replies",
+        ));
+    }
+    Ok(author)
+}
+
+/// `POST /{comment-id}/replies`: a public reply under a top-level comment on the account's
+/// media.
+fn comment_replies(state: &mut State, req: &Req, node: &str) -> Result<Reply, Reply> {
+    let grant = authenticate(state, req.access_token())?;
+    require_permission(&grant, MANAGE_COMMENTS)?;
+    let account = grant.account.user_id.clone();
+    let Some(comment) = state.comments.get(node).filter(|c| c.account == account) else {
+        return Err(GraphError::new(
+            400,
+            100,
+            format!("(#100) Unsupported post request. Object with ID '{node}' does not exist"),
+        )
+        .subcode(33)
+        .reply());
+    };
+    if comment.parent_id.is_some() {
+        return Err(GraphError::new(
+            400,
+            100,
+            "(#100) Replies can only answer a top-level comment",
+        )
+        .reply());
+    }
+    let text = req
+        .form("message")
+        .or_else(|| req.query("message"))
+        .unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err(GraphError::new(400, 100, "(#100) The parameter message is required").reply());
+    }
+    let id = format!("1789{}{}", now_ms(), state.public_replies.len());
+    state.public_replies.push(crate::fake_meta::PublicReply {
+        account,
+        comment_id: node.to_owned(),
+        text: text.to_owned(),
+        id: id.clone(),
+    });
+    Ok(json(200, json_object(&[("id", json_str(&id))])))
 }
 
 /// Characters in a template element's title and subtitle, a button's title, a quick reply's

@@ -126,6 +126,39 @@ fn write_compact(value: &Value, out: &mut String) {
     }
 }
 
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One `entry[]` item holding a `comments` change (IG Login's shape; `time` in seconds).
+pub fn comment_entry(
+    account_id: &str,
+    time_s: i64,
+    comment_id: &str,
+    author: &str,
+    media_id: &str,
+    text: &str,
+    parent_id: Option<&str>,
+) -> Value {
+    let mut value = json!({
+        "from": { "id": author, "username": format!("user{author}") },
+        "media": { "id": media_id, "media_product_type": "FEED" },
+        "id": comment_id,
+        "text": text,
+    });
+    if let Some(p) = parent_id {
+        value["parent_id"] = json!(p);
+    }
+    json!({
+        "id": account_id,
+        "time": time_s,
+        "changes": [{ "field": "comments", "value": value }],
+    })
+}
+
 /// One `entry[]` item of messaging events; `time_ms` is when Meta sent it.
 pub fn messaging_entry(account_id: &str, time_ms: i64, events: Vec<Value>) -> Value {
     json!({ "time": time_ms, "id": account_id, "messaging": events })
@@ -260,29 +293,6 @@ pub fn referral(customer: &str, account: &str, ref_: &str, ts_ms: i64) -> Value 
         "referral",
         json!({ "ref": ref_, "source": "SHORTLINK", "type": "OPEN_THREAD" }),
     )
-}
-
-/// A comment on a reel, in the `changes[]` shape seen from Instagram Login; `time_s` in seconds.
-pub fn comment_entry(
-    account_id: &str,
-    time_s: i64,
-    comment_id: &str,
-    text: &str,
-    from_id: &str,
-) -> Value {
-    json!({
-        "time": time_s,
-        "id": account_id,
-        "changes": [{
-            "field": "comments",
-            "value": {
-                "from": { "id": from_id, "username": "fake.customer" },
-                "media": { "id": "18077777777777777", "media_product_type": "REELS" },
-                "id": comment_id,
-                "text": text,
-            },
-        }],
-    })
 }
 
 fn agent() -> ureq::Agent {

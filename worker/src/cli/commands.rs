@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use diesel_async::AsyncPgConnection;
 use igsales_config::{DbSettings, PgUrl};
+use igsales_schema::comments::{self, CommentRule, LinkKind};
 use igsales_schema::merchants::{self, MerchantChanges};
 use igsales_schema::{
     Db, DbError, MerchantId, PgConnector, StartupError, migrate as migrations, products,
@@ -195,6 +196,84 @@ pub async fn merchant_set(
         what.push("handoff message".to_owned());
     }
     println!("merchant {merchant} updated: {}", what.join(", "));
+    Ok(())
+}
+
+/// `merchant comments`: `--on` stores the rule as given; `--off` keeps its lists, switched off.
+pub async fn merchant_comments(
+    settings: &DbSettings,
+    merchant: MerchantId,
+    rule: CommentRule,
+) -> anyhow::Result<()> {
+    let db = Db::connect(settings).await?;
+    let stored = db
+        .as_merchant(merchant, async |c: &AsyncPgConnection| {
+            if merchants::find(c, merchant).await?.is_none() {
+                return Ok::<_, DbError>(None);
+            }
+            let rule = if rule.enabled {
+                rule
+            } else {
+                CommentRule {
+                    enabled: false,
+                    ..comments::rule(c).await?
+                }
+            };
+            comments::set_rule(c, merchant, &rule).await?;
+            Ok(Some(rule))
+        })
+        .await
+        .context("storing the comment rule")?;
+    let Some(rule) = stored else {
+        bail!("merchant {merchant} not found");
+    };
+    let list = |v: &[String], all: &str| {
+        if v.is_empty() {
+            all.to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    println!(
+        "merchant {merchant} comments: {}; media: {}; triggers: {}; public reply: {}",
+        if rule.enabled { "on" } else { "off" },
+        list(&rule.media_ids, "all"),
+        list(&rule.triggers, "any comment"),
+        if rule.public_reply.is_some() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    Ok(())
+}
+
+/// `catalog link`: ties SKUs to a media id or a ref; unknown SKUs store nothing (exit 1).
+pub async fn catalog_link(
+    settings: &DbSettings,
+    merchant: MerchantId,
+    kind: LinkKind,
+    key: &str,
+    skus: &[String],
+) -> anyhow::Result<()> {
+    let db = Db::connect(settings).await?;
+    let unknown = db
+        .as_merchant(merchant, async |c: &AsyncPgConnection| {
+            Ok::<_, DbError>(comments::link(c, merchant, kind, key, skus).await?)
+        })
+        .await
+        .context("linking the products")?;
+    if !unknown.is_empty() {
+        bail!(
+            "not in merchant {merchant}'s catalog: {} (nothing linked)",
+            unknown.join(", ")
+        );
+    }
+    let what = match kind {
+        LinkKind::Media => "media",
+        LinkKind::Ref => "ref",
+    };
+    println!("{what} {key}: {} product(s) linked", skus.len());
     Ok(())
 }
 

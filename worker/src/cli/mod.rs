@@ -290,6 +290,28 @@ pub enum MerchantCommand {
         #[arg(long, value_parser = language())]
         language: Option<Language>,
     },
+    /// Answer comments under the merchant's posts with a private reply (`--on`, with the
+    /// media and trigger words given, which replace earlier ones), or stop (`--off`).
+    #[command(group(ArgGroup::new("switch").required(true).args(["on", "off"])))]
+    Comments {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        merchant: MerchantId,
+        #[arg(long)]
+        on: bool,
+        #[arg(long)]
+        off: bool,
+        /// Only comments on these media ids (default: every post and reel).
+        #[arg(long, num_args = 1.., value_parser = bounded_text(1, 200))]
+        media: Vec<String>,
+        /// Only comments with one of these words (default: every comment).
+        #[arg(long, num_args = 1.., value_parser = bounded_text(1, 100))]
+        trigger: Vec<String>,
+        /// Also reply under the comment, once, with this text (e.g. "Te chamei no direct!").
+        #[arg(long, value_parser = bounded_text(1, 300))]
+        public_reply: Option<String>,
+    },
 }
 
 fn language() -> impl clap::builder::TypedValueParser<Value = Language> {
@@ -321,6 +343,22 @@ pub enum CatalogCommand {
         access: Box<EmbedAccess>,
         #[arg(long)]
         merchant: MerchantId,
+    },
+    /// Tie products to a post or reel (`--media`) or an ig.me link's ref (`--ref`): the model
+    /// is shown them first for comments on it and customers coming from it. The SKUs replace
+    /// the ones tied before; none unties them all.
+    #[command(group(ArgGroup::new("target").required(true).args(["media", "ref_"])))]
+    Link {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        merchant: MerchantId,
+        #[arg(long, value_parser = bounded_text(1, 200))]
+        media: Option<String>,
+        #[arg(long = "ref", value_parser = bounded_text(1, 200))]
+        ref_: Option<String>,
+        #[arg(long, num_args = 1.., value_parser = bounded_text(1, 200))]
+        sku: Vec<String>,
     },
     /// Search the catalog as a customer's message would: ranked SKUs with scores, or "no match".
     Search {
@@ -455,6 +493,47 @@ impl Command {
                     Action::of(async move { commands::catalog_import(&db, merchant, &file).await })
                 })
             }
+            Command::Merchant {
+                action:
+                    MerchantCommand::Comments {
+                        db,
+                        merchant,
+                        on,
+                        off: _,
+                        media,
+                        trigger,
+                        public_reply,
+                    },
+            } => db.check(c, env).map(|db| {
+                let rule = igsales_schema::comments::CommentRule {
+                    enabled: on,
+                    media_ids: media,
+                    triggers: trigger,
+                    public_reply,
+                };
+                Action::of(async move { commands::merchant_comments(&db, merchant, rule).await })
+            }),
+            Command::Catalog {
+                action:
+                    CatalogCommand::Link {
+                        db,
+                        merchant,
+                        media,
+                        ref_,
+                        sku,
+                    },
+            } => db.check(c, env).map(|db| {
+                let (kind, key) = match (media, ref_) {
+                    (Some(m), _) => (igsales_schema::comments::LinkKind::Media, m),
+                    (None, r) => (
+                        igsales_schema::comments::LinkKind::Ref,
+                        r.unwrap_or_default(),
+                    ),
+                };
+                Action::of(
+                    async move { commands::catalog_link(&db, merchant, kind, &key, &sku).await },
+                )
+            }),
             Command::Catalog {
                 action: CatalogCommand::Embed { access, merchant },
             } => access.check(c, env).map(|access| {

@@ -30,12 +30,12 @@
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use diesel_async::AsyncPgConnection;
-use igsales_jobs::{DeadReason, InboundEventV1, JobQueue, SendMessageV1};
+use igsales_jobs::{DeadReason, InboundEventV1, JobQueue, SendChannel, SendMessageV1};
 use igsales_meta::webhook::{EventKind, Messaging};
 use igsales_schema::conversations::{self, Author, Conversation, Direction, NewMessage};
 use igsales_schema::events::{self, NewEvent};
 use igsales_schema::merchants::{self, Merchant};
-use igsales_schema::outbound::{self, NewPart, Outbound, OutboundStatus};
+use igsales_schema::outbound::{self, Channel, NewPart, Outbound, OutboundStatus};
 use igsales_schema::{DbError, MerchantId, accounts, products};
 
 use crate::handlers::Shared;
@@ -113,6 +113,9 @@ pub async fn run(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
 }
 
 async fn handle(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
+    if job.kind == EventKind::Comment {
+        return crate::handlers::comment::run(&job, shared).await;
+    }
     let merchant = MerchantId(job.merchant_id);
     let ev: Messaging = serde_json::from_str(job.event.get())
         .map_err(|e| JobError::permanent(anyhow::anyhow!("unreadable event: {e}")))?;
@@ -501,7 +504,7 @@ async fn answer(
     let kept = if ctx.job.delivery.is_fresh() {
         None
     } else {
-        kept_answer(shared, ctx).await
+        kept_answer(shared, ctx.merchant, &ctx.job.event_id).await
     };
     let from_kept = kept.is_some();
     let lang = Lang::from(prompt.shop.language);
@@ -555,53 +558,62 @@ async fn answer(
             // the next run does not buy it again (best effort: without Redis the next run asks
             // the model once more).
             if !from_kept {
-                keep_answer(shared, ctx, &answer).await;
+                keep_answer(shared, ctx.merchant, &ctx.job.event_id, &answer).await;
             }
             return Err(e);
         }
     };
     if from_kept {
-        forget_answer(shared, ctx).await;
+        forget_answer(shared, ctx.merchant, &ctx.job.event_id).await;
     }
     push_sends(shared, ctx, &msg.customer, rows).await
 }
 
 /// Where a model answer waits for its store: `kept_answer:{merchant}:{sha256(event_id)[..32]}`.
-fn kept_key(ctx: &Ctx<'_>) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, ctx.job.event_id.as_bytes());
+fn kept_key(merchant: MerchantId, event_id: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, event_id.as_bytes());
     let hex: String = digest.as_ref()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    format!("kept_answer:{}:{hex}", ctx.merchant)
+    format!("kept_answer:{merchant}:{hex}")
 }
 
 /// Kept as long as the event could still be answered (the 24-hour window).
 const KEPT_ANSWER_SECS: u64 = 24 * 3600;
 
-async fn keep_answer(shared: &Shared, ctx: &Ctx<'_>, answer: &Answer) {
+pub(super) async fn keep_answer(
+    shared: &Shared,
+    merchant: MerchantId,
+    event_id: &str,
+    answer: &Answer,
+) {
     let Ok(json) = serde_json::to_string(answer) else {
         return;
     };
     let mut redis = shared.redis.clone();
     let kept: redis::RedisResult<()> = redis::cmd("SET")
-        .arg(kept_key(ctx))
+        .arg(kept_key(merchant, event_id))
         .arg(json)
         .arg("EX")
         .arg(KEPT_ANSWER_SECS)
         .query_async(&mut redis)
         .await;
     if let Err(e) = kept {
-        tracing::warn!(merchant.id = %ctx.merchant, error = %e, "could not keep the model's answer for the next run");
+        tracing::warn!(merchant.id = %merchant, error = %e, "could not keep the model's answer for the next run");
     }
 }
 
 /// The kept answer: the structure (an answer kept as plain text by an older worker is read as
 /// plain text).
-async fn kept_answer(shared: &Shared, ctx: &Ctx<'_>) -> Option<Answer> {
+pub(super) async fn kept_answer(
+    shared: &Shared,
+    merchant: MerchantId,
+    event_id: &str,
+) -> Option<Answer> {
     let mut redis = shared.redis.clone();
     let kept = redis::cmd("GET")
-        .arg(kept_key(ctx))
+        .arg(kept_key(merchant, event_id))
         .query_async::<Option<String>>(&mut redis)
         .await
         .ok()
@@ -609,10 +621,10 @@ async fn kept_answer(shared: &Shared, ctx: &Ctx<'_>) -> Option<Answer> {
     Some(Answer::parse(&kept).unwrap_or_else(|| Answer::plain(&kept)))
 }
 
-async fn forget_answer(shared: &Shared, ctx: &Ctx<'_>) {
+pub(super) async fn forget_answer(shared: &Shared, merchant: MerchantId, event_id: &str) {
     let mut redis = shared.redis.clone();
     let _: redis::RedisResult<()> = redis::cmd("DEL")
-        .arg(kept_key(ctx))
+        .arg(kept_key(merchant, event_id))
         .query_async(&mut redis)
         .await;
 }
@@ -810,17 +822,41 @@ async fn push_sends(
     customer: &str,
     rows: Vec<Outbound>,
 ) -> Result<(), JobError> {
-    let (job, merchant, at) = (ctx.job, ctx.merchant, ctx.at);
+    push_parts(
+        shared,
+        ctx.merchant,
+        ctx.account(),
+        customer,
+        rows,
+        ctx.at + WINDOW,
+    )
+    .await
+}
+
+/// Enqueues a send for every part of `rows` not sent yet; none goes out after `closes_at`.
+pub(super) async fn push_parts(
+    shared: &Shared,
+    merchant: MerchantId,
+    account: &str,
+    customer: &str,
+    rows: Vec<Outbound>,
+    closes_at: DateTime<Utc>,
+) -> Result<(), JobError> {
     let sends: Vec<SendMessageV1> = rows
         .into_iter()
         .filter(|r| r.status != OutboundStatus::Sent)
         .map(|r| SendMessageV1 {
             merchant_id: merchant.0,
-            instagram_account_id: job.instagram_account_id.clone(),
+            instagram_account_id: account.to_owned(),
             recipient_igsid: customer.to_owned(),
             idempotency_key: r.idempotency_key,
-            window_closes_at: at + WINDOW,
+            window_closes_at: closes_at,
             delivery: Default::default(),
+            channel: match r.channel {
+                Channel::Dm => SendChannel::Dm,
+                Channel::PrivateReply => SendChannel::PrivateReply,
+                Channel::PublicReply => SendChannel::PublicReply,
+            },
         })
         .collect();
     if sends.is_empty() {
@@ -885,6 +921,8 @@ mod tests {
             created_at: t(SENT),
             last_error: None,
             payload: None,
+            channel: Channel::Dm,
+            comment_id: None,
         }
     }
 

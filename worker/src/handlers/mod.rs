@@ -2,6 +2,7 @@
 //! how. [`run`] builds the shared context and registers every job's handler with the runtime.
 
 pub mod canary;
+pub mod comment;
 pub mod housekeeping;
 pub mod inbound;
 pub mod send;
@@ -144,7 +145,7 @@ pub async fn graph_failed(shared: &Shared, merchant: MerchantId, e: MetaError) -
         ErrorClass::WindowExpired => {
             JobError::Dead(igsales_jobs::DeadReason::WindowExpired, e.into())
         }
-        ErrorClass::Permanent => JobError::permanent(e),
+        ErrorClass::Permanent | ErrorClass::AlreadyReplied => JobError::permanent(e),
     }
 }
 

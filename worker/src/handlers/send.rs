@@ -9,15 +9,16 @@
 
 use chrono::Utc;
 use diesel_async::AsyncPgConnection;
-use igsales_jobs::{DeadReason, SendMessageV1};
-use igsales_meta::ErrorClass;
+use igsales_jobs::{DeadReason, SendChannel, SendMessageV1};
 use igsales_meta::send::OutgoingMessage;
+use igsales_meta::{ErrorClass, Recipient};
 use igsales_schema::accounts::{self, AccountError};
-use igsales_schema::outbound::{self, OutboundStatus};
+use igsales_schema::outbound::{self, Channel, OutboundStatus};
 use igsales_schema::{DbError, MerchantId};
 
 use crate::handlers::Shared;
 use crate::runtime::outcome::JobError;
+use crate::sales::graph::PRIVATE_REPLIES;
 
 pub const SENDS: &str = "igsales_graph_sends_total";
 
@@ -230,8 +231,19 @@ async fn decide(
 pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
     let merchant = MerchantId(job.merchant_id);
     let key = job.idempotency_key.clone();
-    // Meta's limits first: a throttled merchant's parts wait without touching Postgres.
-    crate::handlers::graph_admit(shared, merchant, "messages").await?;
+    // Meta's limits first: a throttled merchant's parts wait without touching Postgres. A
+    // private reply is a Send API call with an hourly limit of its own besides, asked second:
+    // a part that waits for the per-second window must not use up a slot of the hour.
+    match job.channel {
+        SendChannel::Dm => crate::handlers::graph_admit(shared, merchant, "messages").await?,
+        SendChannel::PrivateReply => {
+            crate::handlers::graph_admit(shared, merchant, "messages").await?;
+            crate::handlers::graph_admit(shared, merchant, PRIVATE_REPLIES).await?;
+        }
+        SendChannel::PublicReply => {
+            crate::handlers::graph_admit(shared, merchant, "comment_replies").await?;
+        }
+    }
     let echo_wait = shared.settings.conversation.echo_confirm;
     // One transaction decides and, for a send, claims it: `sending` and one more attempt are
     // committed before the call (the UPDATE and COMMIT in one flight).
@@ -280,11 +292,23 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
             return Err(JobError::permanent(anyhow::anyhow!(error)));
         }
     };
-    match shared
-        .meta
-        .send_message(&token, &job.recipient_igsid, &message)
-        .await
-    {
+    let comment = row.comment_id.as_deref().unwrap_or_default();
+    let sent = match row.channel {
+        Channel::Dm => {
+            shared
+                .meta
+                .send_message(&token, &job.recipient_igsid, &message)
+                .await
+        }
+        Channel::PrivateReply => {
+            shared
+                .meta
+                .send_to(&token, Recipient::Comment(comment), &message)
+                .await
+        }
+        Channel::PublicReply => shared.meta.reply_publicly(&token, comment, &row.text).await,
+    };
+    match sent {
         Ok(message_id) => {
             // Meta has the message: the mark is retried in place while Postgres is out of
             // reach (up to ECHO_CONFIRM_SECS; after that the echo confirms the send), since a
@@ -323,10 +347,49 @@ pub async fn run(job: SendMessageV1, shared: &Shared) -> Result<(), JobError> {
                 ErrorClass::Unknown => "unknown",
                 ErrorClass::Reauth => "reauth",
                 ErrorClass::WindowExpired => "window_expired",
+                ErrorClass::AlreadyReplied => "already_replied",
                 ErrorClass::Permanent => "permanent",
             };
             metrics::counter!(SENDS, "result" => label).increment(1);
             match class {
+                // A public reply has no echo to confirm it: never posted twice.
+                ErrorClass::Unknown if row.channel == Channel::PublicReply => {
+                    let key = key.clone();
+                    shared
+                        .db
+                        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
+                            Ok::<_, DbError>(
+                                outbound::mark_dead(
+                                    c,
+                                    &key,
+                                    OutboundStatus::SendUnknown,
+                                    DeadReason::SendUnknown.as_str(),
+                                    "the public reply's outcome is unknown",
+                                )
+                                .await?,
+                            )
+                        })
+                        .await?;
+                    Err(JobError::Dead(DeadReason::SendUnknown, e.into()))
+                }
+                // After a send whose outcome was unknown, Meta refusing a second private reply
+                // says the first went out. On a first try, someone replied by hand.
+                ErrorClass::AlreadyReplied if row.send_attempts >= 1 => {
+                    let key = key.clone();
+                    shared
+                        .db
+                        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
+                            Ok::<_, DbError>(
+                                outbound::mark_status(c, &key, OutboundStatus::Sent, None).await?,
+                            )
+                        })
+                        .await?;
+                    Ok(())
+                }
+                ErrorClass::AlreadyReplied => {
+                    end(shared, merchant, &key, DeadReason::Permanent, &error).await?;
+                    Err(JobError::permanent(e))
+                }
                 ErrorClass::Unknown => {
                     tracing::warn!(merchant.id = %merchant, part = %key, "send outcome unknown; waiting for the echo");
                     Err(JobError::Wait(

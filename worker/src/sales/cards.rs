@@ -10,7 +10,9 @@
 //! merchant's language.
 
 use bigdecimal::{BigDecimal, RoundingMode};
-use igsales_meta::send::{Button, Element, OutgoingMessage, QuickReply, cut_bytes};
+use igsales_meta::send::{
+    Button, Element, MAX_QUICK_REPLIES, OutgoingMessage, QuickReply, cut_bytes,
+};
 use igsales_schema::outbound::NewPart;
 use igsales_schema::products::Product;
 
@@ -202,11 +204,9 @@ pub fn chosen<'a>(answer: &Answer, products: &'a [Product]) -> Vec<&'a Product> 
     out
 }
 
-/// The answer as reply parts; empty when there is nothing to send.
-pub fn parts(answer: &Answer, products: &[Product], lang: Lang) -> Vec<NewPart> {
-    let texts = reply::split(&answer.text);
-    let chosen = chosen(answer, products);
-    let quick: Vec<QuickReply> = answer
+/// The answer's suggestions as quick replies: one about a product carries its SKU.
+fn suggestions(answer: &Answer, products: &[Product]) -> Vec<QuickReply> {
+    answer
         .quick_replies
         .iter()
         .filter_map(|q| {
@@ -217,7 +217,42 @@ pub fn parts(answer: &Answer, products: &[Product], lang: Lang) -> Vec<NewPart> 
             };
             QuickReply::text(&q.title, &payload)
         })
-        .collect();
+        .collect()
+}
+
+/// The answer as the one message Meta allows in a private reply to a comment: its first text
+/// part, with the suggestions and then each chosen product (by name) as quick replies, so a
+/// tap opens the conversation about it (where its card follows). `None`: nothing to send.
+pub fn private_reply(answer: &Answer, products: &[Product]) -> Option<NewPart> {
+    let text = reply::split(&answer.text).into_iter().next()?;
+    let mut quick = suggestions(answer, products);
+    for p in chosen(answer, products) {
+        let payload = format!("{ABOUT}{}", p.sku);
+        if quick.len() < MAX_QUICK_REPLIES
+            && !quick.iter().any(|q| q.payload() == payload)
+            && let Some(q) = QuickReply::text(&p.name, &payload)
+        {
+            quick.push(q);
+        }
+    }
+    quick.truncate(MAX_QUICK_REPLIES);
+    let message = OutgoingMessage::text(text.clone());
+    let message = if quick.is_empty() {
+        None
+    } else {
+        Some(message.with_quick_replies(quick))
+    };
+    Some(NewPart {
+        payload: message.and_then(|m| serde_json::to_value(m).ok()),
+        ..NewPart::text(text)
+    })
+}
+
+/// The answer as reply parts; empty when there is nothing to send.
+pub fn parts(answer: &Answer, products: &[Product], lang: Lang) -> Vec<NewPart> {
+    let texts = reply::split(&answer.text);
+    let chosen = chosen(answer, products);
+    let quick = suggestions(answer, products);
     let mut parts: Vec<(String, Option<OutgoingMessage>)> =
         texts.into_iter().map(|t| (t, None)).collect();
     if !chosen.is_empty() {
@@ -243,8 +278,8 @@ pub fn parts(answer: &Answer, products: &[Product], lang: Lang) -> Vec<NewPart> 
     parts
         .into_iter()
         .map(|(text, message)| NewPart {
-            text,
             payload: message.and_then(|m| serde_json::to_value(m).ok()),
+            ..NewPart::text(text)
         })
         .collect()
 }
