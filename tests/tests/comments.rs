@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use igsales_tests::fake_meta::{Endpoint, Failure};
 use igsales_tests::stack::{Stack, StackConfig};
 use igsales_tests::{TestDb, TestRedis};
 
@@ -356,4 +357,63 @@ async fn five_hundred_comments_on_one_post_get_one_private_reply_each_within_met
         .count();
     assert_eq!(asked, N);
     assert_eq!(s.fake.limit_breaches(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_reply_whose_answer_was_lost_is_not_sent_twice_nor_is_a_public_one() {
+    let (db, redis) = (TestDb::migrated().await, TestRedis::lease().await);
+    let s = stack(
+        &db,
+        &redis,
+        vec![
+            ("META_HTTP_TIMEOUT_MS", "700".into()),
+            ("ECHO_CONFIRM_SECS", "2".into()),
+        ],
+    )
+    .await;
+    let merchant = shop(&s, &["--public-reply", "Te chamei no direct!"]).await;
+    // No echo comes, and both calls are answered too late: Meta did act on each.
+    s.fake.stop_echoes();
+    s.fake.fail_next(
+        Endpoint::Messages,
+        Failure::hang(Duration::from_millis(1500)),
+    );
+    s.fake.fail_next(
+        Endpoint::CommentReplies,
+        Failure::hang(Duration::from_millis(1500)),
+    );
+    let body = comment(&s, "17920000000000001", "5552001", "quero");
+    assert_eq!(s.deliver(body).await.expect("deliver"), 200);
+    // The private reply is tried once more after the echo wait; Meta refuses a second one,
+    // which says the first went out.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let private_calls = || {
+        s.fake
+            .requests_to(Endpoint::Messages)
+            .iter()
+            .filter(|r| r.body.contains("comment_id"))
+            .count()
+    };
+    while private_calls() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.fake.requests_to(Endpoint::CommentReplies).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past a second echo wait: nothing more is tried.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(private_calls(), 2);
+    assert_eq!(s.fake.private_replies().len(), 1, "the customer got one");
+    assert_eq!(s.fake.requests_to(Endpoint::CommentReplies).len(), 1);
+    assert_eq!(s.fake.public_replies().len(), 1);
+    let rows = strings(
+        &db,
+        &format!(
+            "SELECT channel || ':' || status AS s FROM outbound_messages \
+             WHERE merchant_id = '{merchant}' ORDER BY part_index"
+        ),
+    )
+    .await;
+    assert_eq!(rows, ["private_reply:sent", "public_reply:send_unknown"]);
 }

@@ -649,3 +649,160 @@ async fn tokens_refresh_enqueues_the_due_accounts_or_one_merchants() {
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert!(jobs[0].contains(&made[1].1), "{}", jobs[0]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn comment_rules_and_product_links_are_stored_per_merchant_and_bad_input_stores_nothing() {
+    let db = TestDb::migrated().await;
+    let (a, b) = (create_merchant(&db, "A"), create_merchant(&db, "B"));
+    let dir = tempdir();
+    let file = dir.join("catalog.csv");
+    std::fs::write(
+        &file,
+        "sku,name,description,price,currency,stock,url,image_url\n\
+         MUG,Caneca,,35.00,BRL,3,,\nCAP,Boné,,59.90,BRL,0,,\n",
+    )
+    .expect("write");
+    import(&db, a, &file).assert_code(0);
+    let (a_s, b_s) = (a.to_string(), b.to_string());
+    let url = db.app_url();
+
+    // Neither --on nor --off, or both: a usage error.
+    worker(&url, &["merchant", "comments", "--merchant", &a_s]).assert_code(2);
+    worker(
+        &url,
+        &["merchant", "comments", "--merchant", &a_s, "--on", "--off"],
+    )
+    .assert_code(2);
+    let out = worker(
+        &url,
+        &[
+            "merchant",
+            "comments",
+            "--merchant",
+            &a_s,
+            "--on",
+            "--media",
+            "111",
+            "222",
+            "--trigger",
+            "preço",
+            "--public-reply",
+            "Te chamei no direct!",
+        ],
+    );
+    out.assert_code(0);
+    assert!(
+        out.stdout
+            .contains("comments: on; media: 111, 222; triggers: preço"),
+        "{}",
+        out.stdout
+    );
+    // --off keeps the lists.
+    let out = worker(&url, &["merchant", "comments", "--merchant", &a_s, "--off"]);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains("comments: off; media: 111, 222"),
+        "{}",
+        out.stdout
+    );
+    let out = worker(
+        &url,
+        &[
+            "merchant",
+            "comments",
+            "--merchant",
+            &MerchantId::new_random().to_string(),
+            "--on",
+        ],
+    );
+    out.assert_code(1);
+    assert!(out.stderr.contains("not found"), "{}", out.stderr);
+
+    // Links: an unknown SKU (here: A's SKU for B) links nothing; none unlinks.
+    worker(
+        &url,
+        &[
+            "catalog",
+            "link",
+            "--merchant",
+            &a_s,
+            "--media",
+            "111",
+            "--sku",
+            "CAP",
+            "MUG",
+        ],
+    )
+    .assert_code(0);
+    let out = worker(
+        &url,
+        &[
+            "catalog",
+            "link",
+            "--merchant",
+            &b_s,
+            "--media",
+            "111",
+            "--sku",
+            "MUG",
+        ],
+    );
+    out.assert_code(1);
+    assert!(out.stderr.contains("not in merchant"), "{}", out.stderr);
+    worker(
+        &url,
+        &[
+            "catalog",
+            "link",
+            "--merchant",
+            &a_s,
+            "--ref",
+            "promo",
+            "--sku",
+            "MUG",
+        ],
+    )
+    .assert_code(0);
+    worker(
+        &url,
+        &["catalog", "link", "--merchant", &a_s, "--sku", "MUG"],
+    )
+    .assert_code(2);
+    assert_eq!(
+        superuser_count(
+            &db,
+            &format!("SELECT count(*) AS n FROM product_links WHERE merchant_id = '{a}' AND kind = 'media' AND key = '111'")
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        superuser_count(
+            &db,
+            &format!("SELECT count(*) AS n FROM product_links WHERE merchant_id = '{b}'")
+        )
+        .await,
+        0
+    );
+    worker(
+        &url,
+        &["catalog", "link", "--merchant", &a_s, "--media", "111"],
+    )
+    .assert_code(0);
+    assert_eq!(
+        superuser_count(
+            &db,
+            "SELECT count(*) AS n FROM product_links WHERE kind = 'media'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        superuser_count(
+            &db,
+            &format!("SELECT count(*) AS n FROM comment_rules WHERE merchant_id = '{a}' AND NOT enabled AND public_reply IS NOT NULL")
+        )
+        .await,
+        1
+    );
+}

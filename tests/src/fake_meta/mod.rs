@@ -440,6 +440,11 @@ impl FakeMeta {
         self.inner.shared.state().limit_breaches
     }
 
+    /// Stops delivering echoes (as if Meta's were lost).
+    pub fn stop_echoes(&self) {
+        self.inner.shared.state().echo_to = None;
+    }
+
     /// Delivers the echo of every accepted send to `webhook_url`, signed with `secret`, as Meta
     /// does for messages an account sends.
     pub fn deliver_echoes_to(&self, webhook_url: &str, secret: &str) {
