@@ -20,7 +20,9 @@ use igsales_schema::outbound::{self, Channel, NewPart, Outbound, OutboundStatus}
 use igsales_schema::{DbError, MerchantId, accounts, products};
 
 use crate::handlers::Shared;
-use crate::handlers::inbound::{REPLIES, forget_answer, keep_answer, kept_answer, push_parts};
+use crate::handlers::inbound::{
+    REPLIES, forget_answer, keep_answer, kept_answer, push_parts, query_embedding,
+};
 use crate::runtime::outcome::JobError;
 use crate::sales::cards::{self, Lang};
 use crate::sales::llm::ChatMessage;
@@ -252,7 +254,7 @@ async fn read(
     let query = products::SearchQuery {
         text: c.text.clone(),
         limit: reply::RELEVANT_PRODUCTS,
-        embedding: None,
+        embedding: query_embedding(shared, &c.text).await,
     };
     let media = c.media.clone().unwrap_or_default();
     let seen = shared

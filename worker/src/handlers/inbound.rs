@@ -69,7 +69,7 @@ const RELEASE: &str =
 pub async fn run(job: InboundEventV1, shared: &Shared) -> Result<(), JobError> {
     let lease = format!("lease:inbound_event:{}:{}", job.merchant_id, job.event_id);
     let mut redis = shared.redis.clone();
-    let ttl = (shared.settings.pool.orphan_timeout / 3).max(std::time::Duration::from_secs(1));
+    let ttl = shared.settings.pool.heartbeat();
     let ttl_ms = ttl.as_millis() as u64;
     let token = uuid::Uuid::new_v4().to_string();
     let won: Option<String> = redis::cmd("SET")
@@ -409,7 +409,7 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
 
 /// The customer's words as a vector, when semantic search is on; without one (model down or
 /// slow, OPENAI_EMBEDDING_TIMEOUT_MS) the search is lexical, never failed.
-async fn query_embedding(shared: &Shared, text: &str) -> Option<Vec<f32>> {
+pub(super) async fn query_embedding(shared: &Shared, text: &str) -> Option<Vec<f32>> {
     let embedder = shared.embedder.as_ref()?;
     if products::query_words(text).is_empty() {
         return None;
