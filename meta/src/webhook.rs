@@ -117,6 +117,11 @@ pub struct Messaging {
     pub postback: Option<Postback>,
     #[serde(default)]
     pub message_edit: Option<MessageEdit>,
+    /// `messaging_referral`: the customer opened an ig.me link with a `ref`.
+    #[serde(default)]
+    pub referral: Option<Referral>,
+    #[serde(default)]
+    pub reaction: Option<Reaction>,
 }
 
 /// `sender` / `recipient`: an Instagram-scoped id.
@@ -137,6 +142,147 @@ pub struct Message {
     /// A tapped quick reply: the message's text is its title.
     #[serde(default)]
     pub quick_reply: Option<QuickReplyTap>,
+    /// `{"mid"}` (an inline reply) or `{"story": {"id", "url"}}` (a reply to a story); kept as
+    /// sent, see [`Message::story_reply`].
+    #[serde(default)]
+    pub reply_to: Option<serde_json::Value>,
+    /// The link or ad a first message came from.
+    #[serde(default)]
+    pub referral: Option<Referral>,
+}
+
+impl Message {
+    /// The story this message replies to, when it is a story reply.
+    pub fn story_reply(&self) -> Option<StoryRef> {
+        let story = self.reply_to.as_ref()?.get("story")?;
+        serde_json::from_value(story.clone()).ok()
+    }
+
+    /// What the attachments are, in order (an unreadable item is `Other`).
+    pub fn attached(&self) -> Vec<Attached> {
+        self.attachments.as_ref().map(attached).unwrap_or_default()
+    }
+}
+
+/// What stored or received `attachments` (a list, or one object) are, in order.
+pub fn attached(attachments: &serde_json::Value) -> Vec<Attached> {
+    let items = match attachments {
+        serde_json::Value::Array(items) => items.as_slice(),
+        one @ serde_json::Value::Object(_) => std::slice::from_ref(one),
+        _ => &[],
+    };
+    items.iter().map(Attached::of).collect()
+}
+
+/// `reply_to.story`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StoryRef {
+    #[serde(default)]
+    pub id: Option<IdString>,
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// `referral` (of a `messaging_referral` event, or on a message): `ref` is the link's
+/// parameter; `source` e.g. `ADS` or `IGME`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Referral {
+    #[serde(default, rename = "ref")]
+    pub reference: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub ad_id: Option<IdString>,
+}
+
+/// `reaction`: `react` carries `reaction` and `emoji`; `unreact` only the `mid`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Reaction {
+    /// The message reacted to (empty if Meta left it out: nothing to record then).
+    #[serde(default)]
+    pub mid: String,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub reaction: Option<String>,
+    #[serde(default)]
+    pub emoji: Option<String>,
+}
+
+impl Reaction {
+    /// What the customer reacted with, `None` when they took it back.
+    pub fn shown(&self) -> Option<&str> {
+        if self.action.as_deref() == Some("unreact") {
+            return None;
+        }
+        self.emoji
+            .as_deref()
+            .or(self.reaction.as_deref())
+            .filter(|r| !r.is_empty())
+    }
+}
+
+/// One attachment of a customer's message, as far as the answer cares. URLs are Meta's CDN
+/// links: they are passed on, never fetched or copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attached {
+    /// `image` (a photo, gif or sticker).
+    Photo { url: Option<String> },
+    /// `story_mention`: the customer mentioned the account in their story.
+    StoryMention { url: Option<String> },
+    /// `ig_post`, `share`, `ig_reel`, `reel`: a post or reel the customer shared.
+    Post {
+        media_id: Option<String>,
+        caption: Option<String>,
+        reel: bool,
+    },
+    /// Anything else (`video`, `audio`, `file`, …), by its type.
+    Other(String),
+}
+
+#[derive(Deserialize, Default)]
+struct AttachmentPayload {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    ig_post_media_id: Option<IdString>,
+    #[serde(default)]
+    reel_video_id: Option<IdString>,
+    #[serde(default)]
+    id: Option<IdString>,
+}
+
+impl Attached {
+    fn of(item: &serde_json::Value) -> Attached {
+        let kind = item
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let payload: AttachmentPayload = item
+            .get("payload")
+            .and_then(|p| serde_json::from_value(p.clone()).ok())
+            .unwrap_or_default();
+        let url = payload.url.filter(|u| !u.is_empty());
+        match kind.as_str() {
+            "image" => Attached::Photo { url },
+            "story_mention" => Attached::StoryMention { url },
+            "ig_post" | "share" | "media_share" | "ig_reel" | "reel" => Attached::Post {
+                media_id: payload
+                    .ig_post_media_id
+                    .or(payload.reel_video_id)
+                    .or(payload.id)
+                    .map(|i| i.0),
+                caption: payload.title.filter(|t| !t.trim().is_empty()),
+                reel: kind.contains("reel"),
+            },
+            _ => Attached::Other(kind),
+        }
+    }
 }
 
 /// `message.quick_reply`.
@@ -483,6 +629,87 @@ mod tests {
         );
         // An edit names the message it edits.
         assert!(serde_json::from_str::<Messaging>(r#"{"message_edit":{"text":"x"}}"#).is_err());
+    }
+
+    #[test]
+    fn story_replies_mentions_shared_posts_referrals_and_reactions_are_read() {
+        let ev: Messaging = serde_json::from_str(
+            r#"{"message":{"mid":"m1","text":"quanto?",
+                "reply_to":{"story":{"url":"https://cdn/s1","id":"1799"}},
+                "referral":{"ref":"natal24","source":"IGME","type":"OPEN_THREAD"},
+                "attachments":[
+                  {"type":"story_mention","payload":{"url":"https://cdn/m"}},
+                  {"type":"ig_post","payload":{"url":"https://cdn/p","title":"Caneca azul","ig_post_media_id":17900000000000001}},
+                  {"type":"ig_reel","payload":{"url":"https://cdn/r","title":"","reel_video_id":"555"}},
+                  {"type":"image","payload":{"url":"https://cdn/i"}},
+                  {"type":"audio","payload":{"url":"https://cdn/a"}},
+                  "junk"]}}"#,
+        )
+        .expect("message");
+        let m = ev.message.expect("message");
+        assert_eq!(
+            m.story_reply(),
+            Some(StoryRef {
+                id: Some(IdString("1799".into())),
+                url: Some("https://cdn/s1".into())
+            })
+        );
+        assert_eq!(
+            m.referral.and_then(|r| r.reference).as_deref(),
+            Some("natal24")
+        );
+        let attached = Message {
+            attachments: m.attachments.clone(),
+            ..Message::default()
+        }
+        .attached();
+        assert_eq!(
+            attached,
+            vec![
+                Attached::StoryMention {
+                    url: Some("https://cdn/m".into())
+                },
+                Attached::Post {
+                    media_id: Some("17900000000000001".into()),
+                    caption: Some("Caneca azul".into()),
+                    reel: false
+                },
+                Attached::Post {
+                    media_id: Some("555".into()),
+                    caption: None,
+                    reel: true
+                },
+                Attached::Photo {
+                    url: Some("https://cdn/i".into())
+                },
+                Attached::Other("audio".into()),
+                Attached::Other(String::new()),
+            ]
+        );
+        // An inline reply to a message is no story reply.
+        let m: Message =
+            serde_json::from_str(r#"{"mid":"m2","reply_to":{"mid":"m1"}}"#).expect("reply");
+        assert_eq!(m.story_reply(), None);
+
+        let ev: Messaging = serde_json::from_str(
+            r#"{"sender":{"id":"1"},"referral":{"ref":"bio","source":"IGME","type":"OPEN_THREAD"}}"#,
+        )
+        .expect("referral");
+        assert_eq!(
+            ev.referral.and_then(|r| r.reference).as_deref(),
+            Some("bio")
+        );
+        let ev: Messaging = serde_json::from_str(
+            r#"{"reaction":{"mid":"m1","action":"react","reaction":"love","emoji":"\u2764\ufe0f"}}"#,
+        )
+        .expect("reaction");
+        assert_eq!(
+            ev.reaction.as_ref().and_then(Reaction::shown),
+            Some("\u{2764}\u{fe0f}")
+        );
+        let ev: Messaging = serde_json::from_str(r#"{"reaction":{"mid":"m1","action":"unreact"}}"#)
+            .expect("unreact");
+        assert_eq!(ev.reaction.as_ref().and_then(Reaction::shown), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Comments answered as private replies: the merchant's rules, and the products tied to a post
 //! or an ig.me link's ref. Every function runs inside [`crate::Db::as_merchant`].
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
@@ -176,6 +177,45 @@ pub async fn linked(
         .select(Product::as_select())
         .load(&mut conn)
         .await
+}
+
+/// The products tied to what a DM came with: the posts or reels it `shared`, the `refs` it
+/// carried, and the ref the conversation between `account` and `customer` recorded since
+/// `since`. In link order; one statement, so it pipelines with the rest of a read.
+pub async fn linked_to_message(
+    mut conn: &AsyncPgConnection,
+    shared: &[String],
+    refs: &[String],
+    (account, customer): (&str, &str),
+    since: DateTime<Utc>,
+) -> QueryResult<Vec<Product>> {
+    use crate::schema::conversations as cv;
+    use crate::schema::products as p;
+    let recorded = cv::table
+        .filter(cv::instagram_page_id.eq(account))
+        .filter(cv::customer_igsid.eq(customer))
+        .filter(cv::referral_at.ge(since))
+        .select(cv::referral_ref.assume_not_null());
+    p::table
+        .inner_join(pl::table.on(pl::merchant_id.eq(p::merchant_id).and(pl::sku.eq(p::sku))))
+        .filter(
+            pl::kind
+                .eq(LinkKind::Media.as_str())
+                .and(pl::key.eq_any(shared))
+                .or(pl::kind
+                    .eq(LinkKind::Ref.as_str())
+                    .and(pl::key.eq_any(refs).or(pl::key.eq_any(recorded)))),
+        )
+        .order((pl::position, pl::sku))
+        .select(Product::as_select())
+        .load(&mut conn)
+        .await
+        .map(|mut found: Vec<Product>| {
+            // A product linked to two of them is shown once, where it comes first.
+            let mut seen = std::collections::HashSet::new();
+            found.retain(|p| seen.insert(p.sku.clone()));
+            found
+        })
 }
 
 #[cfg(test)]

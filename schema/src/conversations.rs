@@ -40,6 +40,9 @@ pub struct Conversation {
     pub needs_human: bool,
     pub paused_until: Option<DateTime<Utc>>,
     pub last_customer_message_at: Option<DateTime<Utc>>,
+    /// The ref of the last ig.me link or ad the customer came through, and when.
+    pub referral_ref: Option<String>,
+    pub referral_at: Option<DateTime<Utc>>,
 }
 
 /// The conversation between an account and a customer, created on first contact. With
@@ -62,7 +65,8 @@ pub async fn upsert(
              greatest(c.last_customer_message_at, excluded.last_customer_message_at),
            last_event_at = greatest(c.last_event_at, excluded.last_event_at),
            updated_at = now()
-         RETURNING c.id, c.needs_human, c.paused_until, c.last_customer_message_at",
+         RETURNING c.id, c.needs_human, c.paused_until, c.last_customer_message_at,
+                   c.referral_ref, c.referral_at",
     )
     .bind::<diesel::sql_types::Uuid, _>(merchant.0)
     .bind::<diesel::sql_types::Text, _>(account)
@@ -86,6 +90,38 @@ pub async fn find(
         .first(&mut conn)
         .await
         .optional()
+}
+
+/// Refs longer than this are cut (Meta's own limit is about this size; the column checks it).
+pub const MAX_REF_CHARS: usize = 1000;
+
+/// Records the ref the customer came through `at`, unless a later one is already recorded
+/// (a link's referral event and the first message's referral may arrive in either order).
+pub async fn set_referral(
+    mut conn: &AsyncPgConnection,
+    id: Uuid,
+    referral: &str,
+    at: DateTime<Utc>,
+) -> QueryResult<()> {
+    let cut: String = referral.chars().take(MAX_REF_CHARS).collect();
+    if cut.is_empty() {
+        return Ok(());
+    }
+    diesel::update(
+        conversations::table.find(id).filter(
+            conversations::referral_at
+                .is_null()
+                .or(conversations::referral_at.le(at)),
+        ),
+    )
+    .set((
+        conversations::referral_ref.eq(cut),
+        conversations::referral_at.eq(at),
+        conversations::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(&mut conn)
+    .await
+    .map(|_| ())
 }
 
 /// Flags the conversation for a person; `true` only for the call that flipped it (so the
@@ -163,6 +199,8 @@ pub struct NewMessage<'a> {
     pub author: Author,
     pub text: Option<&'a str>,
     pub attachments: serde_json::Value,
+    /// What the message replied to, as Meta sent it (`{"mid"}` or `{"story": {"id", "url"}}`).
+    pub reply_to: Option<serde_json::Value>,
     pub sent_at: DateTime<Utc>,
 }
 
@@ -180,6 +218,7 @@ pub async fn add_message(
             messages::author.eq(m.author),
             messages::text.eq(m.text),
             messages::attachments.eq(&m.attachments),
+            messages::reply_to.eq(&m.reply_to),
             messages::sent_at.eq(m.sent_at),
         ))
         .on_conflict((messages::merchant_id, messages::mid))
@@ -227,31 +266,80 @@ pub async fn edit_message(
     .map(|_| ())
 }
 
-/// The last `limit` messages with text, oldest first, as (author, text, sent_at), of the
-/// conversation between an account and a customer, found by them (so it can be read in the
-/// same flight as the conversation itself).
+/// Reactions longer than this (an emoji sequence is a few code points) are cut.
+pub const MAX_REACTION_CHARS: usize = 64;
+
+/// The customer reacted to the message `mid` `at` (`None`: took the reaction back), unless a
+/// later reaction or unreaction is already recorded (events may arrive out of order).
+pub async fn react(
+    mut conn: &AsyncPgConnection,
+    mid: &str,
+    reaction: Option<&str>,
+    at: DateTime<Utc>,
+) -> QueryResult<bool> {
+    let reaction: Option<String> = reaction
+        .map(|r| r.chars().take(MAX_REACTION_CHARS).collect::<String>())
+        .filter(|r| !r.is_empty());
+    let n = diesel::update(
+        messages::table.filter(messages::mid.eq(mid)).filter(
+            messages::reaction_at
+                .is_null()
+                .or(messages::reaction_at.le(at)),
+        ),
+    )
+    .set((
+        messages::reaction.eq(reaction),
+        messages::reaction_at.eq(at),
+        messages::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(&mut conn)
+    .await?;
+    Ok(n == 1)
+}
+
+/// One message of the history the model is shown.
+#[derive(Debug, Clone, PartialEq, Queryable)]
+pub struct Past {
+    pub author: Author,
+    pub text: Option<String>,
+    pub attachments: serde_json::Value,
+    /// The customer's reaction to it.
+    pub reaction: Option<String>,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// The last `limit` messages with text or attachments, oldest first, of the conversation
+/// between an account and a customer, found by them (so it can be read in the same flight as
+/// the conversation itself).
 pub async fn recent_messages_with(
     mut conn: &AsyncPgConnection,
     account: &str,
     customer: &str,
     limit: i64,
-) -> QueryResult<Vec<(Author, String, DateTime<Utc>)>> {
-    let mut rows: Vec<(Author, Option<String>, DateTime<Utc>)> = messages::table
+) -> QueryResult<Vec<Past>> {
+    let mut rows: Vec<Past> = messages::table
         .inner_join(conversations::table.on(conversations::id.eq(messages::conversation_id)))
         .filter(conversations::instagram_page_id.eq(account))
         .filter(conversations::customer_igsid.eq(customer))
         .filter(messages::is_deleted.eq(false))
-        .filter(messages::text.is_not_null())
+        .filter(
+            messages::text
+                .is_not_null()
+                .or(messages::attachments.ne(serde_json::json!([]))),
+        )
         .order(messages::sent_at.desc())
         .limit(limit)
-        .select((messages::author, messages::text, messages::sent_at))
+        .select((
+            messages::author,
+            messages::text,
+            messages::attachments,
+            messages::reaction,
+            messages::sent_at,
+        ))
         .load(&mut conn)
         .await?;
     rows.reverse();
-    Ok(rows
-        .into_iter()
-        .filter_map(|(a, t, s)| t.map(|t| (a, t, s)))
-        .collect())
+    Ok(rows)
 }
 
 #[cfg(test)]

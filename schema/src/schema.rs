@@ -55,6 +55,8 @@ diesel::table! {
         last_event_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        referral_ref -> Nullable<Text>,
+        referral_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -73,6 +75,9 @@ diesel::table! {
         edit_count -> Int4,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        reply_to -> Nullable<Jsonb>,
+        reaction -> Nullable<Text>,
+        reaction_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -353,6 +353,18 @@ impl Stack {
         Ok(status)
     }
 
+    /// Messaging `events` (built with `fake_meta::webhook`) in one entry for the account,
+    /// delivered as Meta delivers them (signed). HTTP status.
+    pub async fn send_events(&self, events: Vec<serde_json::Value>) -> anyhow::Result<u16> {
+        let now = wh::now_ms();
+        self.deliver(wh::envelope(&[wh::messaging_entry(
+            &self.account.user_id,
+            now,
+            events,
+        )]))
+        .await
+    }
+
     /// A webhook body delivered to the ingress as Meta delivers it (signed). HTTP status.
     pub async fn deliver(&self, body: String) -> anyhow::Result<u16> {
         let url = format!("{}/webhooks/instagram", self.base);

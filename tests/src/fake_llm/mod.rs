@@ -64,6 +64,8 @@ pub struct LlmRequest {
     pub authorization: Option<String>,
     /// `response_format` as sent.
     pub response_format: Option<serde_json::Value>,
+    /// The URLs of `image_url` content parts, in order.
+    pub images: Vec<String>,
     pub at: Instant,
 }
 

@@ -65,6 +65,7 @@ async fn completions(
             max_tokens: chat.max_tokens,
             authorization: authorization.clone(),
             response_format: chat.response_format.clone(),
+            images: chat.images.clone(),
             at: Instant::now(),
         });
         let failure = state.take_failure();
@@ -114,6 +115,7 @@ struct Chat {
     messages: Vec<(String, String)>,
     max_tokens: Option<u32>,
     response_format: Option<Value>,
+    images: Vec<String>,
 }
 
 impl Chat {
@@ -161,7 +163,19 @@ fn parse(body: &[u8]) -> (Chat, Option<OpenAiError>) {
         Some(Value::Array(messages)) => {
             for (i, m) in messages.iter().enumerate() {
                 match m.get("role").and_then(Value::as_str) {
-                    Some(role) => chat.messages.push((role.to_owned(), content(m))),
+                    Some(role) => {
+                        chat.messages.push((role.to_owned(), content(m)));
+                        match images(m) {
+                            Ok(urls) => chat.images.extend(urls),
+                            Err(part) => errors.push(
+                                OpenAiError::invalid(format!(
+                                    "Invalid 'messages[{i}].content[{part}].image_url': expected an object with a 'url' string."
+                                ))
+                                .param(format!("messages[{i}].content[{part}].image_url"))
+                                .code("invalid_type"),
+                            ),
+                        }
+                    }
                     None => errors.push(
                         OpenAiError::invalid(format!(
                             "Missing required parameter: 'messages[{i}].role'."
@@ -218,6 +232,24 @@ fn content(message: &Value) -> String {
             .join("\n"),
         _ => String::new(),
     }
+}
+
+/// The URLs of a message's `image_url` parts; `Err(index)` for a part without a URL string.
+fn images(message: &Value) -> Result<Vec<String>, usize> {
+    let Some(Value::Array(parts)) = message.get("content") else {
+        return Ok(Vec::new());
+    };
+    let mut urls = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if p.get("type").and_then(Value::as_str) != Some("image_url") {
+            continue;
+        }
+        match p.pointer("/image_url/url").and_then(Value::as_str) {
+            Some(url) => urls.push(url.to_owned()),
+            None => return Err(i),
+        }
+    }
+    Ok(urls)
 }
 
 /// Rough, as the brief allows: four bytes a token.
@@ -409,5 +441,18 @@ mod tests {
             "content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#;
         let (chat, _) = parse(body);
         assert_eq!(chat.messages, vec![("user".to_owned(), "a\nb".to_owned())]);
+    }
+
+    #[test]
+    fn image_parts_are_recorded_and_a_malformed_one_is_refused() {
+        let body = br#"{"model":"m","messages":[{"role":"user",
+            "content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"https://cdn/i"}}]}]}"#;
+        let (chat, err) = parse(body);
+        assert!(err.is_none());
+        assert_eq!(chat.images, vec!["https://cdn/i".to_owned()]);
+        let body = br#"{"model":"m","messages":[{"role":"user",
+            "content":[{"type":"image_url","image_url":"https://cdn/i"}]}]}"#;
+        let (_, err) = parse(body);
+        assert!(err.is_some());
     }
 }

@@ -185,6 +185,107 @@ pub fn text_message(customer: &str, account: &str, mid: &str, text: &str, ts_ms:
     )
 }
 
+/// A DM from `customer` whose `message` is `fields` plus the `mid`: for the shapes below
+/// (story replies and mentions, shared posts, photos, a first message's referral).
+pub fn message_with(customer: &str, account: &str, mid: &str, fields: Value, ts_ms: i64) -> Value {
+    let mut message = fields;
+    message["mid"] = json!(mid);
+    event(customer, account, ts_ms, "message", message)
+}
+
+/// `customer` replied with `text` to the account's story `story_id` (Meta gives its CDN URL).
+pub fn story_reply(
+    customer: &str,
+    account: &str,
+    mid: &str,
+    text: &str,
+    story_id: &str,
+    ts_ms: i64,
+) -> Value {
+    message_with(
+        customer,
+        account,
+        mid,
+        json!({ "text": text, "reply_to": { "story": {
+            "id": story_id,
+            "url": format!("https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id={story_id}&signature=s"),
+        }}}),
+        ts_ms,
+    )
+}
+
+/// `customer` mentioned the account in their story: a message with no text and a
+/// `story_mention` attachment.
+pub fn story_mention(customer: &str, account: &str, mid: &str, ts_ms: i64) -> Value {
+    message_with(
+        customer,
+        account,
+        mid,
+        json!({ "attachments": [{ "type": "story_mention", "payload": {
+            "url": format!("https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id={mid}&signature=s"),
+        }}]}),
+        ts_ms,
+    )
+}
+
+/// `customer` shared the post `media_id` (its caption is the attachment's `title`).
+pub fn shared_post(
+    customer: &str,
+    account: &str,
+    mid: &str,
+    media_id: &str,
+    caption: &str,
+    ts_ms: i64,
+) -> Value {
+    message_with(
+        customer,
+        account,
+        mid,
+        json!({ "attachments": [{ "type": "ig_post", "payload": {
+            "url": format!("https://www.instagram.com/p/{media_id}/"),
+            "title": caption,
+            "ig_post_media_id": media_id,
+        }}]}),
+        ts_ms,
+    )
+}
+
+/// `customer` sent a photo (at Meta's CDN `url`), with `text` or none.
+pub fn photo(
+    customer: &str,
+    account: &str,
+    mid: &str,
+    text: Option<&str>,
+    url: &str,
+    ts_ms: i64,
+) -> Value {
+    let mut fields = json!({ "attachments": [{ "type": "image", "payload": { "url": url } }] });
+    if let Some(t) = text {
+        fields["text"] = json!(t);
+    }
+    message_with(customer, account, mid, fields, ts_ms)
+}
+
+/// A first message that came through an ig.me link or ad carrying `ref_`.
+pub fn message_with_referral(
+    customer: &str,
+    account: &str,
+    mid: &str,
+    text: &str,
+    ref_: &str,
+    ts_ms: i64,
+) -> Value {
+    message_with(
+        customer,
+        account,
+        mid,
+        json!({ "text": text, "referral": {
+            "ref": ref_, "source": "SHORTLINK", "type": "OPEN_THREAD",
+        }}),
+        ts_ms,
+    )
+}
+
 /// A DM the business `account` sent to `customer` (including ones our own app sent).
 pub fn echo(account: &str, customer: &str, mid: &str, text: &str, ts_ms: i64) -> Value {
     event(

@@ -183,14 +183,9 @@ pub async fn run(job: &InboundEventV1, shared: &Shared) -> Result<(), JobError> 
             let answer = match kept {
                 Some(answer) => answer,
                 None => {
-                    let mut messages = reply::prompt(&shop.persona, &products, &[], &c.text);
-                    messages.insert(
-                        1,
-                        ChatMessage {
-                            role: "system",
-                            content: COMMENT_NOTE.to_owned(),
-                        },
-                    );
+                    let mut messages =
+                        reply::prompt(&shop.persona, &products, &[], &reply::Said::text(&c.text));
+                    messages.insert(1, ChatMessage::new("system", COMMENT_NOTE));
                     let (structured, plain) = reply::variants(messages, None);
                     match crate::sales::guard::ask(
                         &shared.llm,
@@ -327,6 +322,7 @@ async fn store(
                     "type": "comment",
                     "payload": { "comment_id": c.id, "media_id": c.media },
                 }]),
+                reply_to: None,
                 sent_at: at,
             };
             let (_, (), rows, done) = futures::try_join!(

@@ -36,12 +36,13 @@ use igsales_schema::conversations::{self, Author, Conversation, Direction, NewMe
 use igsales_schema::events::{self, NewEvent};
 use igsales_schema::merchants::{self, Merchant};
 use igsales_schema::outbound::{self, Channel, NewPart, Outbound, OutboundStatus};
-use igsales_schema::{DbError, MerchantId, accounts, products};
+use igsales_schema::{DbError, MerchantId, accounts, comments, products};
 
 use crate::handlers::Shared;
 use crate::runtime::outcome::JobError;
 use crate::sales::answer::Answer;
 use crate::sales::cards::{self, Lang, Tap};
+use crate::sales::context::{self, Came};
 use crate::sales::reply::{self, HANDOFF_MARKER};
 
 pub const REPLIES: &str = "igsales_replies_total";
@@ -179,6 +180,9 @@ struct Incoming {
     attachments: serde_json::Value,
     /// The payload of a tapped postback button or quick reply.
     tap: Option<String>,
+    /// What the message came with (a story, a shared post, a link's ref, photos).
+    came: Came,
+    reply_to: Option<serde_json::Value>,
 }
 
 /// `None` when there is no customer's message to store: no sender, the account itself sent it,
@@ -189,18 +193,22 @@ fn incoming(job: &InboundEventV1, ev: &Messaging) -> Option<Incoming> {
         .as_ref()
         .map(|p| p.id.0.clone())
         .filter(|c| *c != job.instagram_account_id)?;
-    let (mid, text, attachments, tap) = match (&ev.message, &ev.postback) {
+    let (mid, text, attachments, tap, came, reply_to) = match (&ev.message, &ev.postback) {
         (Some(m), _) => (
             m.mid.clone(),
             m.text.clone(),
             m.attachments.clone(),
             m.quick_reply.as_ref().and_then(|q| q.payload.clone()),
+            Came::of(m),
+            m.reply_to.clone(),
         ),
         (None, Some(p)) => (
             p.mid.clone(),
             p.title.clone().or_else(|| p.payload.clone()),
             None,
             p.payload.clone(),
+            Came::default(),
+            None,
         ),
         (None, None) => return None,
     };
@@ -210,6 +218,8 @@ fn incoming(job: &InboundEventV1, ev: &Messaging) -> Option<Incoming> {
         text,
         attachments: attachments.unwrap_or_else(|| serde_json::json!([])),
         tap,
+        came,
+        reply_to,
     })
 }
 
@@ -227,6 +237,9 @@ struct Seen {
     needs_reauth: bool,
     /// The product a tap was about, when the catalog has it.
     tapped: Option<products::Product>,
+    /// The products linked to what the message came with: its shared posts, its ref, the ref
+    /// the conversation recorded recently.
+    linked: Vec<products::Product>,
 }
 
 /// What to do with a customer's message, each with what its action needs.
@@ -272,10 +285,14 @@ struct Prompt {
     history: Vec<(Author, String)>,
     /// The product a tapped card button or quick reply was about (also in `products`).
     tapped: Option<products::Product>,
+    /// The ref the conversation came through: the message's own, else one recorded within
+    /// the window before it.
+    referral: Option<String>,
 }
 
-/// Decides what to do with the customer's message `text`, sent `at`, from what was read.
-fn decide(seen: Seen, text: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> Decision {
+/// Decides what to do with the customer's message `text`, sent `at` with what `came` with it,
+/// from what was read.
+fn decide(seen: Seen, text: &str, came: &Came, at: DateTime<Utc>, now: DateTime<Utc>) -> Decision {
     if seen.state == Some(true) {
         let pending = seen
             .parts
@@ -293,7 +310,7 @@ fn decide(seen: Seen, text: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> Deci
     let conv = seen.conversation.as_ref();
     let quiet = !shop.ai_enabled
         || conv.is_some_and(|c| c.needs_human || c.paused_until.is_some_and(|p| p > now))
-        || text.trim().is_empty();
+        || (text.trim().is_empty() && !came.answerable());
     if quiet {
         // Not ours to answer, so no dead letter either, however old.
         return Decision::Record(Silent::Quiet);
@@ -310,17 +327,28 @@ fn decide(seen: Seen, text: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> Deci
     if seen.needs_reauth {
         return Decision::NeedsReauth;
     }
-    // A tapped product goes into the prompt first, whatever the search found.
-    let mut products = seen.products;
-    if let Some(t) = &seen.tapped {
-        products.retain(|p| p.sku != t.sku);
-        products.insert(0, t.clone());
+    // A tapped product goes into the prompt first, then those linked to where the customer
+    // came from, whatever the search found.
+    let mut first: Vec<products::Product> = seen.tapped.iter().cloned().collect();
+    for p in seen.linked {
+        if !first.iter().any(|f| f.sku == p.sku) {
+            first.push(p);
+        }
     }
+    let mut products = seen.products;
+    products.retain(|p| !first.iter().any(|f| f.sku == p.sku));
+    first.extend(products);
+    first.truncate(reply::RELEVANT_PRODUCTS.max(reply::SMALL_CATALOG) as usize);
+    let recorded = conv
+        .and_then(|c| c.referral_ref.clone().zip(c.referral_at))
+        .filter(|(_, when)| *when >= at - WINDOW)
+        .map(|(r, _)| r);
     Decision::Answer(Box::new(Prompt {
         shop,
-        products,
+        products: first,
         history: seen.history,
         tapped: seen.tapped,
+        referral: came.referral.clone().or(recorded),
     }))
 }
 
@@ -375,7 +403,7 @@ async fn on_message(shared: &Shared, ctx: &Ctx<'_>) -> Result<(), JobError> {
     };
     let text = msg.text.clone().unwrap_or_default();
     let seen = read(shared, ctx, &msg, &text).await?;
-    match decide(seen, &text, ctx.at, ctx.now) {
+    match decide(seen, &text, &msg.came, ctx.at, ctx.now) {
         Decision::Resend(pending) => push_sends(shared, ctx, &msg.customer, pending).await,
         Decision::Record(why) => {
             tracing::debug!(merchant.id = %merchant, event.id = %job.event_id, reason = ?why, "message stored without an answer");
@@ -431,11 +459,18 @@ async fn read(
     text: &str,
 ) -> Result<Seen, JobError> {
     let (job, merchant, at) = (ctx.job, ctx.merchant, ctx.at);
-    let query = products::SearchQuery {
-        text: text.to_owned(),
-        limit: reply::RELEVANT_PRODUCTS,
-        embedding: query_embedding(shared, text).await,
+    // A shared post's caption says what the customer is looking at: it is searched with the
+    // text.
+    let words = match msg.came.search_words() {
+        extra if extra.is_empty() => text.to_owned(),
+        extra => format!("{text} {extra}"),
     };
+    let query = products::SearchQuery {
+        embedding: query_embedding(shared, &words).await,
+        text: words,
+        limit: reply::RELEVANT_PRODUCTS,
+    };
+    let refs: Vec<String> = msg.came.referral.iter().cloned().collect();
     let account = ctx.account();
     let tapped: Vec<String> = msg
         .tap
@@ -452,28 +487,35 @@ async fn read(
             // A message naming products gets the ones that match, or none (the prompt then
             // says the shop has nothing that fits); one naming none ("oi!") the first ones.
             let catalog = async {
-                if products::query_words(text).is_empty() {
+                if products::query_words(&query.text).is_empty() {
                     products::list_first(c, reply::SMALL_CATALOG).await
                 } else {
                     Ok(products::search(c, &query).await?.into_products())
                 }
             };
-            let (state, conversation, shop, products, recent, parts, reauth, tapped, done) =
+            let (state, conversation, shop, products, recent, parts, reauth, tapped, linked, done) =
                 futures::try_join!(
-                events::state(c, &job.event_id),
-                conversations::find(c, account, &msg.customer),
-                merchants::find(c, merchant),
-                catalog,
-                conversations::recent_messages_with(c, account, &msg.customer, HISTORY + 1),
-                outbound::for_event(c, &job.event_id),
-                accounts::needs_reauth(c, account),
-                products::with_skus(c, &tapped),
-                igsales_schema::commit(c),
-            )?;
+                    events::state(c, &job.event_id),
+                    conversations::find(c, account, &msg.customer),
+                    merchants::find(c, merchant),
+                    catalog,
+                    conversations::recent_messages_with(c, account, &msg.customer, HISTORY + 1),
+                    outbound::for_event(c, &job.event_id),
+                    accounts::needs_reauth(c, account),
+                    products::with_skus(c, &tapped),
+                    comments::linked_to_message(
+                        c,
+                        &msg.came.media_ids,
+                        &refs,
+                        (account, &msg.customer),
+                        at - WINDOW,
+                    ),
+                    igsales_schema::commit(c),
+                )?;
             let history = recent
-                .into_iter()
-                .filter(|(_, _, sent)| *sent < at)
-                .map(|(a, t, _)| (a, t))
+                .iter()
+                .filter(|p| p.sent_at < at)
+                .filter_map(|p| Some((p.author, context::history_line(p)?)))
                 .collect();
             let seen = Seen {
                 state,
@@ -484,6 +526,7 @@ async fn read(
                 parts,
                 needs_reauth: reauth == Some(true),
                 tapped: tapped.into_iter().next(),
+                linked,
             };
             Ok::<_, DbError>((seen, done))
         })
@@ -511,11 +554,14 @@ async fn answer(
     let answer = match kept {
         Some(answer) => Ok(answer),
         None => {
+            let said = msg
+                .came
+                .said(text, prompt.referral.as_deref(), shared.llm.vision());
             let messages = reply::prompt(
                 &prompt.shop.persona,
                 &prompt.products,
                 &prompt.history,
-                text,
+                &said,
             );
             let tapped = prompt.tapped.as_ref().map(|product| reply::Tapped {
                 title: text,
@@ -654,6 +700,7 @@ fn incoming_row<'a>(ctx: &Ctx<'_>, msg: &'a Incoming, conversation: uuid::Uuid) 
         author: Author::Customer,
         text: msg.text.as_deref(),
         attachments: msg.attachments.clone(),
+        reply_to: msg.reply_to.clone(),
         sent_at: ctx.at,
     }
 }
@@ -691,8 +738,14 @@ async fn store(
             };
             let message = incoming_row(ctx, msg, conv.id);
             let event = ctx.new_event();
-            let (_, (), rows, done) = futures::try_join!(
+            let (_, (), (), rows, done) = futures::try_join!(
                 conversations::add_message(c, merchant, &message),
+                async {
+                    match &msg.came.referral {
+                        Some(r) => conversations::set_referral(c, conv.id, r, ctx.at).await,
+                        None => Ok(()),
+                    }
+                },
                 async {
                     if matches!(reply, Reply::Unanswered) {
                         events::record(c, merchant, &event).await.map(|_| ())
@@ -776,6 +829,7 @@ async fn on_other(
                     attachments: message
                         .and_then(|m| m.attachments.clone())
                         .unwrap_or_else(|| serde_json::json!([])),
+                    reply_to: None,
                     sent_at: ctx.at,
                 },
             )
@@ -784,6 +838,27 @@ async fn on_other(
                 // Someone answered from the Instagram app: the assistant steps back.
                 conversations::pause(c, conv.id, pause_until).await?;
                 tracing::info!(merchant.id = %merchant, conversation.id = %conv.id, "human took over the conversation");
+            }
+        }
+        EventKind::Reaction => {
+            // Kept on the message reacted to; the history shows it to the model.
+            if let Some(r) = ev.reaction.as_ref().filter(|r| !r.mid.is_empty()) {
+                conversations::react(c, &r.mid, r.shown(), ctx.at).await?;
+            }
+        }
+        EventKind::Referral => {
+            // An ig.me link with a ref opened an existing thread: the next message's prompt
+            // gets the ref and the products tied to it.
+            let customer = ev
+                .sender
+                .as_ref()
+                .map(|p| p.id.as_str())
+                .filter(|c| *c != job.instagram_account_id);
+            let reference = ev.referral.as_ref().and_then(|r| r.reference.as_deref());
+            if let (Some(customer), Some(reference)) = (customer, reference) {
+                let account = job.instagram_account_id.as_str();
+                let conv = conversations::upsert(c, merchant, account, customer, None).await?;
+                conversations::set_referral(c, conv.id, reference, ctx.at).await?;
             }
         }
         EventKind::Deleted => {
@@ -903,6 +978,8 @@ mod tests {
             needs_human: false,
             paused_until: None,
             last_customer_message_at: Some(t(SENT)),
+            referral_ref: None,
+            referral_at: None,
         }
     }
 
@@ -937,11 +1014,12 @@ mod tests {
             parts: Vec::new(),
             needs_reauth: false,
             tapped: None,
+            linked: Vec::new(),
         }
     }
 
     fn decide_now(seen: Seen, text: &str) -> Decision {
-        decide(seen, text, t(SENT), t(NOW))
+        decide(seen, text, &Came::default(), t(SENT), t(NOW))
     }
 
     fn keys(parts: &[Outbound]) -> Vec<&str> {
@@ -1021,6 +1099,7 @@ mod tests {
         let Decision::Handoff(message) = decide(
             paused_and_old,
             "Can I talk to a person?",
+            &Came::default(),
             t(SENT),
             t("2026-11-28T05:00:00Z"),
         ) else {
@@ -1091,7 +1170,8 @@ mod tests {
     #[test]
     fn a_message_older_than_24_hours_is_not_answered() {
         let at = t(SENT);
-        let decide_at = |now: &str| decide(seen(), "tem a camiseta azul?", at, t(now));
+        let decide_at =
+            |now: &str| decide(seen(), "tem a camiseta azul?", &Came::default(), at, t(now));
         assert!(matches!(
             decide_at("2026-11-27T05:00:01Z"),
             Decision::Expired
@@ -1113,6 +1193,7 @@ mod tests {
             decide(
                 superseded,
                 "tem a camiseta azul?",
+                &Came::default(),
                 at,
                 t("2026-11-28T00:00:00Z")
             ),
@@ -1133,6 +1214,7 @@ mod tests {
             decide(
                 off,
                 "tem a camiseta azul?",
+                &Came::default(),
                 t(SENT),
                 t("2026-11-28T00:00:00Z")
             ),
@@ -1239,6 +1321,79 @@ mod tests {
         let skus: Vec<&str> = prompt.products.iter().map(|p| p.sku.as_str()).collect();
         assert_eq!(skus, ["B", "A"]);
         assert_eq!(prompt.tapped.map(|t| t.sku), Some("B".to_owned()));
+
+        // Products linked to a shared post or a ref come next, each once, before the search's.
+        let linked = Seen {
+            products: vec![p("A"), p("C"), p("B")],
+            tapped: Some(p("B")),
+            linked: vec![p("C"), p("B")],
+            ..seen()
+        };
+        let Decision::Answer(prompt) = decide_now(linked, "Quero este") else {
+            panic!("not answered");
+        };
+        let skus: Vec<&str> = prompt.products.iter().map(|p| p.sku.as_str()).collect();
+        assert_eq!(skus, ["B", "C", "A"]);
+    }
+
+    #[test]
+    fn a_story_mention_or_shared_post_without_text_is_answered_and_audio_alone_is_not() {
+        let mention = Came {
+            story_mention: true,
+            ..Came::default()
+        };
+        let answer = decide(seen(), "", &mention, t(SENT), t(NOW));
+        assert!(matches!(answer, Decision::Answer(_)), "{answer:?}");
+        let audio = Came {
+            other: vec!["audio".into()],
+            ..Came::default()
+        };
+        assert!(matches!(
+            decide(seen(), " ", &audio, t(SENT), t(NOW)),
+            Decision::Record(Silent::Quiet)
+        ));
+    }
+
+    #[test]
+    fn the_ref_of_the_message_or_a_recent_one_of_the_conversation_goes_into_the_prompt() {
+        let with_ref = |at: &str| Seen {
+            conversation: Some(Conversation {
+                referral_ref: Some("bio".into()),
+                referral_at: Some(t(at)),
+                ..conversation()
+            }),
+            ..seen()
+        };
+        let referral = |d: Decision| match d {
+            Decision::Answer(p) => p.referral,
+            other => panic!("not answered: {other:?}"),
+        };
+        // Recorded an hour before the message: still where the customer came from.
+        assert_eq!(
+            referral(decide_now(with_ref("2026-11-26T04:00:00Z"), "oi")).as_deref(),
+            Some("bio")
+        );
+        // Older than the 24-hour window: forgotten.
+        assert_eq!(
+            referral(decide_now(with_ref("2026-11-25T04:00:00Z"), "oi")),
+            None
+        );
+        // The message's own ref wins.
+        let own = Came {
+            referral: Some("natal".into()),
+            ..Came::default()
+        };
+        assert_eq!(
+            referral(decide(
+                with_ref("2026-11-26T04:00:00Z"),
+                "oi",
+                &own,
+                t(SENT),
+                t(NOW)
+            ))
+            .as_deref(),
+            Some("natal")
+        );
     }
 
     fn job(event: &str) -> (InboundEventV1, Messaging) {
@@ -1269,6 +1424,11 @@ mod tests {
                 text: Some("oi".into()),
                 attachments: serde_json::json!([{"type": "image"}]),
                 tap: None,
+                came: Came {
+                    photos: vec![None],
+                    ..Came::default()
+                },
+                reply_to: None,
             })
         );
     }

@@ -308,14 +308,11 @@ pub async fn ask(
     }
     let note = retry_note(&problems);
     let again = |mut m: Vec<ChatMessage>| {
-        m.push(ChatMessage {
-            role: "assistant",
-            content: serde_json::to_string(&first).unwrap_or_else(|_| first.text.clone()),
-        });
-        m.push(ChatMessage {
-            role: "system",
-            content: note.clone(),
-        });
+        m.push(ChatMessage::new(
+            "assistant",
+            serde_json::to_string(&first).unwrap_or_else(|_| first.text.clone()),
+        ));
+        m.push(ChatMessage::new("system", note.clone()));
         m
     };
     let second = answer::ask(llm, again(messages), || again(plain())).await?;

@@ -10,14 +10,56 @@ use tokio::sync::Semaphore;
 
 use crate::runtime::outcome::JobError;
 
-#[derive(Debug, Clone, Serialize)]
+/// One chat message: text, and for a customer's photos (with `OPENAI_VISION=on`) the image
+/// URLs, sent as OpenAI-compatible content parts after the text.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChatMessage {
     pub role: &'static str,
     pub content: String,
+    pub images: Vec<String>,
+}
+
+impl ChatMessage {
+    pub fn new(role: &'static str, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            images: Vec::new(),
+        }
+    }
+}
+
+impl Serialize for ChatMessage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("role", self.role)?;
+        if self.images.is_empty() {
+            // Plain text stays a string: every compatible server takes that form.
+            m.serialize_entry("content", &self.content)?;
+        } else {
+            let mut parts = vec![serde_json::json!({"type": "text", "text": self.content})];
+            parts.extend(
+                self.images
+                    .iter()
+                    .map(|url| serde_json::json!({"type": "image_url", "image_url": {"url": url}})),
+            );
+            m.serialize_entry("content", &parts)?;
+        }
+        m.end()
+    }
 }
 
 fn base_url(s: &str) -> Result<HttpUrl, String> {
     HttpUrl::parse(s)
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(String::new()),
+    }
 }
 
 igsales_config::group! {
@@ -32,6 +74,9 @@ igsales_config::group! {
         OPENAI_MAX_CONCURRENCY => max_concurrency: usize = default "256",
             amount("a count", 1, 4096);
         OPENAI_MAX_TOKENS => max_tokens: u32 = default "400", amount("tokens", 16, 4096);
+        /// `on`: a customer's photos go to the model as image inputs (the model must take
+        /// them); `off`: the prompt only says a photo was sent.
+        OPENAI_VISION => vision: bool = default "off", parsed("on or off", on_off);
     }
 }
 
@@ -128,6 +173,11 @@ impl LlmClient {
             agent,
             permits,
         }
+    }
+
+    /// Whether the model is given customers' photos (`OPENAI_VISION`).
+    pub fn vision(&self) -> bool {
+        self.cfg.vision
     }
 
     /// One chat completion; the assistant's text.
