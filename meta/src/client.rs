@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use crate::ids::IdString;
-use crate::send::OutgoingMessage;
+use crate::send::{MAX_PAYLOAD_BYTES, OutgoingMessage};
 
 /// Where the Graph API is; what every call needs.
 #[derive(Debug)]
@@ -79,6 +79,60 @@ pub enum MetaError {
     /// Checked before the call: nothing was sent.
     #[error("the message breaks a Send API limit: {0}")]
     Limit(crate::send::LimitError),
+    /// Checked before the call: nothing was sent.
+    #[error("the ice breakers break a limit: {0}")]
+    IceBreakers(IceBreakerError),
+}
+
+/// Questions an account may offer on a new conversation (Meta's limit).
+pub const MAX_ICE_BREAKERS: usize = 4;
+/// Characters in one ice breaker's question.
+pub const MAX_ICE_BREAKER_QUESTION_CHARS: usize = 80;
+
+/// One ice breaker: a question shown to a customer opening a conversation, and the payload a
+/// tap on it comes back with (as a `postback` whose title is the question).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct IceBreaker {
+    pub question: String,
+    pub payload: String,
+}
+
+/// The first limit a set of ice breakers breaks (the position is 1-based).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IceBreakerError {
+    #[error("{0} ice breakers; Meta allows 1 to {MAX_ICE_BREAKERS}")]
+    Count(usize),
+    #[error(
+        "ice breaker {0}: the question is empty or over {MAX_ICE_BREAKER_QUESTION_CHARS} characters"
+    )]
+    Question(usize),
+    #[error("ice breaker {0}: the payload is empty or over {MAX_PAYLOAD_BYTES} bytes")]
+    Payload(usize),
+}
+
+impl IceBreaker {
+    /// This one question's limits; `position` (1-based) names it in the error.
+    pub fn check(&self, position: usize) -> Result<(), IceBreakerError> {
+        let chars = self.question.chars().count();
+        if self.question.trim().is_empty() || chars > MAX_ICE_BREAKER_QUESTION_CHARS {
+            return Err(IceBreakerError::Question(position));
+        }
+        if self.payload.is_empty() || self.payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(IceBreakerError::Payload(position));
+        }
+        Ok(())
+    }
+}
+
+/// A whole set against Meta's limits, so a set Meta would refuse is never sent.
+pub fn check_ice_breakers(breakers: &[IceBreaker]) -> Result<(), IceBreakerError> {
+    if breakers.is_empty() || breakers.len() > MAX_ICE_BREAKERS {
+        return Err(IceBreakerError::Count(breakers.len()));
+    }
+    breakers
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, b)| b.check(i + 1))
 }
 
 /// The result of the code exchange (both documented shapes end up here).
@@ -250,6 +304,13 @@ struct LongLivedFields {
 struct Success {
     #[serde(default)]
     success: bool,
+}
+
+/// The Messenger Profile API's answer: `{"result":"success"}`.
+#[derive(Debug, Deserialize)]
+struct ProfileResult {
+    #[serde(default)]
+    result: String,
 }
 
 impl MetaClient {
@@ -442,6 +503,72 @@ impl MetaClient {
         .await
     }
 
+    /// Replaces the account's ice breakers (`POST /{ig-user-id}/messenger_profile`, one
+    /// `default` locale). A set over Meta's limits is refused here, unsent.
+    pub async fn set_ice_breakers(
+        &self,
+        token: &Secret,
+        account: &str,
+        breakers: &[IceBreaker],
+    ) -> Result<(), MetaError> {
+        check_ice_breakers(breakers).map_err(MetaError::IceBreakers)?;
+        let body = serde_json::json!({
+            "platform": "instagram",
+            "ice_breakers": [{
+                "call_to_actions": breakers,
+                "locale": "default",
+            }],
+        });
+        self.messenger_profile(token, account, ureq::http::Method::POST, body)
+            .await
+    }
+
+    /// Removes the account's ice breakers (`DELETE /{ig-user-id}/messenger_profile`).
+    pub async fn clear_ice_breakers(&self, token: &Secret, account: &str) -> Result<(), MetaError> {
+        let body = serde_json::json!({
+            "fields": ["ice_breakers"],
+            "platform": "instagram",
+        });
+        self.messenger_profile(token, account, ureq::http::Method::DELETE, body)
+            .await
+    }
+
+    /// One write to the account's Messenger profile, a JSON body either way (Meta's DELETE
+    /// takes one too); `{"result":"success"}` is the only success.
+    async fn messenger_profile(
+        &self,
+        token: &Secret,
+        account: &str,
+        method: ureq::http::Method,
+        body: serde_json::Value,
+    ) -> Result<(), MetaError> {
+        let (token, account) = (token.clone(), account.to_owned());
+        self.call(move |agent, cfg| {
+            let url = format!(
+                "{}/{}/{account}/messenger_profile",
+                cfg.graph_base, cfg.version
+            );
+            let request = if method == ureq::http::Method::DELETE {
+                agent.delete(&url).force_send_body()
+            } else {
+                agent.post(&url)
+            };
+            let a = answer(
+                request
+                    .header("Authorization", &format!("Bearer {}", token.expose()))
+                    .header("Content-Type", "application/json")
+                    .send(body.to_string().as_bytes()),
+            )?;
+            let r: ProfileResult = decode(a)?;
+            if r.result == "success" {
+                Ok(())
+            } else {
+                Err(MetaError::Decode("result was not success".into()))
+            }
+        })
+        .await
+    }
+
     /// Removes the app's webhook subscription for the account.
     pub async fn unsubscribe(&self, token: &Secret) -> Result<(), MetaError> {
         let token = token.clone();
@@ -587,6 +714,39 @@ mod tests {
     }
 
     #[test]
+    fn ice_breakers_over_metas_limits_are_named_by_position() {
+        let q = |question: &str, payload: &str| IceBreaker {
+            question: question.into(),
+            payload: payload.into(),
+        };
+        let four = vec![q("Prazo de entrega?", "SHIPPING"); 4];
+        assert_eq!(check_ice_breakers(&four), Ok(()));
+        let mut five = four.clone();
+        five.push(q("Trocas?", "RETURNS"));
+        assert_eq!(check_ice_breakers(&five), Err(IceBreakerError::Count(5)));
+        assert_eq!(check_ice_breakers(&[]), Err(IceBreakerError::Count(0)));
+        // 80 characters (not bytes) is the most a question may have.
+        let eighty = "é".repeat(80);
+        assert_eq!(check_ice_breakers(&[q(&eighty, "P")]), Ok(()));
+        assert_eq!(
+            check_ice_breakers(&[q("ok", "P"), q(&format!("{eighty}?"), "P")]),
+            Err(IceBreakerError::Question(2))
+        );
+        assert_eq!(
+            check_ice_breakers(&[q("  ", "P")]),
+            Err(IceBreakerError::Question(1))
+        );
+        assert_eq!(
+            check_ice_breakers(&[q("ok", "")]),
+            Err(IceBreakerError::Payload(1))
+        );
+        assert_eq!(
+            check_ice_breakers(&[q("ok", &"x".repeat(1001))]),
+            Err(IceBreakerError::Payload(1))
+        );
+    }
+
+    #[test]
     fn error_envelopes_are_told_apart_and_buc_regain_time_is_read() {
         let graph = Answer {
             status: 400,
@@ -681,7 +841,7 @@ impl MetaError {
                 ErrorClass::Unknown
             }
             MetaError::Transport(_) | MetaError::Closed => ErrorClass::Transient,
-            MetaError::Limit(_) => ErrorClass::Permanent,
+            MetaError::Limit(_) | MetaError::IceBreakers(_) => ErrorClass::Permanent,
             MetaError::Graph {
                 status,
                 error,

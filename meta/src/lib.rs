@@ -13,8 +13,8 @@ pub mod signed_request;
 pub mod webhook;
 
 pub use client::{
-    ErrorClass, GraphError, LongLivedToken, Me, MetaClient, MetaError, OAuthApp, OAuthClient,
-    Recipient, ShortLivedToken, ThrottleScope,
+    ErrorClass, GraphError, IceBreaker, IceBreakerError, LongLivedToken, Me, MetaClient, MetaError,
+    OAuthApp, OAuthClient, Recipient, ShortLivedToken, ThrottleScope, check_ice_breakers,
 };
 pub use ids::IdString;
 pub use signature::{SignatureError, WebhookVerifier};

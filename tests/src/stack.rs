@@ -176,13 +176,22 @@ impl Stack {
         })
     }
 
-    /// Runs a `worker` CLI command against the stack's database; its stdout.
+    /// Runs a `worker` CLI command against the stack's database, with the worker's token key
+    /// and Graph settings (the fake Meta) for the commands that call Meta; its stdout.
     pub fn worker_cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = crate::cli::run(
-            &self.bins.join("worker").display().to_string(),
-            args,
-            &[("DATABASE_URL", self.database_url.clone())],
+        let mut env = vec![("DATABASE_URL", self.database_url.clone())];
+        env.extend(
+            self.worker_env
+                .iter()
+                .filter(|(k, _)| {
+                    matches!(
+                        *k,
+                        "ENCRYPTION_KEY" | "GRAPH_API_VERSION" | "GRAPH_API_BASE_URL"
+                    )
+                })
+                .cloned(),
         );
+        let out = crate::cli::run(&self.bins.join("worker").display().to_string(), args, &env);
         anyhow::ensure!(
             out.code == Some(0),
             "worker {args:?} failed: {}",

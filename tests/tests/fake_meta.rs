@@ -895,3 +895,79 @@ async fn cards_and_quick_replies_within_meta_s_limits_are_taken_and_any_over_the
     );
     assert_eq!(sent[1].body["message"], max);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_breakers_are_kept_per_account_within_meta_s_rules() {
+    let fake = fake().await;
+    let long = connect(&fake);
+    let account = FakeAccount::default().user_id;
+    let url = format!("{}/v26.0/{account}/messenger_profile", fake.base_url());
+    let cta = |q: &str| json!({ "question": q, "payload": format!("P:{q}") });
+    let profile = |ctas: Vec<Value>, platform: &str, locale: &str| {
+        json!({
+            "platform": platform,
+            "ice_breakers": [{ "call_to_actions": ctas, "locale": locale }],
+        })
+    };
+    let four: Vec<Value> = ["a", "b", "c", "d"].into_iter().map(cta).collect();
+    let set = post_json(&url, &long, &profile(four.clone(), "instagram", "default"));
+    assert_eq!(
+        (set.status, set.body.as_str()),
+        (200, r#"{"result":"success"}"#)
+    );
+    assert_eq!(fake.ice_breakers(&account).len(), 4);
+    assert_eq!(
+        fake.ice_breakers(&account)[0],
+        ("a".to_owned(), "P:a".to_owned())
+    );
+
+    // Meta's rules, each refused with code 100 and nothing changed.
+    let mut five = four.clone();
+    five.push(cta("e"));
+    post_json(&url, &long, &profile(five, "instagram", "default")).graph_error(400, 100);
+    post_json(&url, &long, &profile(four.clone(), "messenger", "default")).graph_error(400, 100);
+    post_json(&url, &long, &profile(four.clone(), "instagram", "pt_BR")).graph_error(400, 100);
+    post_json(
+        &url,
+        &long,
+        &profile(vec![cta(&"x".repeat(81))], "instagram", "default"),
+    )
+    .graph_error(400, 100);
+    // Another account's node, or no token: refused as other Graph calls are.
+    let other = format!(
+        "{}/v26.0/17841400000000999/messenger_profile",
+        fake.base_url()
+    );
+    post_json(
+        &other,
+        &long,
+        &profile(four.clone(), "instagram", "default"),
+    )
+    .graph_error(400, 100);
+    post_json(&url, "", &profile(four, "instagram", "default")).graph_error(400, 190);
+    assert_eq!(fake.ice_breakers(&account).len(), 4);
+
+    let listed = get(&format!(
+        "{url}?fields=ice_breakers&platform=instagram&access_token={long}"
+    ))
+    .json();
+    assert_eq!(listed["data"][0]["locale"], "default");
+    assert_eq!(listed["data"][0]["call_to_actions"][3]["question"], "d");
+    get(&format!("{url}?fields=ice_breakers&access_token={long}")).graph_error(400, 100);
+
+    let deleted = answer(
+        agent(Duration::from_secs(5))
+            .delete(&url)
+            .header("Authorization", format!("Bearer {long}"))
+            .header("Content-Type", "application/json")
+            .force_send_body()
+            .send(json!({ "fields": ["ice_breakers"], "platform": "instagram" }).to_string()),
+    );
+    assert_eq!(deleted.body, r#"{"result":"success"}"#);
+    assert!(fake.ice_breakers(&account).is_empty());
+    let listed = get(&format!(
+        "{url}?fields=ice_breakers&platform=instagram&access_token={long}"
+    ))
+    .json();
+    assert_eq!(listed["data"], json!([]));
+}

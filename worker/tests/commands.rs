@@ -806,3 +806,168 @@ async fn comment_rules_and_product_links_are_stored_per_merchant_and_bad_input_s
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ice_breakers_are_set_on_every_connected_account_then_cleared_and_bad_input_calls_nothing()
+{
+    use igsales_tests::fake_meta::{Endpoint, FakeAccount, FakeMeta, FakeMetaConfig};
+    let db = TestDb::migrated().await;
+    let fake = FakeMeta::start(FakeMetaConfig::default()).await;
+    let vault = Vault::new(&ring(&key_entry(1, 1)));
+    let app = db.app_db(2).await;
+    let m = create_merchant(&db, "Loja Azul");
+    let pages = ["17841400000000011", "17841400000000012"];
+    let mut tokens = Vec::new();
+    for (i, page) in pages.into_iter().enumerate() {
+        let token = fake.issue_long_lived_token(&FakeAccount {
+            user_id: page.into(),
+            app_scoped_id: format!("2{i}"),
+            username: format!("loja{i}"),
+        });
+        shops::connect(&app, m, &Account::new(&vault, page, &token))
+            .await
+            .expect("connect account");
+        tokens.push(token);
+    }
+    let m_s = m.to_string();
+    let ice = |args: &[&str]| {
+        let mut all = vec!["merchant", "ice-breakers"];
+        all.extend_from_slice(args);
+        run(
+            BIN,
+            &all,
+            &[
+                ("DATABASE_URL", db.app_url()),
+                ("ENCRYPTION_KEY", key_entry(1, 1)),
+                ("GRAPH_API_VERSION", "v26.0".to_owned()),
+                ("GRAPH_API_BASE_URL", fake.base_url()),
+            ],
+        )
+    };
+    let questions = [
+        ("Qual o prazo de entrega?", "SHIPPING"),
+        ("Vocês fazem trocas?", "RETURNS"),
+        ("Quais as formas de pagamento?", "PAYMENT"),
+        ("Tem loja física?", "STORE|SP"),
+    ];
+    let set_args: Vec<String> = questions.iter().map(|(q, p)| format!("{q}|{p}")).collect();
+    let with_set = |values: &[String]| -> Vec<String> {
+        let mut args = vec!["--merchant".to_owned(), m_s.clone()];
+        for v in values {
+            args.extend(["--set".to_owned(), v.clone()]);
+        }
+        args
+    };
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+
+    // Usage errors and Meta's limits are refused before anything is called.
+    ice(&["--merchant", &m_s]).assert_code(2);
+    let both = [with_set(&set_args[..1]), vec!["--clear".to_owned()]].concat();
+    ice(&strs(&both)).assert_code(2);
+    for bad in ["Sem barra", "|PAYLOAD", "Pergunta sem payload|", " | "] {
+        let out = ice(&strs(&with_set(&[bad.to_owned()])));
+        out.assert_code(2);
+        assert!(
+            out.stderr.contains("Question|payload"),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
+    let mut five = set_args.clone();
+    five.push("E a quinta?|FIFTH".to_owned());
+    let out = ice(&strs(&with_set(&five)));
+    out.assert_code(2);
+    out.assert_invalid("--set", "5 ice breakers; Meta allows 1 to 4");
+    let long = format!("{}|LONG", "a".repeat(81));
+    let out = ice(&strs(&with_set(&[set_args[0].clone(), long])));
+    out.assert_code(2);
+    out.assert_invalid("--set", "ice breaker 2: the question is empty or over 80");
+    assert!(
+        fake.requests().is_empty(),
+        "refused input reached Meta: {:?}",
+        fake.requests()
+    );
+
+    // Set: both accounts hold the four questions, in order.
+    let out = ice(&strs(&with_set(&set_args)));
+    out.assert_code(0);
+    for page in pages {
+        assert!(
+            out.stdout
+                .contains(&format!("account {page}: 4 ice breaker(s) set")),
+            "{}",
+            out.stdout
+        );
+        let held = fake.ice_breakers(page);
+        let want: Vec<(String, String)> = questions
+            .iter()
+            .map(|(q, p)| ((*q).to_owned(), (*p).to_owned()))
+            .collect();
+        assert_eq!(held, want, "{page}");
+    }
+    let calls = fake.requests_to(Endpoint::MessengerProfile);
+    assert_eq!(calls.len(), 2, "one call per account");
+    let mut paths: Vec<&str> = calls.iter().map(|r| r.path.as_str()).collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        pages.map(|p| format!("/v26.0/{p}/messenger_profile")),
+        "each account's own node"
+    );
+    assert_eq!(
+        fake.requests().len(),
+        2,
+        "nothing but the two profile calls"
+    );
+
+    // Clear: neither account holds any.
+    let out = ice(&["--merchant", &m_s, "--clear"]);
+    out.assert_code(0);
+    for page in pages {
+        assert!(
+            out.stdout
+                .contains(&format!("account {page}: ice breakers cleared")),
+            "{}",
+            out.stdout
+        );
+        assert!(fake.ice_breakers(page).is_empty(), "{page}");
+    }
+    let deletes = fake
+        .requests_to(Endpoint::MessengerProfile)
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .count();
+    assert_eq!(deletes, 2);
+
+    // An account whose token Meta rejects is named and fails the command; the other is set.
+    fake.expire_token(&tokens[1]);
+    let out = ice(&strs(&with_set(&set_args[..1])));
+    out.assert_code(1);
+    assert!(
+        out.stderr
+            .contains(&format!("account {}: failed", pages[1])),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fake.ice_breakers(pages[0]).len(), 1);
+    assert!(fake.ice_breakers(pages[1]).is_empty());
+
+    // A merchant without a connected account, or none at all: nothing to set, exit 1.
+    let lonely = create_merchant(&db, "Sem conta").to_string();
+    let out = ice(&["--merchant", &lonely, "--clear"]);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("no connected Instagram account"),
+        "{}",
+        out.stderr
+    );
+    let out = ice(&[
+        "--merchant",
+        &MerchantId::new_random().to_string(),
+        "--clear",
+    ]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("not found"), "{}", out.stderr);
+}

@@ -18,6 +18,8 @@
 //! | GET | `[/{ver}]/me`, `[/{ver}]/{ig_id}` | [`Endpoint::Me`] |
 //! | GET, POST, DELETE | `[/{ver}]/{me or ig_id}/subscribed_apps` | [`Endpoint::SubscribedApps`] |
 //! | POST | `[/{ver}]/{me or ig_id}/messages` | [`Endpoint::Messages`] |
+//! | POST | `[/{ver}]/{comment_id}/replies` | [`Endpoint::CommentReplies`] |
+//! | GET, POST, DELETE | `[/{ver}]/{me or ig_id}/messenger_profile` | [`Endpoint::MessengerProfile`] |
 
 mod failure;
 mod server;
@@ -97,6 +99,8 @@ pub enum Endpoint {
     Messages,
     /// `POST /{comment-id}/replies`.
     CommentReplies,
+    /// `GET`, `POST`, `DELETE /{ig-user-id}/messenger_profile` (ice breakers).
+    MessengerProfile,
     /// Any path or method the fake does not serve (answered with a Graph error); recorded so a
     /// test can see what the service called by mistake.
     Unknown,
@@ -230,6 +234,8 @@ pub(crate) struct State {
     pub(crate) private_reply_calls: HashMap<String, VecDeque<Instant>>,
     /// Calls refused for going over those limits.
     pub(crate) limit_breaches: usize,
+    /// IG account user_id → its ice breakers (question, payload), in order.
+    pub(crate) ice_breakers: HashMap<String, Vec<(String, String)>>,
 }
 
 impl State {
@@ -473,6 +479,16 @@ impl FakeMeta {
         if let Some(grant) = self.state().tokens.get_mut(token) {
             grant.expires = Instant::now();
         }
+    }
+
+    /// The ice breakers (question, payload) the account's Messenger profile holds now, in
+    /// order; none when never set or cleared.
+    pub fn ice_breakers(&self, user_id: &str) -> Vec<(String, String)> {
+        self.state()
+            .ice_breakers
+            .get(user_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The fields `user_id` is subscribed to, if it is subscribed.

@@ -102,6 +102,11 @@ fn route(method: &Method, path: &str) -> Route {
         (&Method::POST, [node, "replies"]) if is_node(node) && *node != "me" => {
             (Endpoint::CommentReplies, Some(*node))
         }
+        (&Method::GET | &Method::POST | &Method::DELETE, [node, "messenger_profile"])
+            if is_node(node) =>
+        {
+            (Endpoint::MessengerProfile, Some(*node))
+        }
         _ => (Endpoint::Unknown, None),
     };
     Route {
@@ -375,6 +380,7 @@ fn answer(shared: &Shared, state: &mut State, req: &Req, route: &Route) -> Reply
         Endpoint::SubscribedApps => subscribed_apps(shared, state, req, node),
         Endpoint::Messages => messages(state, req, node),
         Endpoint::CommentReplies => comment_replies(state, req, node),
+        Endpoint::MessengerProfile => messenger_profile(state, req, node),
         Endpoint::Unknown => Err(unknown(req, route)),
     };
     result.unwrap_or_else(|e| e)
@@ -1064,6 +1070,108 @@ fn comment_replies(state: &mut State, req: &Req, node: &str) -> Result<Reply, Re
     Ok(json(200, json_object(&[("id", json_str(&id))])))
 }
 
+/// Ice breakers an account may have, and characters in each one's question.
+const MAX_ICE_BREAKERS: usize = 4;
+const MAX_ICE_BREAKER_QUESTION_CHARS: usize = 80;
+
+/// `/{ig-user-id}/messenger_profile` for ice breakers, per account: POST sets them (a
+/// `default` locale entry of 1 to 4 questions), GET lists them, DELETE removes them; every
+/// call names `platform=instagram`.
+fn messenger_profile(state: &mut State, req: &Req, node: &str) -> Result<Reply, Reply> {
+    let grant = authenticate(state, req.access_token())?;
+    resolve_node(&grant, node, &req.method)?;
+    require_permission(&grant, MANAGE_MESSAGES)?;
+    let account = grant.account.user_id.clone();
+    let param = |message: &str| GraphError::new(400, 100, format!("(#100) {message}")).reply();
+    // GET reads its parameters from the query; POST and DELETE from a JSON (or form) body,
+    // or the query as Graph also allows.
+    let body = match req.method {
+        Method::GET => Value::Null,
+        _ => send_body(req).unwrap_or(Value::Null),
+    };
+    let field = |name: &str| -> Option<Value> {
+        body.get(name).cloned().or_else(|| {
+            req.query(name)
+                .map(|v| serde_json::from_str(v).unwrap_or_else(|_| Value::from(v)))
+        })
+    };
+    if field("platform").as_ref().and_then(Value::as_str) != Some("instagram") {
+        return Err(param("Param platform must be instagram"));
+    }
+    let names_ice_breakers = |v: Option<Value>| match v {
+        Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some("ice_breakers")),
+        Some(Value::String(s)) => s.split(',').any(|f| f.trim() == "ice_breakers"),
+        _ => false,
+    };
+    let success = || json(200, r#"{"result":"success"}"#.to_owned());
+    match req.method {
+        Method::GET => {
+            if !names_ice_breakers(field("fields")) {
+                return Err(param("Param fields must name ice_breakers"));
+            }
+            let data = match state.ice_breakers.get(&account) {
+                Some(items) => {
+                    let ctas: Vec<Value> = items
+                        .iter()
+                        .map(|(q, p)| serde_json::json!({"question": q, "payload": p}))
+                        .collect();
+                    vec![serde_json::json!({"call_to_actions": ctas, "locale": "default"})]
+                }
+                None => Vec::new(),
+            };
+            Ok(json(200, serde_json::json!({ "data": data }).to_string()))
+        }
+        Method::DELETE => {
+            if !names_ice_breakers(field("fields")) {
+                return Err(param("Param fields must name ice_breakers"));
+            }
+            state.ice_breakers.remove(&account);
+            Ok(success())
+        }
+        _ => {
+            let Some(Value::Array(entries)) = field("ice_breakers") else {
+                return Err(param("Param ice_breakers must be an array"));
+            };
+            let Some(default) = entries
+                .iter()
+                .find(|e| e.get("locale").and_then(Value::as_str) == Some("default"))
+            else {
+                return Err(param(
+                    "Param ice_breakers needs an entry with locale default",
+                ));
+            };
+            for e in &entries {
+                let ctas = match e.get("call_to_actions") {
+                    Some(Value::Array(c)) if !c.is_empty() && c.len() <= MAX_ICE_BREAKERS => c,
+                    _ => {
+                        return Err(param(&format!(
+                            "Param ice_breakers[call_to_actions] must hold 1 to {MAX_ICE_BREAKERS} questions"
+                        )));
+                    }
+                };
+                for cta in ctas {
+                    let what = "ice_breakers[call_to_actions]";
+                    text_field(cta, "question", MAX_ICE_BREAKER_QUESTION_CHARS, true, what)
+                        .map_err(|m| param(&m))?;
+                    payload_field(cta, what).map_err(|m| param(&m))?;
+                }
+            }
+            // Checked above: every question and payload is a string.
+            let items = default["call_to_actions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                    (s("question"), s("payload"))
+                })
+                .collect();
+            state.ice_breakers.insert(account, items);
+            Ok(success())
+        }
+    }
+}
+
 /// Characters in a template element's title and subtitle, a button's title, a quick reply's
 /// title; elements, buttons and quick replies a message may carry; bytes in a payload.
 const MAX_TITLE_CHARS: usize = 80;
@@ -1297,6 +1405,12 @@ mod tests {
             Endpoint::LongLivedExchange
         );
         assert_eq!(route(&Method::GET, "/v22.0/me").endpoint, Endpoint::Me);
+        let r = route(
+            &Method::DELETE,
+            "/v26.0/17841400538867190/messenger_profile",
+        );
+        assert_eq!(r.endpoint, Endpoint::MessengerProfile);
+        assert_eq!(r.node.as_deref(), Some("17841400538867190"));
         assert_eq!(
             route(&Method::GET, "/v22.0/me/messages").endpoint,
             Endpoint::Unknown

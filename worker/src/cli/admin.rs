@@ -111,6 +111,89 @@ pub async fn accounts_resubscribe(
     Ok(())
 }
 
+/// `merchant ice-breakers`: sets `breakers` (already checked against Meta's limits) on every
+/// connected account of the merchant, or clears them when there are none. Each account is
+/// tried; any failure is named and makes the command fail.
+pub async fn merchant_ice_breakers(
+    access: &Access,
+    merchant: MerchantId,
+    breakers: &[igsales_meta::IceBreaker],
+) -> anyhow::Result<()> {
+    let db = Db::connect(&access.db).await?;
+    let exists = db
+        .as_merchant(merchant, async move |c: &AsyncPgConnection| {
+            Ok::<_, DbError>(
+                igsales_schema::merchants::find(c, merchant)
+                    .await?
+                    .is_some(),
+            )
+        })
+        .await?;
+    if !exists {
+        bail!("merchant {merchant} not found");
+    }
+    let pages = connected(&db, merchant).await?;
+    if pages.is_empty() {
+        bail!("merchant {merchant} has no connected Instagram account: nothing to set");
+    }
+    let vault = Vault::new(&access.keys.ring);
+    let meta = MetaClient::new(&access.graph, access.dns.cache);
+    let mut failed = Vec::new();
+    for account in &pages {
+        let (v, a) = (&vault, account.clone());
+        let token = db
+            .as_merchant(merchant, async move |c: &AsyncPgConnection| {
+                accounts::token(c, v, merchant, &a).await
+            })
+            .await;
+        let result = match token {
+            Ok(t) if breakers.is_empty() => meta.clear_ice_breakers(&t, account).await,
+            Ok(t) => meta.set_ice_breakers(&t, account, breakers).await,
+            Err(e) => {
+                eprintln!("account {account}: failed: {e}");
+                failed.push(account.clone());
+                continue;
+            }
+        };
+        match result {
+            Ok(()) if breakers.is_empty() => println!("account {account}: ice breakers cleared"),
+            Ok(()) => println!(
+                "account {account}: {} ice breaker(s) set: {}",
+                breakers.len(),
+                breakers
+                    .iter()
+                    .map(|b| format!("\"{}\"", b.question))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => {
+                eprintln!("account {account}: failed: {}", graph_reason(&e));
+                failed.push(account.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} account(s) failed: {}",
+            failed.len(),
+            pages.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The error with Graph's own message when Meta sent one (it says which rule was broken and
+/// never holds the token).
+fn graph_reason(e: &igsales_meta::MetaError) -> String {
+    match e {
+        igsales_meta::MetaError::Graph { error, .. } if !error.message.is_empty() => {
+            format!("{e}: {}", error.message)
+        }
+        _ => e.to_string(),
+    }
+}
+
 /// `accounts disconnect`: unsubscribes (best effort) and forgets the token.
 pub async fn accounts_disconnect(
     access: &Access,

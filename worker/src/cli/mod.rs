@@ -312,6 +312,37 @@ pub enum MerchantCommand {
         #[arg(long, value_parser = bounded_text(1, 300))]
         public_reply: Option<String>,
     },
+    /// Set the ice breakers (up to 4 questions a customer can tap to start a conversation) on
+    /// every connected Instagram account of the merchant, replacing earlier ones, or remove
+    /// them (`--clear`).
+    #[command(group(ArgGroup::new("what").required(true).args(["set", "clear"])))]
+    IceBreakers {
+        #[command(flatten)]
+        access: AccountAccess,
+        #[arg(long)]
+        merchant: MerchantId,
+        /// "Question|payload": the question shown (at most 80 characters) and what its tap
+        /// carries back; repeat for each question, at most 4.
+        #[arg(long, num_args = 1.., value_parser = ice_breaker)]
+        set: Vec<igsales_meta::IceBreaker>,
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+/// `Question|payload`, split at the first `|` (a payload may hold more); both sides required.
+fn ice_breaker(s: &str) -> Result<igsales_meta::IceBreaker, String> {
+    let Some((question, payload)) = s.split_once('|') else {
+        return Err("expected \"Question|payload\" (no | found)".into());
+    };
+    let (question, payload) = (question.trim(), payload.trim());
+    if question.is_empty() || payload.is_empty() {
+        return Err("expected \"Question|payload\" with both sides non-empty".into());
+    }
+    Ok(igsales_meta::IceBreaker {
+        question: question.to_owned(),
+        payload: payload.to_owned(),
+    })
 }
 
 fn language() -> impl clap::builder::TypedValueParser<Value = Language> {
@@ -513,6 +544,27 @@ impl Command {
                 };
                 Action::of(async move { commands::merchant_comments(&db, merchant, rule).await })
             }),
+            Command::Merchant {
+                action:
+                    MerchantCommand::IceBreakers {
+                        access,
+                        merchant,
+                        set,
+                        clear: _,
+                    },
+            } => {
+                // Meta's limits (count, lengths) are checked before anything connects.
+                if !set.is_empty()
+                    && let Err(e) = igsales_meta::check_ice_breakers(&set)
+                {
+                    c.invalid("--set", format!("ice breakers within Meta's limits ({e})"));
+                }
+                access.check(c, env).map(|access| {
+                    Action::of(async move {
+                        admin::merchant_ice_breakers(&access, merchant, &set).await
+                    })
+                })
+            }
             Command::Catalog {
                 action:
                     CatalogCommand::Link {
