@@ -104,6 +104,7 @@ async fn the_dm_thread_page_shows_replies_and_sends_taps_as_meta_would() {
         .expect("catalog");
     let redirect = s.connect_account(&merchant).await.expect("connect flow");
     assert!(!redirect.contains("error="), "{redirect}");
+    igsales_tests::sandbox_page::set_up_demo_post(&s, &merchant).expect("demo post");
 
     let s = std::sync::Arc::new(s);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
@@ -222,6 +223,44 @@ async fn the_dm_thread_page_shows_replies_and_sends_taps_as_meta_would() {
         .filter_map(|m| m["text"].as_str().map(|t| t.trim().to_owned()))
         .collect();
     assert_eq!(texts, replies, "each answer sent once and shown once");
+
+    // A comment under the demo post: its private reply arrives in the thread, labelled with
+    // the comment, and the public reply shows under it; once each.
+    let caption = texts_once(&c, "#caption", 1).await;
+    assert_eq!(caption, [igsales_tests::sandbox_page::DEMO_POST_CAPTION]);
+    c.find(Locator::Css("[data-testid=comment-box]"))
+        .await
+        .expect("comment box")
+        .send_keys("quero! quanto custa?")
+        .await
+        .expect("type the comment");
+    c.find(Locator::Css("[data-testid=comment-send]"))
+        .await
+        .expect("post button")
+        .click()
+        .await
+        .expect("post the comment");
+    let comments = texts_once(&c, "[data-testid=comment]", 1).await;
+    assert_eq!(comments, ["you: quero! quanto custa?"]);
+    let about = texts_once(&c, "[data-testid=private-reply-about]", 1).await;
+    assert_eq!(about, ["Replied to your comment: quero! quanto custa?"]);
+    let replies = texts_once(&c, "[data-testid=account-bubble]", 4).await;
+    let private = s.fake.private_replies();
+    assert_eq!(private.len(), 1, "one private reply: {private:?}");
+    assert_eq!(private[0].recipient_id, CUSTOMER);
+    assert_eq!(
+        replies[3],
+        private[0].text.as_deref().expect("text").trim(),
+        "the thread shows the private reply"
+    );
+    assert!(
+        replies[3].contains("Caneca de cerâmica azul"),
+        "about the post's product: {}",
+        replies[3]
+    );
+    let public = texts_once(&c, "[data-testid=public-reply]", 1).await;
+    assert_eq!(public, [igsales_tests::sandbox_page::DEMO_PUBLIC_REPLY]);
+    assert_eq!(s.fake.public_replies().len(), 1);
 
     let _ = c.close().await;
     let _ = std::fs::remove_dir_all(&profile);

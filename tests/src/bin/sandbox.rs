@@ -72,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         !redirect.contains("error="),
         "connecting the demo account failed: {redirect}"
     );
+    igsales_tests::sandbox_page::set_up_demo_post(&stack, &merchant)?;
     let stack = std::sync::Arc::new(stack);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.page_port)).await?;
     let page = format!("http://{}/", listener.local_addr()?);
@@ -79,8 +80,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, app).await });
     eprintln!(
         "sandbox ready: merchant {merchant}, Instagram @{} connected, replies by {using}.\n\
-         The DM thread as the customer sees it (cards, quick replies): {page}\n\
-         Type a message as a customer (Ctrl-D to quit).",
+         The DM thread as the customer sees it (cards, quick replies, the demo post): {page}\n\
+         Type a message as a customer, or `/comment TEXT` to comment on the demo post \
+         (Ctrl-D to quit).",
         stack.account.username
     );
 
@@ -102,6 +104,11 @@ async fn main() -> anyhow::Result<()> {
         }
         if !interactive {
             println!("you> {text}");
+        }
+        if let Some(comment) = text.strip_prefix("/comment ").map(str::trim) {
+            comment_on_post(&stack, &args.customer, comment).await?;
+            seen = stack.replies_to(&args.customer);
+            continue;
         }
         let status = stack.send_dm(&args.customer, text).await?;
         if status != 200 {
@@ -126,6 +133,50 @@ async fn main() -> anyhow::Result<()> {
             }
             None => println!("(no reply: the assistant may be paused, or waiting for a person)"),
         }
+    }
+    Ok(())
+}
+
+/// A comment under the demo post: its private reply (in the DM thread) and public reply.
+async fn comment_on_post(stack: &Stack, customer: &str, text: &str) -> anyhow::Result<()> {
+    let (id, status) =
+        igsales_tests::sandbox_page::comment_on_demo_post(stack, customer, text).await?;
+    if status != 200 {
+        println!("(the webhook answered HTTP {status})");
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        let found = stack
+            .fake
+            .private_replies()
+            .into_iter()
+            .find(|m| m.comment_id.as_deref() == Some(id.as_str()));
+        if found.is_some() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let Some(reply) = reply else {
+        println!("(no private reply: comments may be off, or the comment matched no rule)");
+        return Ok(());
+    };
+    println!(
+        "@{} (private reply to your comment)> {}",
+        stack.account.username,
+        reply.text.unwrap_or_default()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for r in stack
+        .fake
+        .public_replies()
+        .iter()
+        .filter(|r| r.comment_id == id)
+    {
+        println!(
+            "@{} (under your comment)> {}",
+            stack.account.username, r.text
+        );
     }
     Ok(())
 }
