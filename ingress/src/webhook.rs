@@ -5,11 +5,13 @@
 //! 2. The signature is checked over the raw bytes before anything is parsed (401).
 //! 3. The rest runs in a spawned task, so a client hanging up (hyper then drops the handler's
 //!    future) cannot stop it half-way; the handler only waits for its outcome.
-//! 4. Per event: if its claim exists it is a duplicate; otherwise the job is pushed, and only
-//!    after Redis acknowledged the push is the claim written. A crash between the two leaves a
-//!    job without a claim, so Meta's redelivery pushes it again and the worker's UNIQUE
-//!    `(merchant_id, event_id)` absorbs the copy; the reverse order could leave a claim without
-//!    a job, and the event would be lost. There is never a claim without a job.
+//! 4. Per event: if its claim exists it is a duplicate; otherwise its job is written, then its
+//!    claim. All of a delivery's events go in one Redis script call (`igsales_jobs::ingest`):
+//!    one round trip, and atomic, so two deliveries of one event racing push one job. The
+//!    claim follows its job even within the script (a script stopped by an error keeps the
+//!    writes before it), so there is never a claim without a job; a job without a claim (the
+//!    script's answer lost) is pushed again on redelivery and the worker's UNIQUE
+//!    `(merchant_id, event_id)` absorbs the copy.
 //! 5. 200 `EVENT_RECEIVED` only when every new event's push was acknowledged; Redis (or, for
 //!    an uncached account, Postgres) down → 503 and Meta delivers again.
 //! 6. With `REDIS_MIN_REPLICAS_ACK` = N > 0, also only once N replicas hold the writes (`WAIT`),
@@ -26,7 +28,8 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
-use igsales_jobs::{InboundEventV1, InboundSignalV1, Job, JobQueue, WEBHOOK_INVALID};
+use igsales_jobs::ingest::{Arrival, Ingest};
+use igsales_jobs::{InboundEventV1, WEBHOOK_INVALID};
 use igsales_meta::event_id;
 use igsales_meta::webhook::{
     Classified, Entry, Envelope, EventKind, classify_change, classify_messaging,
@@ -128,8 +131,9 @@ pub async fn receive(
     }
 }
 
-fn count(kind: &str, result: &'static str) {
-    metrics::counter!(WEBHOOK_EVENTS, "kind" => kind.to_owned(), "result" => result).increment(1);
+// Both labels are static: nothing is allocated per event to count it.
+fn count(kind: &'static str, result: &'static str) {
+    metrics::counter!(WEBHOOK_EVENTS, "kind" => kind, "result" => result).increment(1);
 }
 
 /// An event ready to be claimed and enqueued.
@@ -218,7 +222,10 @@ async fn process(state: &AppState, body: &[u8]) -> Result<(), AppError> {
     enqueue(state, pending).await
 }
 
-/// Claims and enqueues; see the module comment for the order.
+/// The claim-and-push script, loaded once.
+static INGEST: std::sync::LazyLock<Ingest> = std::sync::LazyLock::new(Ingest::new);
+
+/// Claims and enqueues in one Redis round trip; see the module comment for the order.
 async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError> {
     // The same event twice in one delivery is one event.
     let mut seen = HashSet::new();
@@ -235,92 +242,46 @@ async fn enqueue(state: &AppState, events: Vec<Pending>) -> Result<(), AppError>
     if events.is_empty() {
         return Ok(());
     }
-    let keys: Vec<String> = events
-        .iter()
-        .map(|e| claim_key(e.merchant, &e.event_id))
+    let received_at = Utc::now();
+    let arrivals: Vec<Arrival> = events
+        .into_iter()
+        .map(|event| Arrival {
+            claim: claim_key(event.merchant, &event.event_id),
+            job: InboundEventV1 {
+                merchant_id: event.merchant.0,
+                instagram_account_id: event.account,
+                event_id: event.event_id,
+                kind: event.kind,
+                entry_time_ms: event.entry_time_ms,
+                received_at,
+                event: event.raw,
+                delivery: igsales_jobs::Delivery::default(),
+            },
+        })
         .collect();
     let mut redis = state.redis.clone();
     // The connection the writes go over, for the replicas' acknowledgement at the end.
     let generation = redis.generation();
-    let mut exists = redis::pipe();
-    for key in &keys {
-        exists.exists(key);
-    }
-    let claimed: Vec<bool> = exists
-        .query_async(&mut redis)
-        .await
-        .map_err(AppError::redis)?;
-
-    let received_at = Utc::now();
-    let mut jobs = Vec::new();
-    let mut signals = Vec::new();
-    let mut new_keys = Vec::new();
-    let mut kinds = Vec::new();
-    let mut touches = redis::pipe();
-    for ((event, key), already) in events.into_iter().zip(keys).zip(claimed) {
-        if already {
-            count(event.kind.as_str(), "duplicate");
-            // A claim found here may not be on a replica yet (its first answer may have been
-            // the 503 of a failed WAIT): rewriting it puts a write of ours after it in the
-            // replication stream, so the WAIT below covers it and the job pushed before it.
-            touches
-                .cmd("SET")
-                .arg(&key)
-                .arg("1")
-                .arg("XX")
-                .arg("KEEPTTL")
-                .ignore();
-            continue;
-        }
-        kinds.push(event.kind);
-        new_keys.push(key);
-        let job = InboundEventV1 {
-            merchant_id: event.merchant.0,
-            instagram_account_id: event.account,
-            event_id: event.event_id,
-            kind: event.kind,
-            entry_time_ms: event.entry_time_ms,
-            received_at,
-            event: event.raw,
-            delivery: igsales_jobs::Delivery::default(),
-        };
-        if job.kind.needs_model() {
-            jobs.push(job);
-        } else {
-            signals.push(InboundSignalV1(job));
-        }
-    }
-    if state.settings.webhook.min_replicas_ack > 0 && !touches.is_empty() {
-        let () = touches
-            .query_async(&mut redis)
-            .await
-            .map_err(AppError::redis)?;
-    }
-    if new_keys.is_empty() {
-        return replicated(state, &mut redis, generation).await;
-    }
     let started = Instant::now();
-    push(&state.inbound, jobs).await?;
-    push(&state.signals, signals).await?;
-    metrics::histogram!(ENQUEUE_SECONDS).record(started.elapsed().as_secs_f64());
-
-    let ttl = state.settings.webhook.dedupe_ttl.as_secs();
-    let mut claims = redis::pipe();
-    for key in &new_keys {
-        claims.set_ex(key, "1", ttl).ignore();
-    }
-    let () = claims
-        .query_async(&mut redis)
+    let pushed = INGEST
+        .claim_and_push(
+            &mut redis,
+            &arrivals,
+            state.settings.webhook.dedupe_ttl.as_secs(),
+            state.settings.webhook.min_replicas_ack > 0,
+        )
         .await
         .map_err(AppError::redis)?;
+    metrics::histogram!(ENQUEUE_SECONDS).record(started.elapsed().as_secs_f64());
     replicated(state, &mut redis, generation).await?;
-    for kind in kinds {
+    for (a, new) in arrivals.iter().zip(pushed) {
+        let kind = a.job.kind;
         count(
             kind.as_str(),
-            if kind == EventKind::Echo {
-                "echo"
-            } else {
-                "enqueued"
+            match (new, kind) {
+                (false, _) => "duplicate",
+                (true, EventKind::Echo) => "echo",
+                (true, _) => "enqueued",
             },
         );
     }
@@ -361,19 +322,6 @@ async fn replicated(
         ));
     }
     Ok(())
-}
-
-/// One event (the usual delivery) takes the plain push; a batch goes in one round trip.
-async fn push<J: Job>(queue: &JobQueue<J>, mut jobs: Vec<J>) -> Result<(), AppError> {
-    let pushed = match (jobs.pop(), jobs.is_empty()) {
-        (Some(job), true) => queue.push(job).await,
-        (Some(job), false) => {
-            jobs.push(job);
-            queue.push_all(jobs).await
-        }
-        (None, _) => Ok(()),
-    };
-    pushed.map_err(AppError::redis)
 }
 
 /// Keeps a signed but unreadable payload in the capped `dlq:webhook_invalid` list.

@@ -9,6 +9,7 @@ mod canary;
 pub mod delivery;
 pub mod forget;
 mod inbound;
+pub mod ingest;
 pub mod names;
 pub mod probes;
 pub mod queue;
