@@ -100,6 +100,10 @@ struct RunArgs {
     /// The Redis database the ingress writes to; without it, jobs are not checked.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Read the jobs from this Redis list instead of the apalis hash (the reference server of
+    /// `scripts/bench-webhooks-compare` pushes there); the same check applies.
+    #[arg(long)]
+    job_list: Option<String>,
     /// The ingress's pid, to report its CPU time per request (from /proc/<pid>/stat).
     #[arg(long)]
     ingress_pid: Option<u32>,
@@ -784,25 +788,62 @@ async fn read_jobs(url: &str, wanted: &HashSet<&str>) -> anyhow::Result<Jobs> {
             if !seen_tasks.insert(pair[0].clone()) {
                 continue;
             }
-            let Ok(job) = serde_json::from_slice::<JobKey<'_>>(&pair[1]) else {
-                jobs.unreadable += 1;
-                continue;
-            };
-            if !wanted.contains(job.event_id.as_ref()) {
-                continue;
-            }
-            jobs.account_merchants
-                .entry(job.instagram_account_id.into_owned())
-                .or_default()
-                .insert(job.merchant_id.to_string());
-            *jobs
-                .per_event
-                .entry((job.merchant_id.into_owned(), job.event_id.into_owned()))
-                .or_default() += 1;
+            tally(&mut jobs, &pair[1], wanted);
         }
         cursor = next;
         if cursor == 0 {
             break;
+        }
+    }
+    Ok(jobs)
+}
+
+/// Counts one job: what `read_jobs` and `read_job_list` share.
+fn tally(jobs: &mut Jobs, raw: &[u8], wanted: &HashSet<&str>) {
+    let Ok(job) = serde_json::from_slice::<JobKey<'_>>(raw) else {
+        jobs.unreadable += 1;
+        return;
+    };
+    if !wanted.contains(job.event_id.as_ref()) {
+        return;
+    }
+    jobs.account_merchants
+        .entry(job.instagram_account_id.into_owned())
+        .or_default()
+        .insert(job.merchant_id.to_string());
+    *jobs
+        .per_event
+        .entry((job.merchant_id.into_owned(), job.event_id.into_owned()))
+        .or_default() += 1;
+}
+
+/// The jobs of a Redis list, read in chunks.
+async fn read_job_list(url: &str, list: &str, wanted: &HashSet<&str>) -> anyhow::Result<Jobs> {
+    let client = redis::Client::open(url).context("--redis-url")?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .context("connect to --redis-url")?;
+    let mut jobs = Jobs {
+        per_event: HashMap::new(),
+        account_merchants: HashMap::new(),
+        unreadable: 0,
+    };
+    let mut start = 0i64;
+    loop {
+        let chunk: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(list)
+            .arg(start)
+            .arg(start + 4999)
+            .query_async(&mut conn)
+            .await
+            .context("LRANGE --job-list")?;
+        if chunk.is_empty() {
+            break;
+        }
+        start += chunk.len() as i64;
+        for raw in &chunk {
+            tally(&mut jobs, raw, wanted);
         }
     }
     Ok(jobs)
@@ -893,6 +934,24 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     .await?;
     let elapsed = started.elapsed();
     let after = snapshot(args.ingress_pid, stats_conn.as_mut()).await;
+    if let Some(pid) = args.ingress_pid {
+        // Memory under load: the resident set now and its peak (VmHWM) since start.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kb = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let (Some(rss), Some(peak)) = (kb("VmRSS:"), kb("VmHWM:")) {
+            eprintln!(
+                "ingress memory: rss_mb={:.1} peak_rss_mb={:.1}",
+                rss as f64 / 1024.0,
+                peak as f64 / 1024.0
+            );
+        }
+    }
 
     let mut latencies = std::mem::take(&mut tally.latencies_us);
     latencies.sort_unstable();
@@ -919,7 +978,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut lost = 0u64;
     if let Some(redis_url) = &args.redis_url {
         let wanted: HashSet<&str> = plan.events.iter().map(|e| e.event_id.as_str()).collect();
-        let jobs = read_jobs(redis_url, &wanted).await?;
+        let jobs = match &args.job_list {
+            Some(list) => read_job_list(redis_url, list, &wanted).await?,
+            None => read_jobs(redis_url, &wanted).await?,
+        };
         let merchant_of = |account: &Account| -> Option<String> {
             if let Some(m) = &account.merchant {
                 return Some(m.clone());
