@@ -237,6 +237,33 @@ impl TestDb {
     pub async fn superuser_conn(&self) -> AsyncPgConnection {
         connect(&self.superuser_url()).await
     }
+
+    /// The text column `s` of every row `sql` returns, read as the superuser (past RLS).
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            s: String,
+        }
+        let rows: Vec<Row> = diesel::sql_query(sql)
+            .load(&mut self.superuser_conn().await)
+            .await
+            .expect("query");
+        rows.into_iter().map(|r| r.s).collect()
+    }
+
+    /// `strings(sql)` once it returns a row, polled every 100 ms for up to 10 s (empty if
+    /// never): for rows a worker writes a moment after the webhook was answered.
+    pub async fn strings_eventually(&self, sql: &str) -> Vec<String> {
+        for _ in 0..100 {
+            let rows = self.strings(sql).await;
+            if !rows.is_empty() {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Vec::new()
+    }
 }
 
 impl Drop for TestDb {

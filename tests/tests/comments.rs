@@ -73,21 +73,6 @@ async fn private_replies(s: &Stack, n: usize, within: Duration) -> usize {
     s.fake.private_replies().len()
 }
 
-/// One text column `s` of every row `sql` returns, as the superuser reads them.
-async fn strings(db: &TestDb, sql: &str) -> Vec<String> {
-    #[derive(diesel::QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        s: String,
-    }
-    use diesel_async::RunQueryDsl;
-    let rows: Vec<Row> = diesel::sql_query(sql)
-        .load(&mut db.superuser_conn().await)
-        .await
-        .expect("query");
-    rows.into_iter().map(|r| r.s).collect()
-}
-
 fn comment(s: &Stack, id: &str, author: &str, text: &str) -> String {
     s.fake.comment(
         &s.account.user_id,
@@ -238,15 +223,13 @@ async fn a_comment_gets_one_private_reply_about_the_posts_products_then_one_publ
     assert_eq!(dm_sends[0].body["recipient"]["id"], "5551001");
 
     // The parts are stored on their channels, sent.
-    let rows = strings(
-        &db,
-        &format!(
+    let rows = db
+        .strings(&format!(
             "SELECT channel || ':' || status || ':' || coalesce(comment_id, '') AS s \
              FROM outbound_messages WHERE merchant_id = '{merchant}' AND channel <> 'dm' \
              ORDER BY part_index"
-        ),
-    )
-    .await;
+        ))
+        .await;
     assert_eq!(
         rows,
         [
@@ -407,13 +390,11 @@ async fn a_private_reply_whose_answer_was_lost_is_not_sent_twice_nor_is_a_public
     assert_eq!(s.fake.private_replies().len(), 1, "the customer got one");
     assert_eq!(s.fake.requests_to(Endpoint::CommentReplies).len(), 1);
     assert_eq!(s.fake.public_replies().len(), 1);
-    let rows = strings(
-        &db,
-        &format!(
+    let rows = db
+        .strings(&format!(
             "SELECT channel || ':' || status AS s FROM outbound_messages \
              WHERE merchant_id = '{merchant}' ORDER BY part_index"
-        ),
-    )
-    .await;
+        ))
+        .await;
     assert_eq!(rows, ["private_reply:sent", "public_reply:send_unknown"]);
 }

@@ -15,21 +15,6 @@ use igsales_tests::{TestDb, TestRedis};
 const POST: &str = "18000000000000077";
 const WAIT: Duration = Duration::from_secs(15);
 
-/// One text column `s` of every row `sql` returns, as the superuser reads them.
-async fn strings(db: &TestDb, sql: &str) -> Vec<String> {
-    #[derive(diesel::QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        s: String,
-    }
-    use diesel_async::RunQueryDsl;
-    let rows: Vec<Row> = diesel::sql_query(sql)
-        .load(&mut db.superuser_conn().await)
-        .await
-        .expect("query");
-    rows.into_iter().map(|r| r.s).collect()
-}
-
 fn mid() -> String {
     format!("mid-{}", uuid::Uuid::new_v4().simple())
 }
@@ -114,10 +99,9 @@ async fn stories_posts_referrals_photos_and_reactions_reach_the_model() {
         "{user}"
     );
     assert_eq!(
-        strings(
-            &db,
-            &format!("SELECT reply_to->'story'->>'id' AS s FROM messages WHERE mid = '{m}'")
-        )
+        db.strings(&format!(
+            "SELECT reply_to->'story'->>'id' AS s FROM messages WHERE mid = '{m}'"
+        ))
         .await,
         ["17990001"]
     );
@@ -136,10 +120,9 @@ async fn stories_posts_referrals_photos_and_reactions_reach_the_model() {
         "{user}"
     );
     assert_eq!(
-        strings(
-            &db,
-            &format!("SELECT attachments->0->>'type' AS s FROM messages WHERE mid = '{m}'")
-        )
+        db.strings(&format!(
+            "SELECT attachments->0->>'type' AS s FROM messages WHERE mid = '{m}'"
+        ))
         .await,
         ["story_mention"]
     );
@@ -172,21 +155,12 @@ async fn stories_posts_referrals_photos_and_reactions_reach_the_model() {
             .expect("deliver"),
         200
     );
-    let recorded = async {
-        for _ in 0..100 {
-            let r = strings(
-                &db,
-                "SELECT referral_ref AS s FROM conversations WHERE customer_igsid = '5552004'",
-            )
-            .await;
-            if !r.is_empty() {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Vec::new()
-    };
-    assert_eq!(recorded.await, ["natal"]);
+    let recorded = db
+        .strings_eventually(
+            "SELECT referral_ref AS s FROM conversations WHERE customer_igsid = '5552004'",
+        )
+        .await;
+    assert_eq!(recorded, ["natal"]);
     let req = answered(
         &s,
         "5552004",
@@ -206,11 +180,8 @@ async fn stories_posts_referrals_photos_and_reactions_reach_the_model() {
     assert!(req.last("user").expect("user").contains("ref \"natal\""));
     assert_eq!(catalog(&req).first().map(String::as_str), Some("TEE-BLK-M"));
     assert_eq!(
-        strings(
-            &db,
-            "SELECT referral_ref AS s FROM conversations WHERE customer_igsid = '5552005'"
-        )
-        .await,
+        db.strings("SELECT referral_ref AS s FROM conversations WHERE customer_igsid = '5552005'")
+            .await,
         ["natal"]
     );
 
@@ -233,21 +204,13 @@ async fn stories_posts_referrals_photos_and_reactions_reach_the_model() {
         .find(|m| m.recipient_id == "5552001" && m.text.is_some())
         .expect("the story reply's answer")
         .message_id;
-    let stored = async {
-        for _ in 0..100 {
-            let n = strings(
-                &db,
-                &format!("SELECT mid AS s FROM messages WHERE mid = '{reply_mid}'"),
-            )
-            .await;
-            if !n.is_empty() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    };
-    assert!(stored.await, "the reply's echo was not stored");
+    let stored = !db
+        .strings_eventually(&format!(
+            "SELECT mid AS s FROM messages WHERE mid = '{reply_mid}'"
+        ))
+        .await
+        .is_empty();
+    assert!(stored, "the reply's echo was not stored");
     assert_eq!(
         s.send_events(vec![wh::reaction(
             "5552001",
@@ -261,21 +224,12 @@ async fn stories_posts_referrals_photos_and_reactions_reach_the_model() {
         .expect("deliver"),
         200
     );
-    let reacted = async {
-        for _ in 0..100 {
-            let r = strings(
-                &db,
-                &format!("SELECT reaction AS s FROM messages WHERE mid = '{reply_mid}' AND reaction IS NOT NULL"),
-            )
-            .await;
-            if !r.is_empty() {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Vec::new()
-    };
-    assert_eq!(reacted.await, ["\u{2764}\u{fe0f}"]);
+    let reacted = db
+        .strings_eventually(&format!(
+            "SELECT reaction AS s FROM messages WHERE mid = '{reply_mid}' AND reaction IS NOT NULL"
+        ))
+        .await;
+    assert_eq!(reacted, ["\u{2764}\u{fe0f}"]);
     let req = answered(
         &s,
         "5552001",
@@ -302,23 +256,13 @@ async fn stories_posts_referrals_photos_and_reactions_reach_the_model() {
         .expect("deliver"),
         200
     );
-    let cleared = async {
-        for _ in 0..100 {
-            let r = strings(
-                &db,
-                &format!(
-                    "SELECT mid AS s FROM messages WHERE mid = '{reply_mid}' AND reaction IS NULL"
-                ),
-            )
-            .await;
-            if !r.is_empty() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    };
-    assert!(cleared.await, "the unreaction was not recorded");
+    let cleared = !db
+        .strings_eventually(&format!(
+            "SELECT mid AS s FROM messages WHERE mid = '{reply_mid}' AND reaction IS NULL"
+        ))
+        .await
+        .is_empty();
+    assert!(cleared, "the unreaction was not recorded");
     // Every customer got exactly one reply per message, nothing twice.
     for (customer, n) in [
         ("5552001", 2),

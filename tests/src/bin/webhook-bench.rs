@@ -762,16 +762,7 @@ struct Jobs {
 }
 
 async fn read_jobs(url: &str, wanted: &HashSet<&str>) -> anyhow::Result<Jobs> {
-    let client = redis::Client::open(url).context("--redis-url")?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .context("connect to --redis-url")?;
-    let mut jobs = Jobs {
-        per_event: HashMap::new(),
-        account_merchants: HashMap::new(),
-        unreadable: 0,
-    };
+    let (mut conn, mut jobs) = jobs_reader(url).await?;
     // HSCAN may return a field twice: count each task id once.
     let mut seen_tasks: HashSet<Vec<u8>> = HashSet::new();
     let mut cursor: u64 = 0;
@@ -798,6 +789,21 @@ async fn read_jobs(url: &str, wanted: &HashSet<&str>) -> anyhow::Result<Jobs> {
     Ok(jobs)
 }
 
+/// A connection to `--redis-url` and an empty count, for `read_jobs` and `read_job_list`.
+async fn jobs_reader(url: &str) -> anyhow::Result<(redis::aio::MultiplexedConnection, Jobs)> {
+    let client = redis::Client::open(url).context("--redis-url")?;
+    let conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .context("connect to --redis-url")?;
+    let jobs = Jobs {
+        per_event: HashMap::new(),
+        account_merchants: HashMap::new(),
+        unreadable: 0,
+    };
+    Ok((conn, jobs))
+}
+
 /// Counts one job: what `read_jobs` and `read_job_list` share.
 fn tally(jobs: &mut Jobs, raw: &[u8], wanted: &HashSet<&str>) {
     let Ok(job) = serde_json::from_slice::<JobKey<'_>>(raw) else {
@@ -819,16 +825,7 @@ fn tally(jobs: &mut Jobs, raw: &[u8], wanted: &HashSet<&str>) {
 
 /// The jobs of a Redis list, read in chunks.
 async fn read_job_list(url: &str, list: &str, wanted: &HashSet<&str>) -> anyhow::Result<Jobs> {
-    let client = redis::Client::open(url).context("--redis-url")?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .context("connect to --redis-url")?;
-    let mut jobs = Jobs {
-        per_event: HashMap::new(),
-        account_merchants: HashMap::new(),
-        unreadable: 0,
-    };
+    let (mut conn, mut jobs) = jobs_reader(url).await?;
     let mut start = 0i64;
     loop {
         let chunk: Vec<Vec<u8>> = redis::cmd("LRANGE")
