@@ -263,6 +263,35 @@ async fn stories_posts_referrals_photos_and_reactions_reach_the_model() {
         .await
         .is_empty();
     assert!(cleared, "the unreaction was not recorded");
+    // A reaction Meta delivers late (sent before the unreaction) does not bring it back.
+    assert_eq!(
+        s.send_events(vec![wh::reaction(
+            "5552001",
+            &account,
+            &reply_mid,
+            "react",
+            "\u{1f44d}",
+            now() - 60_000
+        )])
+        .await
+        .expect("deliver"),
+        200
+    );
+    let handled = db
+        .strings_eventually(
+            "SELECT count(*)::text AS s FROM webhook_events WHERE kind = 'reaction' \
+             AND processed_at IS NOT NULL HAVING count(*) = 3",
+        )
+        .await;
+    assert_eq!(handled, ["3"], "the late reaction was not handled");
+    assert_eq!(
+        db.strings(&format!(
+            "SELECT mid AS s FROM messages WHERE mid = '{reply_mid}' AND reaction IS NULL"
+        ))
+        .await,
+        [reply_mid.clone()],
+        "an older reaction must not undo a newer unreaction"
+    );
     // Every customer got exactly one reply per message, nothing twice.
     for (customer, n) in [
         ("5552001", 2),
