@@ -289,7 +289,7 @@ async fn stories_posts_referrals_photos_and_reactions_reach_the_model() {
             "SELECT mid AS s FROM messages WHERE mid = '{reply_mid}' AND reaction IS NULL"
         ))
         .await,
-        [reply_mid.clone()],
+        std::slice::from_ref(&reply_mid),
         "an older reaction must not undo a newer unreaction"
     );
     // Every customer got exactly one reply per message, nothing twice.
