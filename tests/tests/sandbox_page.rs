@@ -55,11 +55,19 @@ async fn texts_once(c: &Client, css: &str, n: usize) -> Vec<String> {
     loop {
         let found = c.find_all(Locator::Css(css)).await.expect("find");
         if found.len() >= n {
+            // The page re-renders when the thread changes: an element found just before a
+            // render is stale, and the whole lookup is made again.
+            let wanted = found.len();
             let mut out = Vec::new();
             for e in found {
-                out.push(e.text().await.expect("text"));
+                match e.text().await {
+                    Ok(t) => out.push(t),
+                    Err(_) => break,
+                }
             }
-            return out;
+            if out.len() == wanted {
+                return out;
+            }
         }
         assert!(
             Instant::now() < deadline,
